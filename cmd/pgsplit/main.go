@@ -1,0 +1,174 @@
+// Command pgsplit is a PostgreSQL wire-protocol proxy: it pools upstream
+// connections, sends reads to replicas and writes to the primary, and logs
+// each statement's timing.
+//
+//	pgsplit [serve] [--config FILE]   run the proxy (default)
+//	pgsplit check   [--config FILE]   load and validate the configuration
+//	pgsplit demo                      throwaway primary + 2 replicas + proxy
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/proxy"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			fmt.Fprintln(os.Stderr, "pgsplit:", err)
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "pgsplit:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("pgsplit "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfigPath(), "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch cmd {
+	case "serve":
+		return serve(*cfgPath, stderr)
+	case "check":
+		cfg, err := config.Load(*cfgPath, os.Environ())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "configuration %s is valid: listen %s, %d server(s), pool_size %d + max_overflow %d per pool\n",
+			*cfgPath, cfg.Listen, len(cfg.Servers), cfg.Pool.PoolSize, cfg.Pool.MaxOverflow)
+		return nil
+	case "demo":
+		return demo(stdout, stderr)
+	case "help":
+		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo] [--config FILE]")
+		return nil
+	}
+	return fmt.Errorf("unknown command %q (use serve, check or demo)", cmd)
+}
+
+// defaultConfigPath is ./config.yaml when it exists, else none (defaults
+// plus environment).
+func defaultConfigPath() string {
+	if _, err := os.Stat("config.yaml"); err == nil {
+		return "config.yaml"
+	}
+	return ""
+}
+
+// newLogger builds the process logger; level can be changed on reload.
+func newLogger(cfg config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	lvl, err := zap.ParseAtomicLevel(cfg.Level)
+	if err != nil {
+		return nil, lvl, err
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.TimeKey = "ts"
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if cfg.Format == "console" {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	} else {
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), lvl, nil
+}
+
+// serve runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the file.
+func serve(cfgPath string, stderr io.Writer) error {
+	cfg, err := config.Load(cfgPath, os.Environ())
+	if err != nil {
+		return err
+	}
+	log, level, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	return runProxy(context.Background(), cfg, cfgPath, log, level, nil)
+}
+
+// runProxy starts the server and blocks until a stop signal (or ctx ends).
+// ready, if not nil, receives the listen address once clients can connect.
+func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.Logger, level zap.AtomicLevel, ready chan<- string) error {
+	srv, err := proxy.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(ctx); err != nil {
+		return err
+	}
+	if ready != nil {
+		ready <- srv.Addr().String()
+	}
+	stop := make(chan os.Signal, 2)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(stop)
+	defer signal.Stop(hup)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	for {
+		select {
+		case <-hup:
+			ncfg, err := config.Load(cfgPath, os.Environ())
+			if err != nil {
+				log.Error("reload refused; keeping the running configuration", zap.Error(err))
+				continue
+			}
+			if err := level.UnmarshalText([]byte(ncfg.Log.Level)); err != nil {
+				log.Error("reload: bad log.level", zap.Error(err))
+			}
+			if err := srv.Reload(ncfg); err != nil {
+				log.Error("reload refused; keeping the running configuration", zap.Error(err))
+			}
+		case sig := <-stop:
+			log.Info("signal received", zap.String("signal", sig.String()))
+			shutdown(srv, stop, log)
+			return <-served
+		case <-ctx.Done():
+			shutdown(srv, stop, log)
+			return <-served
+		case err := <-served:
+			return err
+		}
+	}
+}
+
+// shutdown drains the server; a second signal cuts the wait short.
+func shutdown(srv *proxy.Server, stop <-chan os.Signal, log *zap.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			log.Warn("second signal: disconnecting everyone now")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	srv.Shutdown(ctx)
+}

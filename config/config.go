@@ -1,0 +1,114 @@
+// Package config loads pgsplit's configuration into typed structs and checks
+// it. It is the only package that touches viper: everything else receives a
+// *Config (or a part of it) and never reads files or the environment itself.
+//
+// Sources, lowest precedence first: built-in defaults, the YAML file given by
+// --config, then environment variables PGSPLIT_<KEY> where nested keys are
+// joined by "_" (PGSPLIT_POOL_POOL_SIZE=50). Unknown keys, in the file or as
+// PGSPLIT_ variables, are refused so that a typo is never silently ignored.
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Roles a server can be configured with.
+const (
+	RolePrimary = "primary"
+	RoleReplica = "replica"
+	RoleAuto    = "auto"
+)
+
+// Authentication methods pgsplit offers clients.
+const (
+	AuthTrust = "trust"
+	AuthMD5   = "md5"
+	AuthSCRAM = "scram-sha-256"
+)
+
+// Pool modes.
+const (
+	ModeSession     = "session"
+	ModeTransaction = "transaction"
+)
+
+// Config is the whole configuration, as read from config.yaml.
+type Config struct {
+	Listen          string        `mapstructure:"listen"`
+	MaxClientConn   int           `mapstructure:"max_client_conn"`
+	Servers         []Server      `mapstructure:"servers"`
+	Auth            Auth          `mapstructure:"auth"`
+	Pool            Pool          `mapstructure:"pool"`
+	Log             Log           `mapstructure:"log"`
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+// Server is one PostgreSQL server pgsplit may send statements to.
+type Server struct {
+	Host   string `mapstructure:"host"`
+	Port   int    `mapstructure:"port"`
+	Role   string `mapstructure:"role"`
+	Weight int    `mapstructure:"weight"`
+}
+
+// Addr returns host:port.
+func (s Server) Addr() string { return fmt.Sprintf("%s:%d", s.Host, s.Port) }
+
+// Auth says how clients log in to pgsplit. The same users and passwords are
+// used by pgsplit to log in to the servers.
+type Auth struct {
+	Method string `mapstructure:"method"`
+	Users  []User `mapstructure:"users"`
+}
+
+// User is one login known to pgsplit.
+type User struct {
+	Name     string `mapstructure:"name"`
+	Password string `mapstructure:"password"`
+}
+
+// String never shows the password, so a User can be logged safely.
+func (u User) String() string { return u.Name + ":***" }
+
+// Lookup returns the user with that name.
+func (a Auth) Lookup(name string) (User, bool) {
+	for _, u := range a.Users {
+		if u.Name == name {
+			return u, true
+		}
+	}
+	return User{}, false
+}
+
+// Pool holds the pool knobs. Names and meanings follow SQLAlchemy's QueuePool
+// as the team's guide uses them: at most PoolSize+MaxOverflow connections per
+// pool, PoolSize of them kept when idle.
+type Pool struct {
+	Mode           string        `mapstructure:"mode"`
+	PoolSize       int           `mapstructure:"pool_size"`
+	MaxOverflow    int           `mapstructure:"max_overflow"`
+	PoolTimeout    time.Duration `mapstructure:"pool_timeout"`
+	PoolRecycle    time.Duration `mapstructure:"pool_recycle"`
+	PoolPrePing    bool          `mapstructure:"pool_pre_ping"`
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+}
+
+// Max is the most connections one pool may hold open: pool_size + max_overflow.
+func (p Pool) Max() int { return p.PoolSize + p.MaxOverflow }
+
+// Log configures process logging.
+type Log struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// Primary returns the first server configured with role primary, if any.
+func (c *Config) Primary() (Server, bool) {
+	for _, s := range c.Servers {
+		if s.Role == RolePrimary {
+			return s, true
+		}
+	}
+	return Server{}, false
+}

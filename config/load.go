@@ -1,0 +1,300 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// EnvPrefix starts every environment variable pgsplit reads.
+const EnvPrefix = "PGSPLIT_"
+
+// defaults are the values used when neither the file nor the environment
+// sets a key. Every scalar key appears here: viper only maps an environment
+// variable onto a key it knows.
+func defaults() map[string]any {
+	return map[string]any{
+		"listen":               "127.0.0.1:6432",
+		"max_client_conn":      10000,
+		"servers":              []any{},
+		"auth.method":          AuthSCRAM,
+		"auth.users":           []any{},
+		"pool.mode":            ModeSession,
+		"pool.pool_size":       20,
+		"pool.max_overflow":    40,
+		"pool.pool_timeout":    "30s",
+		"pool.pool_recycle":    "1h",
+		"pool.pool_pre_ping":   true,
+		"pool.connect_timeout": "5s",
+		"log.level":            "info",
+		"log.format":           "json",
+		"shutdown_timeout":     "30s",
+	}
+}
+
+// Keys lists every configuration key in dotted form, sorted.
+func Keys() []string {
+	d := defaults()
+	keys := make([]string, 0, len(d))
+	for k := range d {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// EnvName returns the environment variable that overrides a dotted key.
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// Load reads the file at path (may be "" for defaults plus environment),
+// applies environment overrides from environ (os.Environ() form), and
+// validates the result. A returned error lists one problem per line.
+func Load(path string, environ []string) (*Config, error) {
+	v := viper.New()
+	for k, val := range defaults() {
+		v.SetDefault(k, val)
+	}
+	if path != "" {
+		v.SetConfigFile(path)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+
+	var problems []string
+	env := map[string]string{}
+	for _, kv := range environ {
+		name, val, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(name, EnvPrefix) {
+			env[name] = val
+		}
+	}
+	known := map[string]string{}
+	for _, k := range Keys() {
+		known[EnvName(k)] = k
+	}
+	for name, val := range env {
+		key, ok := known[name]
+		if !ok {
+			problems = append(problems, fmt.Sprintf("%s: unknown environment variable (allowed: %s)", name, strings.Join(envNames(), ", ")))
+			continue
+		}
+		switch key {
+		case "servers":
+			servers, err := parseServersEnv(val)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s=%q: %v", name, val, err))
+				continue
+			}
+			v.Set(key, servers)
+		case "auth.users":
+			users, err := parseUsersEnv(val)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", name, err))
+				continue
+			}
+			v.Set(key, users)
+		default:
+			v.Set(key, val)
+		}
+	}
+
+	var cfg Config
+	err := v.UnmarshalExact(&cfg, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(durationHook, boolHook)))
+	if err != nil {
+		problems = append(problems, decodeProblems(err, v)...)
+	}
+	// Validate even after a decode problem, so one run lists every problem;
+	// a key that failed to decode is not reported a second time.
+	for _, vp := range cfg.Validate() {
+		key, _, _ := strings.Cut(vp, ":")
+		dup := false
+		for _, q := range problems {
+			if strings.HasPrefix(q, key+":") {
+				dup = true
+			}
+		}
+		if !dup {
+			problems = append(problems, vp)
+		}
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		return nil, &Error{Problems: problems}
+	}
+	return &cfg, nil
+}
+
+// Error is a configuration refused at load time. Each problem names the key,
+// the bad value and what is allowed.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+func envNames() []string {
+	var names []string
+	for _, k := range Keys() {
+		names = append(names, EnvName(k))
+	}
+	return names
+}
+
+// durationHook accepts Go durations ("30s", "1h") and plain numbers, which
+// mean seconds as in SQLAlchemy's pool_timeout=30.
+func durationHook(from, to reflect.Type, data any) (any, error) {
+	if to != reflect.TypeOf(time.Duration(0)) {
+		return data, nil
+	}
+	switch d := data.(type) {
+	case string:
+		s := strings.TrimSpace(d)
+		if n, err := strconv.ParseFloat(s, 64); err == nil {
+			return time.Duration(n * float64(time.Second)), nil
+		}
+		dur, err := time.ParseDuration(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a duration (use e.g. 30s, 500ms, 1h, or a number of seconds)", d)
+		}
+		return dur, nil
+	case int:
+		return time.Duration(d) * time.Second, nil
+	case int64:
+		return time.Duration(d) * time.Second, nil
+	case float64:
+		return time.Duration(d * float64(time.Second)), nil
+	}
+	return data, nil
+}
+
+// boolHook accepts the spellings PostgreSQL accepts for booleans.
+func boolHook(from, to reflect.Type, data any) (any, error) {
+	if to.Kind() != reflect.Bool {
+		return data, nil
+	}
+	s, ok := data.(string)
+	if !ok {
+		return data, nil
+	}
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "true", "on", "yes", "1":
+		return true, nil
+	case "false", "off", "no", "0":
+		return false, nil
+	}
+	return nil, fmt.Errorf("%q is not a boolean (use true or false)", s)
+}
+
+// decodeProblems turns mapstructure's joined error into one line per problem.
+func decodeProblems(err error, v *viper.Viper) []string {
+	var out []string
+	var merr interface{ Unwrap() []error }
+	if errors.As(err, &merr) {
+		for _, e := range merr.Unwrap() {
+			out = append(out, decodeProblems(e, v)...)
+		}
+		return out
+	}
+	msg := err.Error()
+	for _, line := range strings.Split(msg, "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line == "" || strings.HasPrefix(line, "decoding failed") || strings.HasSuffix(line, "error(s) decoding:") {
+			continue
+		}
+		if m := invalidKeysRE.FindStringSubmatch(line); m != nil {
+			for _, k := range strings.Split(m[2], ",") {
+				k = strings.TrimSpace(k)
+				if m[1] != "" {
+					k = m[1] + "." + k
+				}
+				out = append(out, fmt.Sprintf("%s: unknown key (allowed keys: %s)", k, strings.Join(Keys(), ", ")))
+			}
+			continue
+		}
+		if m := cannotParseRE.FindStringSubmatch(line); m != nil {
+			out = append(out, fmt.Sprintf("%s: %q is not allowed: must be %s", m[1], fmt.Sprint(v.Get(m[1])), typeWords(m[2])))
+			continue
+		}
+		out = append(out, line)
+	}
+	if len(out) == 0 {
+		out = append(out, msg)
+	}
+	return out
+}
+
+var (
+	invalidKeysRE = regexp.MustCompile(`^'?([^' ]*)'? has invalid keys: (.*)$`)
+	cannotParseRE = regexp.MustCompile(`^'([^']+)' cannot parse value as '(\w+)'`)
+)
+
+func typeWords(t string) string {
+	switch {
+	case strings.HasPrefix(t, "int"), strings.HasPrefix(t, "uint"):
+		return "a whole number"
+	case t == "bool":
+		return "true or false"
+	}
+	return "of type " + t
+}
+
+// parseServersEnv reads PGSPLIT_SERVERS: comma-separated host:port/role[/weight]
+// entries, e.g. "127.0.0.1:5432/primary,127.0.0.1:5433/replica/2".
+func parseServersEnv(s string) ([]any, error) {
+	var out []any
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		parts := strings.Split(item, "/")
+		if len(parts) < 2 || len(parts) > 3 {
+			return nil, fmt.Errorf("entry %q must be host:port/role[/weight]", item)
+		}
+		hostport := parts[0]
+		i := strings.LastIndexByte(hostport, ':')
+		if i <= 0 {
+			return nil, fmt.Errorf("entry %q must be host:port/role[/weight]", item)
+		}
+		port, err := strconv.Atoi(hostport[i+1:])
+		if err != nil {
+			return nil, fmt.Errorf("entry %q: port %q is not a number", item, hostport[i+1:])
+		}
+		m := map[string]any{"host": hostport[:i], "port": port, "role": parts[1]}
+		if len(parts) == 3 {
+			w, err := strconv.Atoi(parts[2])
+			if err != nil {
+				return nil, fmt.Errorf("entry %q: weight %q is not a number", item, parts[2])
+			}
+			m["weight"] = w
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// parseUsersEnv reads PGSPLIT_AUTH_USERS: comma-separated name:password.
+// The value is never echoed back in errors because it holds passwords.
+func parseUsersEnv(s string) ([]any, error) {
+	var out []any
+	for n, item := range strings.Split(s, ",") {
+		name, pw, ok := strings.Cut(item, ":")
+		if !ok || strings.TrimSpace(name) == "" {
+			return nil, fmt.Errorf("entry %d must be name:password (value not shown: it holds passwords)", n+1)
+		}
+		out = append(out, map[string]any{"name": strings.TrimSpace(name), "password": pw})
+	}
+	return out, nil
+}

@@ -1,0 +1,125 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Validate returns one line per problem, each naming the key, the bad value
+// and what is allowed. An empty result means the configuration is usable.
+func (c *Config) Validate() []string {
+	var p []string
+	bad := func(key string, val any, allowed string) {
+		p = append(p, fmt.Sprintf("%s: %v is not allowed: %s", key, fmtVal(val), allowed))
+	}
+
+	if host, port, err := net.SplitHostPort(c.Listen); err != nil || host == "" {
+		bad("listen", c.Listen, "must be host:port, e.g. 127.0.0.1:6432")
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		bad("listen", c.Listen, "port must be 0-65535")
+	}
+	if c.MaxClientConn < 1 {
+		bad("max_client_conn", c.MaxClientConn, "must be at least 1")
+	}
+
+	if len(c.Servers) == 0 {
+		p = append(p, "servers: empty is not allowed: list at least one server, e.g. { host: 127.0.0.1, port: 5432, role: primary }")
+	}
+	primaries := 0
+	for i, s := range c.Servers {
+		key := fmt.Sprintf("servers[%d]", i)
+		if s.Host == "" {
+			bad(key+".host", s.Host, "must be a host name or IP address")
+		}
+		if s.Port < 1 || s.Port > 65535 {
+			bad(key+".port", s.Port, "must be 1-65535")
+		}
+		switch s.Role {
+		case RolePrimary:
+			primaries++
+		case RoleReplica, RoleAuto:
+		default:
+			bad(key+".role", s.Role, "must be primary, replica or auto")
+		}
+		if s.Weight < 0 {
+			bad(key+".weight", s.Weight, "must be 0 or more")
+		}
+	}
+	if primaries > 1 {
+		bad("servers", fmt.Sprintf("%d primaries", primaries), "at most one server may have role primary")
+	}
+
+	switch c.Auth.Method {
+	case AuthTrust, AuthMD5, AuthSCRAM:
+	default:
+		bad("auth.method", c.Auth.Method, "must be trust, md5 or scram-sha-256")
+	}
+	if len(c.Auth.Users) == 0 {
+		p = append(p, "auth.users: empty is not allowed: list at least one { name, password } (pgsplit also uses them to log in to the servers)")
+	}
+	seen := map[string]bool{}
+	for i, u := range c.Auth.Users {
+		key := fmt.Sprintf("auth.users[%d]", i)
+		if u.Name == "" {
+			bad(key+".name", u.Name, "must not be empty")
+		}
+		if seen[u.Name] {
+			bad(key+".name", u.Name, "each user may be listed once")
+		}
+		seen[u.Name] = true
+		if u.Password == "" && c.Auth.Method != AuthTrust {
+			p = append(p, fmt.Sprintf("%s.password: empty is not allowed with auth.method %s", key, c.Auth.Method))
+		}
+	}
+
+	switch c.Pool.Mode {
+	case ModeSession:
+	case ModeTransaction:
+		bad("pool.mode", c.Pool.Mode, "transaction pooling is not implemented yet; use session")
+	default:
+		bad("pool.mode", c.Pool.Mode, "must be session")
+	}
+	if c.Pool.PoolSize < 1 {
+		bad("pool.pool_size", c.Pool.PoolSize, "must be at least 1")
+	}
+	if c.Pool.MaxOverflow < 0 {
+		bad("pool.max_overflow", c.Pool.MaxOverflow, "must be 0 or more")
+	}
+	positive := func(key string, d time.Duration) {
+		if d <= 0 {
+			bad(key, d, "must be a positive duration, e.g. 30s")
+		}
+	}
+	positive("pool.pool_timeout", c.Pool.PoolTimeout)
+	positive("pool.connect_timeout", c.Pool.ConnectTimeout)
+	if c.Pool.PoolRecycle < 0 {
+		bad("pool.pool_recycle", c.Pool.PoolRecycle, "must be 0 (never recycle) or a positive duration")
+	}
+	if c.ShutdownTimeout < 0 {
+		bad("shutdown_timeout", c.ShutdownTimeout, "must be 0 or a positive duration")
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", c.Log.Level, "must be debug, info, warn or error")
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		bad("log.format", c.Log.Format, "must be json or console")
+	}
+	return p
+}
+
+func fmtVal(v any) string {
+	switch x := v.(type) {
+	case string:
+		return strconv.Quote(x)
+	case time.Duration:
+		return x.String()
+	}
+	return fmt.Sprint(v)
+}

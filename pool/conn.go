@@ -1,0 +1,222 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsplit/pgsplit/internal/wire"
+)
+
+// Conn is one authenticated upstream connection, taken raw from pgconn with
+// Hijack. A Conn is owned by exactly one party at a time: the Pool while it
+// is idle, the session that acquired it until it calls Release or Discard.
+// The owner may hand reading to one goroutine and writing to another.
+type Conn struct {
+	Addr      string
+	PID       uint32
+	SecretKey []byte
+	// Params holds the ParameterStatus values the server reported at
+	// connect and since, as seen by Exec. The relay does not update it.
+	Params map[string]string
+
+	raw net.Conn
+	// R frames messages from the server; W buffers messages to it.
+	R *wire.Reader
+	W *bufio.Writer
+
+	created  time.Time
+	lastUsed time.Time
+}
+
+// Raw returns the network connection, for deadlines and closing.
+func (c *Conn) Raw() net.Conn { return c.raw }
+
+// Age is how long ago the connection was opened.
+func (c *Conn) Age() time.Duration { return time.Since(c.created) }
+
+const bufSize = 32 << 10
+
+func dial(ctx context.Context, o *Options) (*Conn, error) {
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d sslmode=disable", o.Host, o.Port))
+	if err != nil {
+		return nil, fmt.Errorf("upstream config: %w", err)
+	}
+	cfg.User = o.User
+	cfg.Password = o.Password
+	cfg.Database = o.Database
+	cfg.ConnectTimeout = o.ConnectTimeout
+	cfg.RuntimeParams = map[string]string{} // nothing from the proxy's own PG* environment
+	cfg.Fallbacks = nil
+	pc, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	hj, err := pc.Hijack()
+	if err != nil {
+		_ = pc.Close(ctx)
+		return nil, fmt.Errorf("upstream hijack: %w", err)
+	}
+	now := time.Now()
+	return &Conn{
+		Addr:      fmt.Sprintf("%s:%d", o.Host, o.Port),
+		PID:       hj.PID,
+		SecretKey: hj.SecretKey,
+		Params:    hj.ParameterStatuses,
+		raw:       hj.Conn,
+		R:         wire.NewReader(bufio.NewReaderSize(hj.Conn, bufSize), 0),
+		W:         bufio.NewWriterSize(hj.Conn, bufSize),
+		created:   now,
+		lastUsed:  now,
+	}, nil
+}
+
+// ServerError is an ErrorResponse the server sent to a statement pgsplit ran
+// itself (reset, ping, SET).
+type ServerError struct{ Msg pgproto3.ErrorResponse }
+
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("server error %s: %s", e.Msg.Code, e.Msg.Message)
+}
+
+// Exec runs sql with the simple query protocol and waits for ReadyForQuery.
+// It returns the transaction status and the first ErrorResponse as
+// *ServerError. ParameterStatus messages update c.Params; notices and
+// notifications are dropped. The connection must be idle (no reader running).
+func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.raw.SetDeadline(dl)
+		defer func() { _ = c.raw.SetDeadline(time.Time{}) }()
+	}
+	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := c.W.Write(buf); err != nil {
+		return 0, err
+	}
+	if err := c.W.Flush(); err != nil {
+		return 0, err
+	}
+	var serr *ServerError
+	for {
+		typ, _, err := c.R.Next()
+		if err != nil {
+			return 0, err
+		}
+		switch typ {
+		case 'Z':
+			b, err := c.R.Body()
+			if err != nil {
+				return 0, err
+			}
+			if len(b) != 1 {
+				return 0, fmt.Errorf("ReadyForQuery of %d bytes", len(b))
+			}
+			if serr != nil {
+				return b[0], serr
+			}
+			return b[0], nil
+		case 'E':
+			b, err := c.R.Body()
+			if err != nil {
+				return 0, err
+			}
+			var m pgproto3.ErrorResponse
+			if err := m.Decode(b); err != nil {
+				return 0, err
+			}
+			if serr == nil {
+				serr = &ServerError{Msg: m}
+			}
+		case 'S':
+			b, err := c.R.Body()
+			if err != nil {
+				return 0, err
+			}
+			var m pgproto3.ParameterStatus
+			if err := m.Decode(b); err == nil {
+				c.Params[m.Name] = m.Value
+			}
+		}
+	}
+}
+
+// Reset brings the connection back to a clean session state: it rolls back
+// an open transaction (txStatus 'T' or 'E') and runs DISCARD ALL.
+func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
+	if txStatus != 'I' {
+		st, err := c.Exec(ctx, "ROLLBACK")
+		if err != nil {
+			return fmt.Errorf("reset rollback: %w", err)
+		}
+		if st != 'I' {
+			return fmt.Errorf("reset rollback: transaction status %q", st)
+		}
+	}
+	st, err := c.Exec(ctx, "DISCARD ALL")
+	if err != nil {
+		return fmt.Errorf("reset discard all: %w", err)
+	}
+	if st != 'I' {
+		return fmt.Errorf("reset discard all: transaction status %q", st)
+	}
+	return nil
+}
+
+// Ping sends an empty query and waits for its ReadyForQuery.
+func (c *Conn) Ping(ctx context.Context) error {
+	st, err := c.Exec(ctx, "")
+	if err == nil && st != 'I' {
+		err = fmt.Errorf("ping: transaction status %q", st)
+	}
+	return err
+}
+
+// Cancel asks the server, on a new connection, to cancel whatever this
+// connection is running. Like PostgreSQL's own cancel, success means only
+// that the request was delivered.
+func (c *Conn) Cancel(ctx context.Context) error {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", c.Addr)
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	defer nc.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	buf, err := (&pgproto3.CancelRequest{ProcessID: c.PID, SecretKey: c.SecretKey}).Encode(nil)
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	if _, err := nc.Write(buf); err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	// The server closes the connection once it has read the request.
+	var one [1]byte
+	_, _ = nc.Read(one[:])
+	return nil
+}
+
+// QuoteLiteral quotes s as an escape string literal (E'…'), correct whatever
+// standard_conforming_strings is set to.
+func QuoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\\`)
+	s = strings.ReplaceAll(s, `'`, `''`)
+	return "E'" + s + "'"
+}
+
+// IsServerError reports whether err carries an ErrorResponse from the server.
+func IsServerError(err error) (*ServerError, bool) {
+	var se *ServerError
+	ok := errors.As(err, &se)
+	return se, ok
+}

@@ -1,0 +1,261 @@
+// Package pool keeps authenticated upstream connections to one PostgreSQL
+// server for one (database, user) pair, within the limits the team's guide
+// uses: at most pool_size + max_overflow open, pool_size kept when idle
+// (overflow connections are closed when they come back, as SQLAlchemy's
+// QueuePool does), pool_timeout to wait for one, pool_recycle to retire old
+// ones, pool_pre_ping to check one that sat idle before handing it out.
+//
+// Ownership: Acquire hands a *Conn to the caller, who must give it back with
+// exactly one of Release (clean and idle) or Discard (anything else).
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// PingAfter is how long a connection must sit idle before pool_pre_ping
+// checks it: a connection used a moment ago is known to be alive.
+const PingAfter = 2 * time.Second
+
+// ErrClosed is returned by Acquire after Close.
+var ErrClosed = errors.New("pool is closed")
+
+// Options describes one pool. Zero durations mean: no recycle, no connect
+// timeout.
+type Options struct {
+	Host           string
+	Port           int
+	User           string
+	Password       string
+	Database       string
+	Size           int           // pool_size
+	MaxOverflow    int           // max_overflow
+	Timeout        time.Duration // pool_timeout
+	Recycle        time.Duration // pool_recycle
+	PrePing        bool          // pool_pre_ping
+	ConnectTimeout time.Duration
+	Logger         *zap.Logger
+}
+
+// Name identifies the pool in errors and logs: user@database on host:port.
+func (o *Options) Name() string {
+	return fmt.Sprintf("%s@%s on %s:%d", o.User, o.Database, o.Host, o.Port)
+}
+
+// TimeoutError is returned when no connection became free within pool_timeout.
+type TimeoutError struct {
+	Pool   string
+	Size   int
+	Max    int
+	Waited time.Duration
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("pool %s exhausted: all %d connections in use (pool_size %d + max_overflow %d), waited %s (pool_timeout)",
+		e.Pool, e.Max, e.Size, e.Max-e.Size, e.Waited.Round(time.Millisecond))
+}
+
+// Pool is safe for concurrent use.
+type Pool struct {
+	log *zap.Logger
+
+	mu      sync.Mutex
+	opts    Options
+	idle    []*Conn // most recently used last
+	open    int     // idle + handed out + being dialled
+	waiters []chan struct{}
+	closed  bool
+}
+
+// New returns an empty pool; connections are opened on demand.
+func New(opts Options) *Pool {
+	l := opts.Logger
+	if l == nil {
+		l = zap.NewNop()
+	}
+	return &Pool{opts: opts, log: l.With(zap.String("pool", opts.Name()))}
+}
+
+// Stats is a snapshot of a pool.
+type Stats struct {
+	Open, Idle, Waiting, Max int
+}
+
+// Stats returns the current counts.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Stats{Open: p.open, Idle: len(p.idle), Waiting: len(p.waiters), Max: p.opts.Size + p.opts.MaxOverflow}
+}
+
+// SetLimits applies new pool knobs (on reload). Connections above the new
+// limits close as they come back.
+func (p *Pool) SetLimits(size, overflow int, timeout, recycle time.Duration, prePing bool) {
+	p.mu.Lock()
+	p.opts.Size, p.opts.MaxOverflow, p.opts.Timeout, p.opts.Recycle, p.opts.PrePing = size, overflow, timeout, recycle, prePing
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// Acquire returns a connection, opening one if the pool may, or waits up to
+// pool_timeout for one to come back. The caller owns the result.
+func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	start := time.Now()
+	p.mu.Lock()
+	deadline := start.Add(p.opts.Timeout)
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if n := len(p.idle); n > 0 {
+			c := p.idle[n-1]
+			p.idle = p.idle[:n-1]
+			opts := p.opts
+			p.mu.Unlock()
+			if opts.Recycle > 0 && c.Age() > opts.Recycle {
+				p.log.Debug("recycling old connection", zap.Duration("age", c.Age()))
+				p.Discard(c)
+				p.mu.Lock()
+				continue
+			}
+			if opts.PrePing && time.Since(c.lastUsed) > PingAfter {
+				pctx, cancel := context.WithTimeout(ctx, pingTimeout(opts))
+				err := c.Ping(pctx)
+				cancel()
+				if err != nil {
+					p.log.Info("pre-ping failed, replacing connection", zap.Error(err))
+					p.Discard(c)
+					p.mu.Lock()
+					continue
+				}
+			}
+			return c, nil
+		}
+		if p.open < p.opts.Size+p.opts.MaxOverflow {
+			p.open++
+			opts := p.opts
+			p.mu.Unlock()
+			c, err := dial(ctx, &opts)
+			if err != nil {
+				p.mu.Lock()
+				p.open--
+				p.wakeLocked()
+				p.mu.Unlock()
+				return nil, err
+			}
+			p.log.Debug("opened connection", zap.Uint32("backend_pid", c.PID))
+			return c, nil
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			e := &TimeoutError{Pool: p.opts.Name(), Size: p.opts.Size, Max: p.opts.Size + p.opts.MaxOverflow, Waited: time.Since(start)}
+			p.mu.Unlock()
+			return nil, e
+		}
+		w := make(chan struct{}, 1)
+		p.waiters = append(p.waiters, w)
+		p.mu.Unlock()
+		t := time.NewTimer(wait)
+		var ctxErr error
+		select {
+		case <-w:
+		case <-t.C:
+		case <-ctx.Done():
+			ctxErr = ctx.Err()
+		}
+		t.Stop()
+		p.mu.Lock()
+		p.removeWaiterLocked(w)
+		if ctxErr != nil {
+			p.mu.Unlock()
+			return nil, ctxErr
+		}
+	}
+}
+
+func pingTimeout(o Options) time.Duration {
+	if o.ConnectTimeout > 0 {
+		return o.ConnectTimeout
+	}
+	return 5 * time.Second
+}
+
+// removeWaiterLocked drops w from the queue. If w was woken but its owner
+// gives up, the wake-up passes to the next waiter so none is lost.
+func (p *Pool) removeWaiterLocked(w chan struct{}) {
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			break
+		}
+	}
+	select {
+	case <-w:
+		p.wakeLocked()
+	default:
+	}
+}
+
+func (p *Pool) wakeLocked() {
+	for _, w := range p.waiters {
+		select {
+		case w <- struct{}{}:
+			return
+		default: // already woken, try the next
+		}
+	}
+}
+
+// Release gives back a clean, idle connection (transaction status I, session
+// state reset). Overflow connections and connections past pool_recycle are
+// closed instead of kept.
+func (p *Pool) Release(c *Conn) {
+	c.lastUsed = time.Now()
+	p.mu.Lock()
+	if p.closed || len(p.idle) >= p.opts.Size || (p.opts.Recycle > 0 && c.Age() > p.opts.Recycle) {
+		p.open--
+		p.wakeLocked()
+		p.mu.Unlock()
+		_ = c.raw.Close()
+		return
+	}
+	p.idle = append(p.idle, c)
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// Discard closes a connection that cannot be reused and frees its place.
+func (p *Pool) Discard(c *Conn) {
+	_ = c.raw.Close()
+	p.mu.Lock()
+	p.open--
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// Close closes idle connections and makes Acquire fail; connections handed
+// out are closed when they come back.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	for _, w := range p.waiters {
+		select {
+		case w <- struct{}{}:
+		default:
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		_ = c.raw.Close()
+	}
+}

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// SQLSTATE codes pgsplit sends itself.
+const (
+	codeProtocolViolation   = "08P01"
+	codeConnectionFailure   = "08006"
+	codeCannotConnect       = "08001"
+	codeInvalidAuthSpec     = "28000"
+	codeInvalidPassword     = "28P01"
+	codeFeatureNotSupported = "0A000"
+	codeTooManyConnections  = "53300"
+	codeAdminShutdown       = "57P01"
+	codeInternalError       = "XX000"
+)
+
+// pgError is an error that reaches the client as an ErrorResponse.
+type pgError struct {
+	severity string // ERROR or FATAL
+	code     string
+	msg      string
+	detail   string
+}
+
+func (e *pgError) Error() string { return e.code + ": " + e.msg }
+
+func fatal(code, msg string) *pgError { return &pgError{severity: "FATAL", code: code, msg: msg} }
+
+func (e *pgError) encode(buf []byte) []byte {
+	m := pgproto3.ErrorResponse{
+		Severity:            e.severity,
+		SeverityUnlocalized: e.severity,
+		Code:                e.code,
+		Message:             e.msg,
+		Detail:              e.detail,
+	}
+	out, err := m.Encode(buf)
+	if err != nil { // only for absurd field sizes; fall back to a bare message
+		out, _ = (&pgproto3.ErrorResponse{Severity: e.severity, SeverityUnlocalized: e.severity, Code: e.code, Message: "error"}).Encode(buf)
+	}
+	return out
+}
+
+// writeMsgs encodes msgs into w (not flushed).
+func writeMsgs(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		buf, err = m.Encode(buf[:0])
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readyForQuery is the 6-byte ReadyForQuery message with the given status.
+func readyForQuery(status byte) []byte {
+	b := []byte{'Z', 0, 0, 0, 5, status}
+	binary.BigEndian.PutUint32(b[1:5], 5)
+	return b
+}

@@ -1,0 +1,287 @@
+// Package proxy is pgsplit's PostgreSQL front end: the listener, one session
+// per client (startup, authentication, relay), cancel requests, reload and
+// graceful shutdown.
+//
+// Ownership: the Server owns the listener, the pools and the registry of
+// sessions. Each session is owned by the goroutine that accepted its client
+// (serveConn); that goroutine owns the client connection's reader and the
+// upstream connection while the session holds one. A session's second
+// goroutine, the server pump, owns the upstream reader and writes to the
+// client under the session's write lock.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/pool"
+)
+
+// AuthTimeout bounds the startup and login phase of a client, as
+// PostgreSQL's authentication_timeout does.
+const AuthTimeout = 60 * time.Second
+
+// Server accepts clients and relays them to the primary in session mode.
+type Server struct {
+	log     *zap.Logger
+	cfg     atomic.Pointer[config.Config]
+	auth    atomic.Pointer[authenticator]
+	primary config.Server
+
+	ln       net.Listener
+	draining atomic.Bool
+	clients  atomic.Int64 // logged-in and logging-in clients, for max_client_conn
+	wg       sync.WaitGroup
+
+	mu       sync.Mutex
+	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
+	pools    map[poolKey]*pool.Pool
+}
+
+type poolKey struct{ database, user string }
+
+// New checks cfg and prepares a server; it opens no sockets.
+func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}}
+	au, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		return nil, err
+	}
+	s.auth.Store(au)
+	s.cfg.Store(cfg)
+	return s, nil
+}
+
+// Listen binds the configured address. Addr is valid afterwards.
+func (s *Server) Listen(ctx context.Context) error {
+	cfg := s.cfg.Load()
+	primary, err := findPrimary(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	s.primary = primary
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	s.ln = ln
+	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
+		zap.String("pool_mode", cfg.Pool.Mode))
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts clients until the listener is closed by Shutdown. Each client
+// is served by its own goroutine, which Shutdown waits for.
+func (s *Server) Serve() error {
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			if s.draining.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			s.log.Error("accept failed", zap.Error(err))
+			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: do not spin
+			continue
+		}
+		sess := s.newSession(c)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			sess.serve()
+		}()
+	}
+}
+
+// newSession registers a session under a fresh, unique cancel key.
+func (s *Server) newSession(c net.Conn) *session {
+	sess := &session{srv: s, conn: c}
+	var b [8]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		_, _ = rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff // positive, as backend pids are
+		if _, taken := s.sessions[pid]; pid == 0 || taken {
+			continue
+		}
+		sess.pid = pid
+		copy(sess.secret[:], b[4:])
+		s.sessions[pid] = sess
+		return sess
+	}
+}
+
+func (s *Server) forget(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess.pid)
+	s.mu.Unlock()
+}
+
+// poolFor returns the primary pool for (database, user), creating it.
+func (s *Server) poolFor(u config.User, database string) *pool.Pool {
+	cfg := s.cfg.Load()
+	k := poolKey{database, u.Name}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.pools[k]; ok {
+		return p
+	}
+	p := pool.New(pool.Options{
+		Host: s.primary.Host, Port: s.primary.Port,
+		User: u.Name, Password: u.Password, Database: database,
+		Size: cfg.Pool.PoolSize, MaxOverflow: cfg.Pool.MaxOverflow,
+		Timeout: cfg.Pool.PoolTimeout, Recycle: cfg.Pool.PoolRecycle, PrePing: cfg.Pool.PoolPrePing,
+		ConnectTimeout: cfg.Pool.ConnectTimeout,
+		Logger:         s.log,
+	})
+	s.pools[k] = p
+	return p
+}
+
+// Reload applies a new configuration to what can change while running:
+// auth.method and auth.users (for new logins), max_client_conn,
+// shutdown_timeout and the pool knobs. listen, servers and log.format need a
+// restart; changes to them are reported and ignored.
+func (s *Server) Reload(cfg *config.Config) error {
+	old := s.cfg.Load()
+	au, err := newAuthenticator(cfg.Auth)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen != old.Listen {
+		s.log.Warn("reload: listen changes need a restart; keeping the old value", zap.String("listen", old.Listen))
+		cfg.Listen = old.Listen
+	}
+	if fmt.Sprint(cfg.Servers) != fmt.Sprint(old.Servers) {
+		s.log.Warn("reload: servers changes need a restart; keeping the old list")
+		cfg.Servers = old.Servers
+	}
+	s.auth.Store(au)
+	s.cfg.Store(cfg)
+	s.mu.Lock()
+	for _, p := range s.pools {
+		p.SetLimits(cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, cfg.Pool.PoolTimeout, cfg.Pool.PoolRecycle, cfg.Pool.PoolPrePing)
+	}
+	s.mu.Unlock()
+	s.log.Info("configuration reloaded")
+	return nil
+}
+
+// Shutdown stops accepting clients, tells idle clients the server is going
+// away (57P01 admin_shutdown), lets clients inside a transaction or a
+// running statement finish for up to shutdown_timeout, then tells and
+// disconnects the rest. It returns when every session has ended.
+func (s *Server) Shutdown(ctx context.Context) {
+	if !s.draining.CompareAndSwap(false, true) {
+		return
+	}
+	timeout := s.cfg.Load().ShutdownTimeout
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	s.log.Info("shutting down: waiting for running transactions", zap.Duration("shutdown_timeout", timeout))
+	for _, sess := range s.snapshot() {
+		sess.drain()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		left := s.snapshot()
+		s.log.Warn("shutdown_timeout reached: disconnecting clients still in a transaction", zap.Int("clients", len(left)))
+		for _, sess := range left {
+			sess.kill()
+		}
+		<-done
+	case <-ctx.Done():
+		for _, sess := range s.snapshot() {
+			sess.kill()
+		}
+		<-done
+	}
+	s.mu.Lock()
+	for _, p := range s.pools {
+		p.Close()
+	}
+	s.mu.Unlock()
+	s.log.Info("shutdown complete")
+}
+
+func (s *Server) snapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*session, 0, len(s.sessions))
+	for _, sess := range s.sessions {
+		out = append(out, sess)
+	}
+	return out
+}
+
+// findPrimary returns the server with role primary, or asks the servers with
+// role auto which one is not in recovery.
+func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error) {
+	if p, ok := cfg.Primary(); ok {
+		return p, nil
+	}
+	var errs []error
+	for _, srv := range cfg.Servers {
+		if srv.Role != config.RoleAuto {
+			continue
+		}
+		inRecovery, err := probeRecovery(ctx, srv, cfg.Auth.Users[0], cfg.Pool.ConnectTimeout)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", srv.Addr(), err))
+			continue
+		}
+		if !inRecovery {
+			return srv, nil
+		}
+	}
+	return config.Server{}, fmt.Errorf("no primary: no server has role primary and no server with role auto answered pg_is_in_recovery() = false: %w", errors.Join(errs...))
+}
+
+func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration) (bool, error) {
+	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=disable", srv.Host, srv.Port))
+	if err != nil {
+		return false, err
+	}
+	pc.User, pc.Password, pc.ConnectTimeout = u.Name, u.Password, timeout
+	conn, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(ctx)
+	res := conn.ExecParams(ctx, "SELECT pg_is_in_recovery()", nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return false, res.Err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		return false, errors.New("unexpected answer to pg_is_in_recovery()")
+	}
+	return string(res.Rows[0][0]) == "t", nil
+}

@@ -1,0 +1,507 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/wire"
+	"github.com/pgsplit/pgsplit/pool"
+)
+
+// cleanupTimeout bounds what pgsplit does on an upstream connection after its
+// client left: cancel, rollback, DISCARD ALL.
+const cleanupTimeout = 5 * time.Second
+
+const clientBufSize = 32 << 10
+
+// session is one client connection. serve runs on the goroutine that owns
+// it; pumpServer runs on a second goroutine while an upstream connection is
+// attached.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	log  *zap.Logger
+
+	pid    uint32  // BackendKeyData given to the client
+	secret [4]byte // (set before the session is shared, read-only after)
+
+	cr *wire.Reader // client reader: serve's goroutine only
+
+	wmu    sync.Mutex // guards cw and closed
+	cw     *bufio.Writer
+	closed bool
+
+	upMu sync.Mutex // guards up for readers on other goroutines (cancel)
+	up   *pool.Conn
+	pool *pool.Pool // where up came from (serve's goroutine only)
+
+	ready    atomic.Bool   // logged in; cancel requests are honoured
+	pending  atomic.Int32  // Query/Sync/FunctionCall sent and not yet answered by ReadyForQuery
+	unsynced atomic.Bool   // extended-protocol messages sent since the last Sync
+	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
+	draining atomic.Bool   // close as soon as the client is idle
+	stopping atomic.Bool   // serve is stopping the pump on purpose
+}
+
+func (s *session) serve() {
+	defer s.srv.forget(s)
+	defer s.conn.Close()
+	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
+	br := bufio.NewReaderSize(s.conn, clientBufSize)
+	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
+	s.cr = wire.NewReader(br, 0)
+	s.txStatus.Store('I')
+
+	_ = s.conn.SetDeadline(time.Now().Add(AuthTimeout))
+	st, err := readStartup(br, s.cw)
+	if err != nil {
+		s.failStartup(err, "", "")
+		return
+	}
+	if st.cancel != nil {
+		s.srv.cancel(st.cancel, s.conn.RemoteAddr())
+		return
+	}
+	user, database := st.params["user"], st.params["database"]
+	s.log = s.log.With(zap.String("user", user), zap.String("database", database),
+		zap.String("application_name", st.params["application_name"]))
+
+	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.Load().MaxClientConn) {
+		s.srv.clients.Add(-1)
+		s.failStartup(fatal(codeTooManyConnections, "sorry, too many clients already (max_client_conn)"), user, database)
+		return
+	}
+	defer s.srv.clients.Add(-1)
+
+	if st.minor > 0 || len(st.unknown) > 0 {
+		if err := send(s.cw, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
+			return
+		}
+	}
+	u, err := s.srv.auth.Load().authenticate(s.cr, s.cw, user)
+	if err != nil {
+		s.failStartup(err, user, database)
+		return
+	}
+	if s.srv.draining.Load() {
+		s.failStartup(fatal(codeAdminShutdown, "the database system is shutting down"), user, database)
+		return
+	}
+	setup, err := startupSettings(st.params)
+	if err != nil {
+		s.failStartup(err, user, database)
+		return
+	}
+	up, err := s.attach(u, database, setup)
+	if err != nil {
+		s.failStartup(err, user, database)
+		return
+	}
+	if err := s.greet(up); err != nil {
+		s.detach(up, true)
+		return
+	}
+	_ = s.conn.SetDeadline(time.Time{})
+	s.log.Info("client connected", zap.Uint32("backend_pid", up.PID), zap.String("server", up.Addr))
+	s.ready.Store(true)
+
+	pumpErr := make(chan error, 1)
+	go func() {
+		err := s.pumpServer(up)
+		if !s.stopping.Load() {
+			// The server went away on its own: the client cannot go on.
+			s.log.Info("upstream connection lost", zap.Error(err))
+			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+		}
+		pumpErr <- err
+	}()
+	reason := s.relayClient(up)
+	s.ready.Store(false)
+	s.finish(up, pumpErr, reason)
+}
+
+// failStartup tells the client why it cannot log in, logs it, and returns.
+func (s *session) failStartup(err error, user, database string) {
+	var pe *pgError
+	if !errors.As(err, &pe) {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+			s.log.Debug("client left during startup", zap.Error(err))
+			return
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			pe = fatal(codeProtocolViolation, "timeout during startup and authentication")
+		} else {
+			pe = fatal(codeInternalError, "pgsplit: "+err.Error())
+		}
+	}
+	fields := []zap.Field{zap.String("sqlstate", pe.code), zap.String("reason", pe.msg)}
+	switch pe.code {
+	case codeInvalidPassword, codeInvalidAuthSpec:
+		s.log.Warn("authentication failed", fields...)
+	default:
+		s.log.Info("login refused", fields...)
+	}
+	_, _ = s.cw.Write(pe.encode(nil))
+	_ = s.cw.Flush()
+}
+
+// attach acquires an upstream connection for the session and applies the
+// client's startup settings on it. Errors are *pgError for the client.
+func (s *session) attach(u config.User, database string, setup string) (*pool.Conn, error) {
+	p := s.srv.poolFor(u, database)
+	s.pool = p
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Load().Pool.PoolTimeout+s.srv.cfg.Load().Pool.ConnectTimeout)
+	defer cancel()
+	up, err := p.Acquire(ctx)
+	if err != nil {
+		var te *pool.TimeoutError
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &te):
+			return nil, fatal(codeTooManyConnections, te.Error())
+		case errors.As(err, &pgErr):
+			return nil, &pgError{severity: "FATAL", code: pgErr.Code, msg: pgErr.Message, detail: pgErr.Detail}
+		}
+		return nil, fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s:%d: %v", s.srv.primary.Host, s.srv.primary.Port, err))
+	}
+	s.upMu.Lock()
+	s.up = up
+	s.upMu.Unlock()
+	if setup != "" {
+		if _, err := up.Exec(ctx, setup); err != nil {
+			s.detach(up, false)
+			if se, ok := pool.IsServerError(err); ok {
+				return nil, &pgError{severity: "FATAL", code: se.Msg.Code, msg: se.Msg.Message, detail: se.Msg.Detail}
+			}
+			return nil, fatal(codeConnectionFailure, "pgsplit: applying startup parameters: "+err.Error())
+		}
+	}
+	return up, nil
+}
+
+// greet completes the login: AuthenticationOk, the server's parameters,
+// pgsplit's own BackendKeyData, ReadyForQuery.
+func (s *session) greet(up *pool.Conn) error {
+	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
+	names := make([]string, 0, len(up.Params))
+	for k := range up.Params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: up.Params[k]})
+	}
+	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: s.pid, SecretKey: s.secret[:]})
+	if err := writeMsgs(s.cw, msgs...); err != nil {
+		return err
+	}
+	if _, err := s.cw.Write(readyForQuery('I')); err != nil {
+		return err
+	}
+	return s.cw.Flush()
+}
+
+// relayClient forwards the client's messages to the server until the client
+// leaves or the session is closed, and says why it stopped.
+func (s *session) relayClient(up *pool.Conn) string {
+	for {
+		typ, _, err := s.cr.Next()
+		if err != nil {
+			var fe *wire.FrameError
+			if errors.As(err, &fe) {
+				s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
+				return "protocol violation: " + fe.Error()
+			}
+			return "client connection closed"
+		}
+		switch typ {
+		case 'X':
+			return "client terminated"
+		case 'Q', 'F':
+			s.pending.Add(1)
+		case 'S':
+			s.pending.Add(1)
+			s.unsynced.Store(false)
+		case 'P', 'B', 'E', 'D', 'C', 'H':
+			s.unsynced.Store(true)
+		}
+		if err := s.cr.Forward(up.W); err != nil {
+			return "relay client→server: " + err.Error()
+		}
+		if s.cr.Buffered() == 0 {
+			if err := up.W.Flush(); err != nil {
+				return "relay client→server: " + err.Error()
+			}
+		}
+	}
+}
+
+// pumpServer forwards the server's messages to the client until the server
+// connection fails or serve stops it with a read deadline.
+func (s *session) pumpServer(up *pool.Conn) error {
+	for {
+		typ, _, err := up.R.Next()
+		if err != nil {
+			return err
+		}
+		s.wmu.Lock()
+		var status byte
+		if typ == 'Z' {
+			var b []byte
+			b, err = up.R.Body()
+			if err == nil && len(b) != 1 {
+				err = fmt.Errorf("ReadyForQuery with %d bytes", len(b))
+			}
+			if err == nil {
+				status = b[0]
+				s.txStatus.Store(uint32(status))
+				s.pending.Add(-1)
+				err = up.R.WriteBodyAfterHeader(s.cw, b)
+			}
+		} else {
+			err = up.R.Forward(s.cw)
+		}
+		if err == nil && up.R.Buffered() == 0 {
+			err = s.cw.Flush()
+		}
+		s.wmu.Unlock()
+		if err != nil {
+			return fmt.Errorf("relay server→client: %w", err)
+		}
+		if status == 'I' && s.draining.Load() && s.idle() {
+			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+		}
+	}
+}
+
+// idle reports whether the client has no statement running and no
+// transaction open.
+func (s *session) idle() bool {
+	return s.pending.Load() <= 0 && !s.unsynced.Load() && byte(s.txStatus.Load()) == 'I'
+}
+
+// sendFatal writes a FATAL error to the client and closes the connection,
+// which ends serve's read loop.
+func (s *session) sendFatal(e *pgError) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = s.cw.Write(e.encode(nil))
+	_ = s.cw.Flush()
+	_ = s.conn.Close()
+}
+
+// finish returns or closes the upstream connection once the client is gone.
+func (s *session) finish(up *pool.Conn, pumpErr chan error, reason string) {
+	busy := !s.idle()
+	select {
+	case err := <-pumpErr:
+		// The server side ended first: the connection is unusable.
+		s.log.Info("client disconnected", zap.String("reason", "server connection ended: "+err.Error()))
+		s.detach(up, false)
+		return
+	default:
+	}
+	if busy {
+		// The client left mid-statement or mid-transaction-step: stop the
+		// server's work, and do not trust the connection's state.
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		if err := up.Cancel(ctx); err != nil {
+			s.log.Warn("cancel after client left failed", zap.Error(err))
+		}
+		cancel()
+		s.stopping.Store(true)
+		_ = up.Raw().Close()
+		<-pumpErr
+		s.detach(up, false)
+		s.log.Info("client disconnected", zap.String("reason", reason), zap.String("upstream", "cancelled and closed: client left mid-statement"))
+		return
+	}
+	s.stopping.Store(true)
+	_ = up.Raw().SetReadDeadline(time.Now())
+	err := <-pumpErr
+	_ = up.Raw().SetReadDeadline(time.Time{})
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || up.R.Broken() {
+		s.log.Info("client disconnected", zap.String("reason", reason), zap.String("upstream", "closed: "+err.Error()))
+		s.detach(up, false)
+		return
+	}
+	s.detach(up, true)
+	s.log.Info("client disconnected", zap.String("reason", reason))
+}
+
+// detach gives the upstream connection back: reset and released when
+// reuse is true and the reset works, closed otherwise.
+func (s *session) detach(up *pool.Conn, reuse bool) {
+	s.upMu.Lock()
+	s.up = nil
+	s.upMu.Unlock()
+	p := s.pool
+	if reuse {
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		err := up.Reset(ctx, byte(s.txStatus.Load()))
+		cancel()
+		if err == nil {
+			p.Release(up)
+			return
+		}
+		s.log.Info("upstream reset failed; closing the connection", zap.Error(err))
+	}
+	p.Discard(up)
+}
+
+// drain asks the session to end as soon as its client is idle: now, if it
+// is idle already.
+func (s *session) drain() {
+	s.draining.Store(true)
+	if !s.ready.Load() {
+		return // still logging in: it will be refused, or is being set up
+	}
+	if s.idle() {
+		s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+	}
+}
+
+// kill ends the session now, telling the client why.
+func (s *session) kill() {
+	_ = s.conn.SetDeadline(time.Now().Add(time.Second))
+	s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit shutdown_timeout reached"))
+}
+
+// cancel forwards a client's CancelRequest to the upstream connection that
+// is serving the session with that key. A wrong key is ignored silently, as
+// PostgreSQL does.
+func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
+	srv.mu.Lock()
+	sess := srv.sessions[cr.ProcessID]
+	srv.mu.Unlock()
+	if sess == nil || !sess.ready.Load() || len(cr.SecretKey) != 4 || subtle.ConstantTimeCompare(cr.SecretKey, sess.secret[:]) != 1 {
+		srv.log.Debug("cancel request with unknown key ignored", zap.String("client", from.String()))
+		return
+	}
+	sess.upMu.Lock()
+	up := sess.up
+	sess.upMu.Unlock()
+	if up == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := up.Cancel(ctx); err != nil {
+		srv.log.Warn("forwarding cancel request failed", zap.Error(err))
+		return
+	}
+	sess.log.Info("cancel request forwarded", zap.Uint32("backend_pid", up.PID))
+}
+
+// startupSettings turns the client's startup parameters (other than user
+// and database) and its "options" into one statement that applies them on
+// the upstream connection, as the server would have at login.
+func startupSettings(params map[string]string) (string, error) {
+	set := map[string]string{}
+	for k, v := range params {
+		switch k {
+		case "user", "database":
+		case "options":
+			opts, err := parseOptions(v)
+			if err != nil {
+				return "", err
+			}
+			for ok, ov := range opts {
+				set[ok] = ov
+			}
+		default:
+			set[k] = v
+		}
+	}
+	if len(set) == 0 {
+		return "", nil
+	}
+	names := make([]string, 0, len(set))
+	for k := range set {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	b.WriteString("SELECT ")
+	for i, k := range names {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "pg_catalog.set_config(%s, %s, false)", pool.QuoteLiteral(k), pool.QuoteLiteral(set[k]))
+	}
+	return b.String(), nil
+}
+
+// parseOptions reads libpq's "options" parameter: command-line switches
+// "-c name=value" or "--name=value", separated by spaces, with backslash
+// escaping a space.
+func parseOptions(s string) (map[string]string, error) {
+	var words []string
+	var cur strings.Builder
+	escaped, in := false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped, in = false, true
+		case r == '\\':
+			escaped = true
+		case r == ' ' || r == '\t' || r == '\n':
+			if in {
+				words = append(words, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteRune(r)
+			in = true
+		}
+	}
+	if in {
+		words = append(words, cur.String())
+	}
+	out := map[string]string{}
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		var kv string
+		switch {
+		case w == "-c" && i+1 < len(words):
+			i++
+			kv = words[i]
+		case strings.HasPrefix(w, "-c"):
+			kv = w[2:]
+		case strings.HasPrefix(w, "--"):
+			kv = w[2:]
+		default:
+			return nil, fatal(codeFeatureNotSupported, fmt.Sprintf("startup option %q is not supported by pgsplit: use -c name=value", w))
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fatal(codeProtocolViolation, fmt.Sprintf("invalid startup option %q: expected name=value", kv))
+		}
+		out[strings.ReplaceAll(k, "-", "_")] = v
+	}
+	return out, nil
+}
