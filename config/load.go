@@ -227,6 +227,9 @@ func decodeProblems(err error, v *viper.Viper) []string {
 			out = append(out, fmt.Sprintf("%s: %q is not allowed: must be %s", m[1], fmt.Sprint(v.Get(m[1])), typeWords(m[2])))
 			continue
 		}
+		if m := quotedKeyRE.FindStringSubmatch(line); m != nil {
+			line = m[1] + ": " + m[2] // "'pool.x' msg" → "pool.x: msg", like Validate's lines
+		}
 		out = append(out, line)
 	}
 	if len(out) == 0 {
@@ -238,6 +241,7 @@ func decodeProblems(err error, v *viper.Viper) []string {
 var (
 	invalidKeysRE = regexp.MustCompile(`^'?([^' ]*)'? has invalid keys: (.*)$`)
 	cannotParseRE = regexp.MustCompile(`^'([^']+)' cannot parse value as '(\w+)'`)
+	quotedKeyRE   = regexp.MustCompile(`^'([^']+)' (.*)$`)
 )
 
 func typeWords(t string) string {

@@ -1,0 +1,38 @@
+# pgsplit: the two commands a newcomer needs are `make demo` and `make test`.
+GO ?= go
+BIN := bin/pgsplit
+
+.PHONY: build demo test unit lint bench fuzz clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/pgsplit
+
+## demo: throwaway primary + 2 streaming replicas + pgsplit; prints DATABASE_URL. Ctrl-C cleans up.
+demo: build
+	@scripts/ensure-postgres.sh
+	./$(BIN) demo
+
+## test: every test, unit and end-to-end (starts its own PostgreSQL cluster).
+test:
+	@scripts/ensure-postgres.sh
+	$(GO) test -count=1 -timeout 20m ./...
+
+## unit: the tests that need no PostgreSQL.
+unit:
+	$(GO) test -count=1 ./config/ ./internal/wire/ ./proxy/ ./pool/ ./router/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## bench: Go micro-benchmarks of the hot path.
+bench:
+	$(GO) test -run XXX -bench . -benchmem ./internal/wire/ ./proxy/
+
+## fuzz: a short run of every fuzz target.
+fuzz:
+	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 30s ./internal/wire/
+	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime 30s ./proxy/
+
+clean:
+	rm -rf bin

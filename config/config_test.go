@@ -1,0 +1,124 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The shipped config.yaml must load as is.
+func TestShippedConfigLoads(t *testing.T) {
+	cfg, err := Load("../config.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:6432" || cfg.Pool.PoolSize != 20 || cfg.Pool.MaxOverflow != 40 ||
+		cfg.Pool.PoolTimeout != 30*time.Second || cfg.Pool.PoolRecycle != time.Hour || !cfg.Pool.PoolPrePing ||
+		cfg.ShutdownTimeout != 30*time.Second || cfg.Auth.Method != AuthSCRAM || len(cfg.Servers) != 2 {
+		t.Fatalf("unexpected values: %+v", cfg)
+	}
+	if p, ok := cfg.Primary(); !ok || p.Port != 5432 {
+		t.Fatalf("primary: %+v", p)
+	}
+}
+
+const minimal = `
+servers: [{ host: 127.0.0.1, port: 5432, role: primary }]
+auth: { users: [{ name: app, password: app }] }
+`
+
+func TestEnvOverrides(t *testing.T) {
+	env := []string{
+		"PGSPLIT_POOL_POOL_SIZE=7",
+		"PGSPLIT_POOL_POOL_TIMEOUT=2.5", // plain number = seconds, as in SQLAlchemy
+		"PGSPLIT_POOL_POOL_PRE_PING=off",
+		"PGSPLIT_LOG_FORMAT=console",
+		"PGSPLIT_SERVERS=10.0.0.1:5432/primary,10.0.0.2:5433/replica/3",
+		"PGSPLIT_AUTH_USERS=a:pw1,b:pw:2",
+		"OTHER=ignored",
+	}
+	cfg, err := Load(writeFile(t, minimal), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Pool.PoolSize != 7 || cfg.Pool.PoolTimeout != 2500*time.Millisecond || cfg.Pool.PoolPrePing || cfg.Log.Format != "console" {
+		t.Fatalf("env not applied: %+v", cfg.Pool)
+	}
+	if len(cfg.Servers) != 2 || cfg.Servers[1].Weight != 3 || cfg.Servers[1].Role != RoleReplica || cfg.Servers[0].Host != "10.0.0.1" {
+		t.Fatalf("servers: %+v", cfg.Servers)
+	}
+	if len(cfg.Auth.Users) != 2 || cfg.Auth.Users[1].Password != "pw:2" {
+		t.Fatalf("users: %+v", cfg.Auth.Users)
+	}
+}
+
+// Every problem is reported at once, one line each, naming key and value.
+func TestBadConfigListsEveryProblem(t *testing.T) {
+	body := `
+listen: "nowhere"
+servers:
+  - { host: 127.0.0.1, port: 70000, role: primray }
+auth:
+  method: scram
+  users: [{ name: app, password: app }]
+pool:
+  pool_sise: 3
+  max_overflow: -1
+  pool_timeout: soon
+log: { level: verbose }
+`
+	_, err := Load(writeFile(t, body), []string{"PGSPLIT_POOL_POOLSIZE=3"})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	want := []string{
+		`listen: "nowhere"`,
+		`servers[0].port: 70000`,
+		`servers[0].role: "primray"`,
+		`auth.method: "scram"`,
+		`pool.pool_sise: unknown key`,
+		`pool.max_overflow: -1`,
+		`pool.pool_timeout`,
+		`log.level: "verbose"`,
+		`PGSPLIT_POOL_POOLSIZE: unknown environment variable`,
+	}
+	text := err.Error()
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("missing %q in:\n%s", w, text)
+		}
+	}
+	if strings.Count(text, "\n") < len(want) {
+		t.Errorf("want one line per problem, got:\n%s", text)
+	}
+}
+
+func TestSecretsNotEchoed(t *testing.T) {
+	_, err := Load(writeFile(t, minimal), []string{"PGSPLIT_AUTH_USERS=topsecretwithoutcolon"})
+	if err == nil || strings.Contains(err.Error(), "topsecret") {
+		t.Fatalf("want an error that does not echo the value, got %v", err)
+	}
+	if s := (User{Name: "u", Password: "p4ss"}).String(); strings.Contains(s, "p4ss") {
+		t.Fatal("User.String leaks the password")
+	}
+}
+
+func TestDefaultsNeedServersAndUsers(t *testing.T) {
+	_, err := Load("", nil)
+	if err == nil || !strings.Contains(err.Error(), "servers: empty") || !strings.Contains(err.Error(), "auth.users: empty") {
+		t.Fatalf("got %v", err)
+	}
+}

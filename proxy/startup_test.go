@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"net"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func startupPacket(version uint32, kv ...string) []byte {
+	body := binary.BigEndian.AppendUint32(nil, version)
+	for _, s := range kv {
+		body = append(append(body, s...), 0)
+	}
+	body = append(body, 0)
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(body)+4)), body...)
+}
+
+func TestParseStartup(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		pkt      []byte
+		wantCode string // SQLSTATE expected, "" for success
+		check    func(*startup) string
+	}{
+		{"3.0 with params", startupPacket(3<<16, "user", "app", "database", "db", "application_name", "x"), "",
+			func(s *startup) string {
+				if s.params["user"] != "app" || s.params["database"] != "db" || s.params["application_name"] != "x" {
+					return "params wrong"
+				}
+				return ""
+			}},
+		{"database defaults to user", startupPacket(3<<16, "user", "app"), "",
+			func(s *startup) string {
+				if s.params["database"] != "app" {
+					return "database not defaulted"
+				}
+				return ""
+			}},
+		{"3.2 negotiated down", startupPacket(3<<16|2, "user", "app", "_pq_.foo", "1"), "",
+			func(s *startup) string {
+				if s.minor != 2 || len(s.unknown) != 1 || s.unknown[0] != "_pq_.foo" {
+					return "minor/unknown options not recorded"
+				}
+				return ""
+			}},
+		{"protocol 2.0", startupPacket(2<<16, "user", "app"), codeFeatureNotSupported, nil},
+		{"no user", startupPacket(3<<16, "database", "db"), codeInvalidAuthSpec, nil},
+		{"replication", startupPacket(3<<16, "user", "app", "replication", "database"), codeFeatureNotSupported, nil},
+		{"missing terminator", startupPacket(3<<16, "user", "app")[:20], codeProtocolViolation, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, st, err := parseStartup(tc.pkt[4:])
+			if tc.wantCode == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if msg := tc.check(st); msg != "" {
+					t.Fatal(msg)
+				}
+				return
+			}
+			var pe *pgError
+			if !errors.As(err, &pe) || pe.code != tc.wantCode {
+				t.Fatalf("want SQLSTATE %s, got %v", tc.wantCode, err)
+			}
+		})
+	}
+}
+
+// TestReadStartupOverPipe: SSLRequest is answered 'N' and the StartupMessage
+// that follows on the same connection is read; bytes pipelined after an
+// SSLRequest are refused (CVE-2021-23222).
+func TestReadStartupOverPipe(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	ssl := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), codeSSLRequest)
+
+	client, server := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		defer client.Close()
+		if _, err := client.Write(ssl); err != nil {
+			done <- err
+			return
+		}
+		var b [1]byte
+		if _, err := client.Read(b[:]); err != nil || b[0] != 'N' {
+			done <- errors.New("no N answer")
+			return
+		}
+		_, err := client.Write(startupPacket(3<<16, "user", "app"))
+		done <- err
+	}()
+	st, err := readStartup(bufio.NewReader(server), bufio.NewWriter(server))
+	if err != nil || st.params["user"] != "app" {
+		t.Fatalf("%v %v", st, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+
+	client, server = net.Pipe()
+	go func() {
+		defer client.Close()
+		_, _ = client.Write(append(ssl, startupPacket(3<<16, "user", "app")...))
+	}()
+	_, err = readStartup(bufio.NewReader(server), bufio.NewWriter(server))
+	var pe *pgError
+	if !errors.As(err, &pe) || pe.code != codeProtocolViolation {
+		t.Fatalf("pipelined data after SSLRequest: want 08P01, got %v", err)
+	}
+	server.Close()
+}
+
+func TestParseOptions(t *testing.T) {
+	got, err := parseOptions(`-c search_path=a\ b --work-mem=8MB -cstatement_timeout=5s`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["search_path"] != "a b" || got["work_mem"] != "8MB" || got["statement_timeout"] != "5s" {
+		t.Fatalf("%v", got)
+	}
+	for _, bad := range []string{"-x", "-c novalue", "--=1"} {
+		if _, err := parseOptions(bad); err == nil {
+			t.Errorf("%q: want error", bad)
+		}
+	}
+}
+
+func TestStartupSettingsQuoting(t *testing.T) {
+	sql, err := startupSettings(map[string]string{"user": "u", "database": "d", "application_name": `it's \ x`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `SELECT pg_catalog.set_config(E'application_name', E'it''s \\ x', false)`; sql != want {
+		t.Fatalf("got  %s\nwant %s", sql, want)
+	}
+	if sql, _ := startupSettings(map[string]string{"user": "u"}); sql != "" {
+		t.Fatalf("nothing to set, got %q", sql)
+	}
+}
+
+// md5Password must match PostgreSQL's construction; the expected value was
+// computed independently with Python's hashlib:
+// "md5" + md5(md5("secret"+"bob").hexdigest() + b"\x01\x02\x03\x04").
+func TestMD5Password(t *testing.T) {
+	if got, want := md5Password("bob", "secret", [4]byte{1, 2, 3, 4}), "md5f21dfe33ff3a9e03dbc3e008251fe5cc"; got != want {
+		t.Fatalf("got %s want %s", got, want)
+	}
+}
+
+// FuzzParseStartup claims only: no panic, and an error is always a pgError
+// the client can be told.
+func FuzzParseStartup(f *testing.F) {
+	f.Add(startupPacket(3<<16, "user", "app")[4:])
+	f.Add(binary.BigEndian.AppendUint32(nil, codeSSLRequest))
+	f.Add(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, codeCancelRequest), 1), 2))
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _, err := parseStartup(b)
+		if err != nil {
+			var pe *pgError
+			if !errors.As(err, &pe) {
+				t.Fatalf("non-pgError %T: %v", err, err)
+			}
+		}
+	})
+}
