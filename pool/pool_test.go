@@ -1,0 +1,256 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgsplit/pgsplit/internal/pgcluster"
+)
+
+// The pool is tested against a real PostgreSQL server started for this
+// package; there is no mock.
+var cluster *pgcluster.Cluster
+
+func TestMain(m *testing.M) {
+	if _, err := pgcluster.FindBinDir(); err != nil {
+		fmt.Fprintln(os.Stderr, "pool tests need PostgreSQL:", err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	c, err := pgcluster.Start(ctx, pgcluster.Options{Replicas: 0})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting PostgreSQL:", err)
+		os.Exit(1)
+	}
+	cluster = c
+	code := m.Run()
+	if err := c.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.Exit(code)
+}
+
+func newPool(size, overflow int, timeout time.Duration) *Pool {
+	return New(Options{
+		Host: cluster.Primary.Host, Port: cluster.Primary.Port,
+		User: "app", Password: "app", Database: "app",
+		Size: size, MaxOverflow: overflow, Timeout: timeout, PrePing: true,
+		ConnectTimeout: 5 * time.Second,
+	})
+}
+
+// backends counts the server's connections for user app.
+func backends(t *testing.T) int {
+	t.Helper()
+	out, err := cluster.Psql(context.Background(), cluster.Primary, "postgres",
+		"SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	fmt.Sscan(out, &n)
+	return n
+}
+
+func TestLimitsTimeoutAndOverflow(t *testing.T) {
+	p := newPool(2, 1, 300*time.Millisecond)
+	defer p.Close()
+	ctx := context.Background()
+	var held []*Conn
+	for i := 0; i < 3; i++ {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	if got := backends(t); got != 3 {
+		t.Fatalf("want 3 server connections, got %d", got)
+	}
+	start := time.Now()
+	_, err := p.Acquire(ctx)
+	var te *TimeoutError
+	if !errors.As(err, &te) {
+		t.Fatalf("4th acquire: want TimeoutError, got %v", err)
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond || waited > 2*time.Second {
+		t.Fatalf("waited %s, want about pool_timeout (300ms)", waited)
+	}
+	if !strings.Contains(err.Error(), "pool_size 2 + max_overflow 1") || !strings.Contains(err.Error(), "app@app") {
+		t.Fatalf("error must name the pool and its limit: %v", err)
+	}
+
+	// A waiter gets the connection that comes back.
+	got := make(chan *Conn, 1)
+	go func() {
+		c, err := p.Acquire(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	time.Sleep(50 * time.Millisecond)
+	p.Release(held[0])
+	select {
+	case c := <-got:
+		held[0] = c
+	case <-time.After(2 * time.Second):
+		t.Fatal("waiter not woken by Release")
+	}
+
+	// Release all three: only pool_size (2) stay open, the overflow one closes.
+	for _, c := range held {
+		p.Release(c)
+	}
+	if s := p.Stats(); s.Open != 2 || s.Idle != 2 {
+		t.Fatalf("after release want 2 open/2 idle, got %+v", s)
+	}
+	waitFor(t, func() bool { return backends(t) == 2 })
+}
+
+// A connection killed on the server while idle is replaced by pre-ping, so
+// the caller never sees the dead one; with pre-ping off it is handed out.
+func TestPrePingReplacesDeadConnection(t *testing.T) {
+	for _, prePing := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pre_ping=%v", prePing), func(t *testing.T) {
+			p := newPool(1, 0, time.Second)
+			p.opts.PrePing = prePing
+			defer p.Close()
+			ctx := context.Background()
+			c, err := p.Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid := c.PID
+			p.Release(c)
+			if _, err := cluster.Psql(ctx, cluster.Primary, "postgres", fmt.Sprintf("SELECT pg_terminate_backend(%d)", pid)); err != nil {
+				t.Fatal(err)
+			}
+			c.lastUsed = time.Now().Add(-time.Minute) // idle long enough to be pinged
+			c2, err := p.Acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, execErr := c2.Exec(ctx, "SELECT 1")
+			if prePing {
+				if c2.PID == pid || execErr != nil {
+					t.Fatalf("pre-ping should have replaced backend %d: got %d, %v", pid, c2.PID, execErr)
+				}
+				p.Release(c2)
+			} else {
+				if c2.PID != pid || execErr == nil {
+					t.Fatalf("without pre-ping the dead connection is handed out: got pid %d err %v", c2.PID, execErr)
+				}
+				p.Discard(c2)
+			}
+		})
+	}
+}
+
+func TestRecycle(t *testing.T) {
+	p := newPool(1, 0, time.Second)
+	p.opts.Recycle = 50 * time.Millisecond
+	defer p.Close()
+	ctx := context.Background()
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := c.PID
+	time.Sleep(80 * time.Millisecond)
+	p.Release(c) // too old: closed instead of kept
+	c, err = p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PID == pid {
+		t.Fatal("connection older than pool_recycle was reused")
+	}
+	p.Release(c)
+}
+
+func TestResetClearsSessionState(t *testing.T) {
+	p := newPool(1, 0, time.Second)
+	defer p.Close()
+	ctx := context.Background()
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Exec(ctx, "BEGIN; SET search_path TO nowhere")
+	if err != nil || st != 'T' {
+		t.Fatalf("status %q err %v", st, err)
+	}
+	if err := c.Reset(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "SET TimeZone TO 'Asia/Tokyo'"); err != nil {
+		t.Fatal(err)
+	}
+	if c.Params["TimeZone"] != "Asia/Tokyo" {
+		t.Fatalf("ParameterStatus not tracked: %v", c.Params["TimeZone"])
+	}
+	if err := c.Reset(ctx, 'I'); err != nil {
+		t.Fatal(err)
+	}
+	if c.Params["TimeZone"] == "Asia/Tokyo" {
+		t.Fatal("DISCARD ALL should have reported TimeZone back to default")
+	}
+	_, err = c.Exec(ctx, "SELECT 1/0")
+	if se, ok := IsServerError(err); !ok || se.Msg.Code != "22012" {
+		t.Fatalf("want 22012, got %v", err)
+	}
+	p.Release(c)
+}
+
+func TestConcurrentAcquireNeverExceedsMax(t *testing.T) {
+	p := newPool(3, 2, 10*time.Second)
+	defer p.Close()
+	var mu sync.Mutex
+	inUse, peak := 0, 0
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := p.Acquire(context.Background())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			inUse++
+			peak = max(peak, inUse)
+			mu.Unlock()
+			if _, err := c.Exec(context.Background(), "SELECT pg_sleep(0.01)"); err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			inUse--
+			mu.Unlock()
+			p.Release(c)
+		}()
+	}
+	wg.Wait()
+	if peak > 5 || p.Stats().Open > 5 {
+		t.Fatalf("peak %d, open %d: limit is 5", peak, p.Stats().Open)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("condition not reached in 5s")
+}
