@@ -15,7 +15,7 @@ demo: build
 ## test: every test, unit and end-to-end (starts its own PostgreSQL cluster).
 test:
 	@scripts/ensure-postgres.sh
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 
 ## unit: the tests that need no PostgreSQL.
 unit:

@@ -59,6 +59,15 @@ func dial(ctx context.Context, o *Options) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// pgconn may still have a background reader blocked in Read on the
+	// socket (it starts one when a write during the login is slow, e.g.
+	// under load). Hijacking without stopping it lets that goroutine swallow
+	// the answer to our first statement, which then waits forever. SyncConn
+	// stops it and drains pgconn's buffers, as pgconn's Hijack doc asks.
+	if err := pc.SyncConn(ctx); err != nil {
+		_ = pc.Close(ctx)
+		return nil, fmt.Errorf("upstream sync before hijack: %w", err)
+	}
 	hj, err := pc.Hijack()
 	if err != nil {
 		_ = pc.Close(ctx)
@@ -167,6 +176,22 @@ func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
 	}
 	if st != 'I' {
 		return fmt.Errorf("reset discard all: transaction status %q", st)
+	}
+	return nil
+}
+
+// errUnexpectedData is what checkIdle reports for bytes sent by the server
+// on a connection nobody asked anything.
+var errUnexpectedData = errors.New("server sent data on an idle connection")
+
+// checkIdle reports, without a round trip and without blocking, whether an
+// idle connection was ended (or written to) by the server.
+func (c *Conn) checkIdle() error {
+	if c.R.Buffered() > 0 {
+		return errUnexpectedData
+	}
+	if err := socketCheck(c.raw); err != nil {
+		return fmt.Errorf("idle check: %w", err)
 	}
 	return nil
 }

@@ -125,6 +125,18 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 				p.mu.Lock()
 				continue
 			}
+			// With pool_pre_ping, a connection the server ended while it
+			// sat idle must not reach a client, whose first statement would
+			// fail with the server's FATAL. The ping below only runs after
+			// PingAfter; this check costs no round trip, so it runs always.
+			if opts.PrePing {
+				if err := c.checkIdle(); err != nil {
+					p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
+					p.Discard(c)
+					p.mu.Lock()
+					continue
+				}
+			}
 			if opts.PrePing && time.Since(c.lastUsed) > PingAfter {
 				pctx, cancel := context.WithTimeout(ctx, pingTimeout(opts))
 				err := c.Ping(pctx)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -142,6 +143,12 @@ func md5Password(user, password string, salt [4]byte) string {
 func readAuthMsg(r *wire.Reader) ([]byte, error) {
 	typ, n, err := r.Next()
 	if err != nil {
+		// A bad header is the client's protocol violation (08P01), not an
+		// internal error: say so, as readStartup does for the startup packet.
+		var fe *wire.FrameError
+		if errors.As(err, &fe) {
+			return nil, fatal(codeProtocolViolation, fe.Error())
+		}
 		return nil, err
 	}
 	if typ != 'p' {

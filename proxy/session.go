@@ -68,6 +68,11 @@ func (s *session) serve() {
 	s.txStatus.Store('I')
 
 	_ = s.conn.SetDeadline(time.Now().Add(AuthTimeout))
+	if s.srv.draining.Load() {
+		// Shutdown began before the deadline above was set, which may have
+		// overwritten drain's wake-up: wake the startup reads again.
+		_ = s.conn.SetReadDeadline(time.Now())
+	}
 	st, err := readStartup(br, s.cw)
 	if err != nil {
 		s.failStartup(err, "", "")
@@ -119,11 +124,22 @@ func (s *session) serve() {
 	_ = s.conn.SetDeadline(time.Time{})
 	s.log.Info("client connected", zap.Uint32("backend_pid", up.PID), zap.String("server", up.Addr))
 	s.ready.Store(true)
+	if s.draining.Load() {
+		// drain ran while the client was logging in and could not end the
+		// session then; ready is set now, so drain can.
+		s.drain()
+	}
 
 	pumpErr := make(chan error, 1)
 	go func() {
 		err := s.pumpServer(up)
-		if !s.stopping.Load() {
+		var cwe *clientWriteError
+		switch {
+		case s.stopping.Load():
+		case errors.As(err, &cwe):
+			// The client is gone: close its socket so serve's read loop ends.
+			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
+		default:
 			// The server went away on its own: the client cannot go on.
 			s.log.Info("upstream connection lost", zap.Error(err))
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
@@ -144,9 +160,13 @@ func (s *session) failStartup(err error, user, database string) {
 			return
 		}
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		switch {
+		case errors.As(err, &ne) && ne.Timeout() && s.srv.draining.Load():
+			// drain woke the login's reads: pgsplit is shutting down.
+			pe = fatal(codeAdminShutdown, "the database system is shutting down")
+		case errors.As(err, &ne) && ne.Timeout():
 			pe = fatal(codeProtocolViolation, "timeout during startup and authentication")
-		} else {
+		default:
 			pe = fatal(codeInternalError, "pgsplit: "+err.Error())
 		}
 	}
@@ -258,7 +278,7 @@ func (s *session) pumpServer(up *pool.Conn) error {
 	for {
 		typ, _, err := up.R.Next()
 		if err != nil {
-			return err
+			return fmt.Errorf("relay server→client: read: %w", err)
 		}
 		s.wmu.Lock()
 		var status byte
@@ -272,13 +292,17 @@ func (s *session) pumpServer(up *pool.Conn) error {
 				status = b[0]
 				s.txStatus.Store(uint32(status))
 				s.pending.Add(-1)
-				err = up.R.WriteBodyAfterHeader(s.cw, b)
+				if werr := up.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
+					err = &clientWriteError{werr}
+				}
 			}
-		} else {
-			err = up.R.Forward(s.cw)
+		} else if err = up.R.Forward(s.cw); err != nil && !errors.Is(err, wire.ErrBroken) {
+			err = &clientWriteError{err} // Forward wraps read failures in ErrBroken
 		}
 		if err == nil && up.R.Buffered() == 0 {
-			err = s.cw.Flush()
+			if werr := s.cw.Flush(); werr != nil {
+				err = &clientWriteError{werr}
+			}
 		}
 		s.wmu.Unlock()
 		if err != nil {
@@ -289,6 +313,13 @@ func (s *session) pumpServer(up *pool.Conn) error {
 		}
 	}
 }
+
+// clientWriteError marks a relay failure on the client's side: the server
+// connection is fine but may still be busy sending results.
+type clientWriteError struct{ err error }
+
+func (e *clientWriteError) Error() string { return "write to client: " + e.err.Error() }
+func (e *clientWriteError) Unwrap() error { return e.err }
 
 // idle reports whether the client has no statement running and no
 // transaction open.
@@ -316,8 +347,15 @@ func (s *session) finish(up *pool.Conn, pumpErr chan error, reason string) {
 	busy := !s.idle()
 	select {
 	case err := <-pumpErr:
-		// The server side ended first: the connection is unusable.
-		s.log.Info("client disconnected", zap.String("reason", "server connection ended: "+err.Error()))
+		var cwe *clientWriteError
+		if errors.As(err, &cwe) {
+			// The client stopped reading while the server was sending:
+			// the server may still be busy, so cancel before closing.
+			s.cancelUpstream(up)
+			s.log.Info("client disconnected", zap.String("reason", err.Error()), zap.String("upstream", "cancelled and closed"))
+		} else {
+			s.log.Info("client disconnected", zap.String("reason", "server connection ended: "+err.Error()))
+		}
 		s.detach(up, false)
 		return
 	default:
@@ -325,11 +363,7 @@ func (s *session) finish(up *pool.Conn, pumpErr chan error, reason string) {
 	if busy {
 		// The client left mid-statement or mid-transaction-step: stop the
 		// server's work, and do not trust the connection's state.
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		if err := up.Cancel(ctx); err != nil {
-			s.log.Warn("cancel after client left failed", zap.Error(err))
-		}
-		cancel()
+		s.cancelUpstream(up)
 		s.stopping.Store(true)
 		_ = up.Raw().Close()
 		<-pumpErr
@@ -371,12 +405,28 @@ func (s *session) detach(up *pool.Conn, reuse bool) {
 	p.Discard(up)
 }
 
+// cancelUpstream sends a cancel for whatever up is running, bounded by
+// cleanupTimeout.
+func (s *session) cancelUpstream(up *pool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := up.Cancel(ctx); err != nil {
+		s.log.Warn("cancel after client left failed", zap.Error(err))
+	}
+}
+
 // drain asks the session to end as soon as its client is idle: now, if it
 // is idle already.
 func (s *session) drain() {
 	s.draining.Store(true)
 	if !s.ready.Load() {
-		return // still logging in: it will be refused, or is being set up
+		// Still logging in, so no transaction to wait for. A client that
+		// stalls in its startup or login (silent socket, health check)
+		// would otherwise hold the shutdown up for shutdown_timeout: wake
+		// its reads now, and serve refuses it with 57P01. A session that
+		// is past its reads (being set up) checks draining once ready.
+		_ = s.conn.SetReadDeadline(time.Now())
+		return
 	}
 	if s.idle() {
 		s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
@@ -385,6 +435,12 @@ func (s *session) drain() {
 
 // kill ends the session now, telling the client why.
 func (s *session) kill() {
+	if !s.ready.Load() {
+		// Logging in: serve's goroutine owns the client writer until ready,
+		// so only wake its reads and writes; failStartup answers 57P01.
+		_ = s.conn.SetDeadline(time.Now())
+		return
+	}
 	_ = s.conn.SetDeadline(time.Now().Add(time.Second))
 	s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit shutdown_timeout reached"))
 }
@@ -400,9 +456,12 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 		srv.log.Debug("cancel request with unknown key ignored", zap.String("client", from.String()))
 		return
 	}
+	// Hold upMu until the request is delivered: detach cannot hand the
+	// connection to another client meanwhile, so a late cancel never hits
+	// someone else's statement.
 	sess.upMu.Lock()
+	defer sess.upMu.Unlock()
 	up := sess.up
-	sess.upMu.Unlock()
 	if up == nil {
 		return
 	}
