@@ -98,4 +98,3 @@ func replicaList(cl *pgcluster.Cluster) string {
 	}
 	return s
 }
-
