@@ -40,6 +40,7 @@ type Config struct {
 	Servers         []Server      `mapstructure:"servers"`
 	Auth            Auth          `mapstructure:"auth"`
 	Pool            Pool          `mapstructure:"pool"`
+	Routing         Routing       `mapstructure:"routing"`
 	Log             Log           `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 }
@@ -96,6 +97,28 @@ type Pool struct {
 
 // Max is the most connections one pool may hold open: pool_size + max_overflow.
 func (p Pool) Max() int { return p.PoolSize + p.MaxOverflow }
+
+// Routing values.
+const (
+	ReadFromReplicas = "replicas" // reads to replicas, the primary when none is usable
+	ReadFromAny      = "any"      // reads to replicas and the primary alike
+	ReadFromPrimary  = "primary"  // no offloading
+
+	TxPrimary = "primary" // every transaction that is not READ ONLY on the primary
+
+	BalanceLeastConn  = "least_conn"
+	BalanceRoundRobin = "round_robin"
+	BalanceRandom     = "random"
+)
+
+// Routing says where statements go.
+type Routing struct {
+	ReadFrom       string   `mapstructure:"read_from"`
+	Transactions   string   `mapstructure:"transactions"`
+	LoadBalance    string   `mapstructure:"load_balance"`
+	WriteFunctions []string `mapstructure:"write_functions"`
+	ReadFunctions  []string `mapstructure:"read_functions"`
+}
 
 // Log configures process logging.
 type Log struct {

@@ -22,22 +22,33 @@ const EnvPrefix = "PGSPLIT_"
 // variable onto a key it knows.
 func defaults() map[string]any {
 	return map[string]any{
-		"listen":               "127.0.0.1:6432",
-		"max_client_conn":      10000,
-		"servers":              []any{},
-		"auth.method":          AuthSCRAM,
-		"auth.users":           []any{},
-		"pool.mode":            ModeSession,
-		"pool.pool_size":       20,
-		"pool.max_overflow":    40,
-		"pool.pool_timeout":    "30s",
-		"pool.pool_recycle":    "1h",
-		"pool.pool_pre_ping":   true,
-		"pool.connect_timeout": "5s",
-		"log.level":            "info",
-		"log.format":           "json",
-		"shutdown_timeout":     "30s",
+		"listen":                  "127.0.0.1:6432",
+		"max_client_conn":         10000,
+		"servers":                 []any{},
+		"auth.method":             AuthSCRAM,
+		"auth.users":              []any{},
+		"pool.mode":               ModeSession,
+		"pool.pool_size":          20,
+		"pool.max_overflow":       40,
+		"pool.pool_timeout":       "30s",
+		"pool.pool_recycle":       "1h",
+		"pool.pool_pre_ping":      true,
+		"pool.connect_timeout":    "5s",
+		"routing.read_from":       ReadFromReplicas,
+		"routing.transactions":    TxPrimary,
+		"routing.load_balance":    BalanceLeastConn,
+		"routing.write_functions": []string{},
+		"routing.read_functions":  []string{},
+		"log.level":               "info",
+		"log.format":              "json",
+		"shutdown_timeout":        "30s",
 	}
+}
+
+// DefaultRouting is the routing section's defaults, for configurations
+// built in code.
+func DefaultRouting() Routing {
+	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxPrimary, LoadBalance: BalanceLeastConn}
 }
 
 // Keys lists every configuration key in dotted form, sorted.
@@ -111,10 +122,11 @@ func Load(path string, environ []string) (*Config, error) {
 	}
 
 	var cfg Config
-	err := v.UnmarshalExact(&cfg, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(durationHook, boolHook)))
+	err := v.UnmarshalExact(&cfg, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(durationHook, boolHook, mapstructure.StringToSliceHookFunc(","))))
 	if err != nil {
 		problems = append(problems, decodeProblems(err, v)...)
 	}
+	defaultWeights(&cfg, v)
 	// Validate even after a decode problem, so one run lists every problem;
 	// a key that failed to decode is not reported a second time.
 	for _, vp := range cfg.Validate() {
@@ -134,6 +146,22 @@ func Load(path string, environ []string) (*Config, error) {
 		return nil, &Error{Problems: problems}
 	}
 	return &cfg, nil
+}
+
+// defaultWeights gives weight 1 to servers whose entry has no weight key, so
+// that weight: 0 can still take a replica out of read rotation.
+func defaultWeights(cfg *Config, v *viper.Viper) {
+	raw, _ := v.Get("servers").([]any)
+	for i := range cfg.Servers {
+		if i >= len(raw) {
+			break
+		}
+		if m, ok := raw[i].(map[string]any); ok {
+			if _, has := m["weight"]; !has {
+				cfg.Servers[i].Weight = 1
+			}
+		}
+	}
 }
 
 // Error is a configuration refused at load time. Each problem names the key,

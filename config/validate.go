@@ -101,6 +101,23 @@ func (c *Config) Validate() []string {
 		bad("shutdown_timeout", c.ShutdownTimeout, "must be 0 or a positive duration")
 	}
 
+	switch c.Routing.ReadFrom {
+	case ReadFromReplicas, ReadFromAny, ReadFromPrimary:
+	default:
+		bad("routing.read_from", c.Routing.ReadFrom, "must be replicas, any or primary")
+	}
+	switch c.Routing.Transactions {
+	case TxPrimary:
+	case "split":
+		bad("routing.transactions", c.Routing.Transactions, "split transactions are not implemented yet; use primary")
+	default:
+		bad("routing.transactions", c.Routing.Transactions, "must be primary")
+	}
+	switch c.Routing.LoadBalance {
+	case BalanceLeastConn, BalanceRoundRobin, BalanceRandom:
+	default:
+		bad("routing.load_balance", c.Routing.LoadBalance, "must be least_conn, round_robin or random")
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

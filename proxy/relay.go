@@ -1,20 +1,60 @@
 package proxy
 
 import (
-	"context"
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
-	"github.com/pgsplit/pgsplit/internal/wire"
-	"github.com/pgsplit/pgsplit/pool"
 	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/internal/wire"
+	"github.com/pgsplit/pgsplit/router"
 )
 
-// relayClient forwards the client's messages to the server until the client
-// leaves or the session is closed, and says why it stopped.
-func (s *session) relayClient(up *pool.Conn) string {
+// maxBatch is how much of an extended-protocol batch pgsplit holds back to
+// route it as a whole. A larger batch (big Bind parameters, say) is sent to
+// the primary without waiting for its end.
+const maxBatch = 1 << 20
+
+// clientStmt is a named (or the unnamed) prepared statement as the client
+// created it with Parse.
+type clientStmt struct {
+	sql   string
+	parse []byte // the whole Parse message, to prepare it on another server
+	class router.Statement
+}
+
+// batch is an extended-protocol batch being collected until Sync or Flush.
+type batch struct {
+	buf     []byte   // raw messages
+	parses  []string // statement names parsed in the batch, in order
+	refs    []string // statement names used by Bind or Describe
+	closes  []string // statement names closed by the client
+	target  router.Target
+	reason  string
+	primary bool // something in the batch needs the primary
+	started bool
+	large   bool // over maxBatch: streaming to the primary
+}
+
+func (b *batch) reset() {
+	b.buf = b.buf[:0]
+	b.parses = b.parses[:0]
+	b.refs = b.refs[:0]
+	b.closes = b.closes[:0]
+	b.primary, b.started, b.large = false, false, false
+	b.reason = ""
+	if cap(b.buf) > 4*maxBatch {
+		b.buf = nil
+	}
+}
+
+// relayClient reads the client's messages, routes each statement or batch
+// to the primary or a replica, and forwards it, until the client leaves or
+// the session is closed. It says why it stopped.
+func (s *session) relayClient() string {
 	for {
 		typ, _, err := s.cr.Next()
 		if err != nil {
@@ -28,164 +68,406 @@ func (s *session) relayClient(up *pool.Conn) string {
 		switch typ {
 		case 'X':
 			return "client terminated"
-		case 'Q', 'F':
-			s.pending.Add(1)
-		case 'S':
-			s.pending.Add(1)
-			s.unsynced.Store(false)
-		case 'P', 'B', 'E', 'D', 'C', 'H':
-			s.unsynced.Store(true)
+		case 'Q':
+			err = s.relayQuery()
+		case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
+			err = s.relayExtended(typ)
+		case 'F':
+			// FunctionCall: a server function by OID, nothing to classify.
+			err = s.forwardCurrent(router.Primary, "function call", typ)
+		default:
+			// COPY data and anything else belong to the statement running
+			// on the active connection.
+			err = s.forwardCurrent(s.activeTarget(), "", typ)
 		}
-		if err := s.cr.Forward(up.W); err != nil {
+		if err != nil {
+			var pe *pgError
+			if errors.As(err, &pe) && pe.severity == "FATAL" {
+				s.sendFatal(pe)
+			}
 			return "relay client→server: " + err.Error()
 		}
-		if s.cr.Buffered() == 0 {
-			if err := up.W.Flush(); err != nil {
-				return "relay client→server: " + err.Error()
-			}
-		}
 	}
 }
 
-// pumpServer forwards the server's messages to the client until the server
-// connection fails or serve stops it with a read deadline.
-func (s *session) pumpServer(up *pool.Conn) error {
-	for {
-		typ, _, err := up.R.Next()
+func (s *session) activeTarget() router.Target {
+	if s.active != nil {
+		return s.active.target
+	}
+	return router.Primary
+}
+
+// relayQuery routes and forwards one simple-protocol Query.
+func (s *session) relayQuery() error {
+	body, err := s.cr.Body()
+	if err != nil {
+		return err
+	}
+	sql := string(bytes.TrimRight(body, "\x00"))
+	st := s.srv.classifier.Classify(sql)
+	d := s.decide(st)
+	if d.local != nil {
+		return s.answerLocally(d.local)
+	}
+	u, err := s.switchTo(d.target)
+	if err != nil {
+		return err
+	}
+	s.log.Debug("route", zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	u.pending.Add(1)
+	delete(u.prepared, "") // a simple Query destroys the unnamed statement
+	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
+		return err
+	}
+	s.afterStatement(u, st)
+	return s.flushIfIdle(u)
+}
+
+// forwardCurrent forwards the current message unchanged to the active
+// connection (or to t when nothing is running).
+func (s *session) forwardCurrent(t router.Target, reason string, typ byte) error {
+	u := s.active
+	if u == nil || !u.owesAnswers() {
+		var err error
+		if u, err = s.switchTo(t); err != nil {
+			return err
+		}
+	}
+	if typ == 'F' {
+		u.pending.Add(1)
+	}
+	if err := s.cr.Forward(u.conn.W); err != nil {
+		return err
+	}
+	return s.flushIfIdle(u)
+}
+
+func (s *session) flushIfIdle(u *upstream) error {
+	if s.cr.Buffered() == 0 {
+		return u.conn.W.Flush()
+	}
+	return nil
+}
+
+// relayExtended collects an extended-protocol batch until Sync or Flush,
+// then routes it as a whole: to a replica only if every statement in it is
+// read-only.
+func (s *session) relayExtended(typ byte) error {
+	b := &s.batch
+	if b.large || (s.active != nil && s.active.unsynced.Load() && !b.started) {
+		// Streaming a large batch, or continuing one the server is already
+		// working on (after a Flush): it stays where it is.
+		return s.streamExtended(typ)
+	}
+	body, err := s.cr.Body()
+	if err != nil {
+		return err
+	}
+	b.started = true
+	start := len(b.buf)
+	b.buf = append(b.buf, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(body)+4))
+	b.buf = append(b.buf, body...)
+	if err := s.noteExtended(typ, body, b.buf[start:]); err != nil {
+		return err
+	}
+	if typ != 'S' && typ != 'H' && len(b.buf) <= maxBatch {
+		return nil
+	}
+	t := router.Replica
+	if b.primary {
+		t = router.Primary
+	}
+	if len(b.buf) > maxBatch && typ != 'S' && typ != 'H' {
+		b.large = true
+		t, b.reason = router.Primary, "large batch"
+	}
+	d := s.decideBatch(t, b.reason)
+	u, err := s.switchTo(d.target)
+	if err != nil {
+		b.reset()
+		return err
+	}
+	if err := s.injectStatements(u, b); err != nil {
+		return err
+	}
+	if _, err := u.conn.W.Write(b.buf); err != nil {
+		return err
+	}
+	s.log.Debug("route batch", zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	if typ == 'S' {
+		u.pending.Add(1)
+		u.unsynced.Store(false)
+	} else {
+		u.unsynced.Store(true)
+	}
+	for _, name := range b.closes {
+		delete(u.prepared, name)
+	}
+	for _, name := range b.parses {
+		if cs, ok := s.stmts[name]; ok {
+			u.prepared[name] = cs.sql
+		}
+	}
+	large := b.large
+	b.reset()
+	b.large = large
+	return s.flushIfIdle(u)
+}
+
+// streamExtended forwards an extended-protocol message straight to the
+// active connection.
+func (s *session) streamExtended(typ byte) error {
+	u := s.active
+	if typ == 'S' {
+		u.pending.Add(1)
+		u.unsynced.Store(false)
+		s.batch.large = false
+	} else {
+		u.unsynced.Store(true)
+	}
+	if typ == 'P' || typ == 'C' {
+		// Keep the statement registry right even when streaming.
+		body, err := s.cr.Body()
 		if err != nil {
-			return fmt.Errorf("relay server→client: read: %w", err)
+			return err
 		}
-		s.wmu.Lock()
-		var status byte
-		if typ == 'Z' {
-			var b []byte
-			b, err = up.R.Body()
-			if err == nil && len(b) != 1 {
-				err = fmt.Errorf("ReadyForQuery with %d bytes", len(b))
-			}
-			if err == nil {
-				status = b[0]
-				s.txStatus.Store(uint32(status))
-				s.pending.Add(-1)
-				if werr := up.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
-					err = &clientWriteError{werr}
-				}
-			}
-		} else if err = up.R.Forward(s.cw); err != nil && !errors.Is(err, wire.ErrBroken) {
-			err = &clientWriteError{err} // Forward wraps read failures in ErrBroken
+		msg := append([]byte{typ, 0, 0, 0, 0}, body...)
+		binary.BigEndian.PutUint32(msg[1:], uint32(len(body)+4))
+		if err := s.noteExtended(typ, body, msg); err != nil {
+			return err
 		}
-		if err == nil && up.R.Buffered() == 0 {
-			if werr := s.cw.Flush(); werr != nil {
-				err = &clientWriteError{werr}
-			}
+		name := cstring(body)
+		if typ == 'P' {
+			u.prepared[name] = s.stmts[name].sql
+		} else if len(body) > 0 && body[0] == 'S' {
+			delete(u.prepared, cstring(body[1:]))
 		}
-		s.wmu.Unlock()
-		if err != nil {
-			return fmt.Errorf("relay server→client: %w", err)
+		if _, err := u.conn.W.Write(msg); err != nil {
+			return err
 		}
-		if status == 'I' && s.draining.Load() && s.idle() {
-			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
-		}
+		return s.flushIfIdle(u)
 	}
+	if err := s.cr.Forward(u.conn.W); err != nil {
+		return err
+	}
+	return s.flushIfIdle(u)
 }
 
-// clientWriteError marks a relay failure on the client's side: the server
-// connection is fine but may still be busy sending results.
-type clientWriteError struct{ err error }
-
-func (e *clientWriteError) Error() string { return "write to client: " + e.err.Error() }
-func (e *clientWriteError) Unwrap() error { return e.err }
-
-// idle reports whether the client has no statement running and no
-// transaction open.
-func (s *session) idle() bool {
-	return s.pending.Load() <= 0 && !s.unsynced.Load() && byte(s.txStatus.Load()) == 'I'
-}
-
-// sendFatal writes a FATAL error to the client and closes the connection,
-// which ends serve's read loop.
-func (s *session) sendFatal(e *pgError) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.closed {
-		return
-	}
-	s.closed = true
-	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = s.cw.Write(e.encode(nil))
-	_ = s.cw.Flush()
-	_ = s.conn.Close()
-}
-
-// finish returns or closes the upstream connection once the client is gone.
-func (s *session) finish(up *pool.Conn, pumpErr chan error, reason string) {
-	busy := !s.idle()
-	select {
-	case err := <-pumpErr:
-		var cwe *clientWriteError
-		if errors.As(err, &cwe) {
-			// The client stopped reading while the server was sending:
-			// the server may still be busy, so cancel before closing.
-			s.cancelUpstream(up)
-			s.log.Info("client disconnected", zap.String("reason", err.Error()), zap.String("upstream", "cancelled and closed"))
-		} else {
-			s.log.Info("client disconnected", zap.String("reason", "server connection ended: "+err.Error()))
+// noteExtended records what a batch message means for routing and for the
+// client's statement registry. msg is the whole message (kept for Parse).
+func (s *session) noteExtended(typ byte, body, msg []byte) error {
+	b := &s.batch
+	switch typ {
+	case 'P':
+		name, rest, ok := cut(body)
+		sql, _, ok2 := cut(rest)
+		if !ok || !ok2 {
+			return fatal(codeProtocolViolation, "invalid Parse message")
 		}
-		s.detach(up, false)
-		return
-	default:
+		st := s.srv.classifier.Classify(sql)
+		s.stmts[name] = &clientStmt{sql: sql, parse: append([]byte(nil), msg...), class: st}
+		b.parses = append(b.parses, name)
+		s.noteClass(st)
+	case 'B':
+		_, rest, ok := cut(body) // portal
+		name, _, ok2 := cut(rest)
+		if !ok || !ok2 {
+			return fatal(codeProtocolViolation, "invalid Bind message")
+		}
+		s.noteRef(name)
+	case 'D':
+		if len(body) > 0 && body[0] == 'S' {
+			name, _, _ := cut(body[1:])
+			s.noteRef(name)
+		}
+	case 'C':
+		if len(body) > 0 && body[0] == 'S' {
+			name, _, _ := cut(body[1:])
+			delete(s.stmts, name)
+			b.closes = append(b.closes, name)
+		}
 	}
-	if busy {
-		// The client left mid-statement or mid-transaction-step: stop the
-		// server's work, and do not trust the connection's state.
-		s.cancelUpstream(up)
-		s.stopping.Store(true)
-		_ = up.Raw().Close()
-		<-pumpErr
-		s.detach(up, false)
-		s.log.Info("client disconnected", zap.String("reason", reason), zap.String("upstream", "cancelled and closed: client left mid-statement"))
-		return
-	}
-	s.stopping.Store(true)
-	_ = up.Raw().SetReadDeadline(time.Now())
-	err := <-pumpErr
-	_ = up.Raw().SetReadDeadline(time.Time{})
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() || up.R.Broken() {
-		s.log.Info("client disconnected", zap.String("reason", reason), zap.String("upstream", "closed: "+err.Error()))
-		s.detach(up, false)
-		return
-	}
-	s.detach(up, true)
-	s.log.Info("client disconnected", zap.String("reason", reason))
+	return nil
 }
 
-// detach gives the upstream connection back: reset and released when
-// reuse is true and the reset works, closed otherwise.
-func (s *session) detach(up *pool.Conn, reuse bool) {
-	s.upMu.Lock()
-	s.up = nil
-	s.upMu.Unlock()
-	p := s.pool
-	if reuse {
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		err := up.Reset(ctx, byte(s.txStatus.Load()))
-		cancel()
-		if err == nil {
-			p.Release(up)
+func (s *session) noteRef(name string) {
+	b := &s.batch
+	for _, p := range b.parses {
+		if p == name {
 			return
 		}
-		s.log.Info("upstream reset failed; closing the connection", zap.Error(err))
 	}
-	p.Discard(up)
+	b.refs = append(b.refs, name)
+	if cs, ok := s.stmts[name]; ok {
+		s.noteClass(cs.class)
+	} else {
+		b.primary = true // unknown statement: let the primary report the error
+		b.reason = "unknown prepared statement"
+	}
 }
 
-// cancelUpstream sends a cancel for whatever up is running, bounded by
-// cleanupTimeout.
-func (s *session) cancelUpstream(up *pool.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	if err := up.Cancel(ctx); err != nil {
-		s.log.Warn("cancel after client left failed", zap.Error(err))
+func (s *session) noteClass(st router.Statement) {
+	b := &s.batch
+	if st.Target != router.Replica {
+		if !b.primary {
+			b.reason = st.Reason
+		}
+		b.primary = true
+		return
 	}
+	if b.reason == "" {
+		b.reason = st.Reason
+	}
+}
+
+// injectStatements prepares on u, ahead of the batch, the statements the
+// batch uses but u does not have, so a statement prepared on one server can
+// be executed on another. Their answers are dropped by the pump.
+func (s *session) injectStatements(u *upstream, b *batch) error {
+	for _, name := range b.parses {
+		if _, stale := u.prepared[name]; stale && name != "" {
+			// The client closed this name on another server and parses it
+			// again: close u's old copy first (closing is never an error).
+			if err := s.injectClose(u, name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range b.refs {
+		cs, ok := s.stmts[name]
+		if !ok {
+			continue
+		}
+		if have, ok := u.prepared[name]; ok && have == cs.sql {
+			continue
+		}
+		if name != "" {
+			if err := s.injectClose(u, name); err != nil {
+				return err
+			}
+		}
+		u.dropParse.Add(1)
+		if _, err := u.conn.W.Write(cs.parse); err != nil {
+			return err
+		}
+		u.prepared[name] = cs.sql
+	}
+	return nil
+}
+
+func (s *session) injectClose(u *upstream, name string) error {
+	msg := make([]byte, 0, 7+len(name))
+	msg = append(msg, 'C', 0, 0, 0, 0, 'S')
+	msg = append(append(msg, name...), 0)
+	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
+	u.dropClose.Add(1)
+	delete(u.prepared, name)
+	_, err := u.conn.W.Write(msg)
+	return err
+}
+
+// switchTo makes t's connection the active one: it waits until the current
+// one owes the client nothing (answers must reach the client in order),
+// attaches a connection for t if the session has none, and brings its
+// session settings up to date. A replica that cannot be reached falls back
+// to the primary.
+func (s *session) switchTo(t router.Target) (*upstream, error) {
+	if s.active != nil && s.active.target != t {
+		if err := s.waitQuiet(s.active); err != nil {
+			return nil, err
+		}
+	}
+	u := s.ups[t]
+	if u == nil {
+		var err error
+		u, err = s.acquire(t)
+		if err != nil {
+			if t == router.Primary {
+				var pe *pgError
+				if errors.As(err, &pe) {
+					pe.severity = "FATAL"
+				}
+				return nil, err
+			}
+			s.log.Warn("no replica connection; reading from the primary", zap.Error(err))
+			return s.switchTo(router.Primary)
+		}
+		s.startPump(u)
+	}
+	if err := s.syncSettings(u); err != nil {
+		return nil, err
+	}
+	s.active = u
+	return u, nil
+}
+
+// waitQuiet blocks until u has answered everything sent to it.
+func (s *session) waitQuiet(u *upstream) error {
+	if err := u.conn.W.Flush(); err != nil {
+		return err
+	}
+	for u.owesAnswers() || u.dropZ.Load() > 0 {
+		select {
+		case <-s.zSignal:
+		case <-u.exited:
+			return errors.New("server connection ended")
+		case <-time.After(time.Second):
+			// A signal may have gone to an earlier wait; look again.
+		}
+	}
+	return nil
+}
+
+// syncSettings replays the client's session settings (SET of harmless
+// parameters) on u where they differ, as one injected statement.
+func (s *session) syncSettings(u *upstream) error {
+	var q bytes.Buffer
+	for name, val := range s.settings {
+		if u.settings[name] != val {
+			fmt.Fprintf(&q, "SET %s TO %s;", quoteIdent(name), val)
+			u.settings[name] = val
+		}
+	}
+	for name := range u.settings {
+		if _, ok := s.settings[name]; !ok {
+			fmt.Fprintf(&q, "RESET %s;", quoteIdent(name))
+			delete(u.settings, name)
+		}
+	}
+	if q.Len() == 0 {
+		return nil
+	}
+	return s.inject(u, q.String())
+}
+
+// inject sends sql to u as a simple Query whose answers the pump drops.
+func (s *session) inject(u *upstream, sql string) error {
+	msg := make([]byte, 5, 6+len(sql))
+	msg[0] = 'Q'
+	msg = append(append(msg, sql...), 0)
+	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
+	u.dropZ.Add(1)
+	u.pending.Add(1)
+	delete(u.prepared, "")
+	_, err := u.conn.W.Write(msg)
+	return err
+}
+
+// cut splits a NUL-terminated string off the front of b.
+func cut(b []byte) (string, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return "", nil, false
+	}
+	return string(b[:i]), b[i+1:], true
+}
+
+func cstring(b []byte) string {
+	s, _, _ := cut(b)
+	return s
+}
+
+func quoteIdent(s string) string {
+	return `"` + string(bytes.ReplaceAll([]byte(s), []byte(`"`), []byte(`""`))) + `"`
 }

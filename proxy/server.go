@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/pool"
+	"github.com/pgsplit/pgsplit/router"
 )
 
 // AuthTimeout bounds the startup and login phase of a client, as
@@ -34,10 +35,12 @@ const AuthTimeout = 60 * time.Second
 
 // Server accepts clients and relays them to the primary in session mode.
 type Server struct {
-	log     *zap.Logger
-	cfg     atomic.Pointer[config.Config]
-	auth    atomic.Pointer[authenticator]
-	primary config.Server
+	log        *zap.Logger
+	cfg        atomic.Pointer[config.Config]
+	auth       atomic.Pointer[authenticator]
+	classifier *router.Classifier
+	primary    config.Server
+	replicas   []config.Server // every server that is not the primary
 
 	ln       net.Listener
 	draining atomic.Bool
@@ -47,9 +50,10 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
 	pools    map[poolKey]*pool.Pool
+	rr       uint64 // round-robin position
 }
 
-type poolKey struct{ database, user string }
+type poolKey struct{ server, database, user string }
 
 // New checks cfg and prepares a server; it opens no sockets.
 func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
@@ -63,6 +67,10 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	}
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
+	s.classifier = router.NewClassifier(router.Options{
+		WriteFunctions: cfg.Routing.WriteFunctions,
+		ReadFunctions:  cfg.Routing.ReadFunctions,
+	})
 	return s, nil
 }
 
@@ -74,6 +82,14 @@ func (s *Server) Listen(ctx context.Context) error {
 		return err
 	}
 	s.primary = primary
+	for _, srv := range cfg.Servers {
+		if srv != primary {
+			if srv.Weight == 0 && srv.Role == config.RoleAuto {
+				srv.Weight = 1
+			}
+			s.replicas = append(s.replicas, srv)
+		}
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
@@ -139,17 +155,22 @@ func (s *Server) forget(sess *session) {
 	s.mu.Unlock()
 }
 
-// poolFor returns the primary pool for (database, user), creating it.
-func (s *Server) poolFor(u config.User, database string) *pool.Pool {
+// poolFor returns the pool for target (the primary, or the replica chosen
+// by load balancing) and (database, user), creating it.
+func (s *Server) poolFor(t router.Target, u config.User, database string) (*pool.Pool, config.Server) {
 	cfg := s.cfg.Load()
-	k := poolKey{database, u.Name}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	srv := s.primary
+	if t == router.Replica {
+		srv = s.pickReplicaLocked(u.Name, database)
+	}
+	k := poolKey{srv.Addr(), database, u.Name}
 	if p, ok := s.pools[k]; ok {
-		return p
+		return p, srv
 	}
 	p := pool.New(pool.Options{
-		Host: s.primary.Host, Port: s.primary.Port,
+		Host: srv.Host, Port: srv.Port,
 		User: u.Name, Password: u.Password, Database: database,
 		Size: cfg.Pool.PoolSize, MaxOverflow: cfg.Pool.MaxOverflow,
 		Timeout: cfg.Pool.PoolTimeout, Recycle: cfg.Pool.PoolRecycle, PrePing: cfg.Pool.PoolPrePing,
@@ -157,7 +178,75 @@ func (s *Server) poolFor(u config.User, database string) *pool.Pool {
 		Logger:         s.log,
 	})
 	s.pools[k] = p
-	return p
+	return p, srv
+}
+
+// pickReplicaLocked chooses a replica for a new session connection: the one
+// with the fewest open connections for (database, user) per unit of weight
+// (least_conn), or by turns (round_robin) or at random, as configured.
+func (s *Server) pickReplicaLocked(user, database string) config.Server {
+	var best config.Server
+	bestScore := -1.0
+	var eligible []config.Server
+	for _, r := range s.replicas {
+		if r.Weight > 0 {
+			eligible = append(eligible, r)
+		}
+	}
+	if s.cfg.Load().Routing.ReadFrom == config.ReadFromAny {
+		p := s.primary
+		p.Weight = 1
+		eligible = append(eligible, p)
+	}
+	if len(eligible) == 0 {
+		return s.primary
+	}
+	switch s.cfg.Load().Routing.LoadBalance {
+	case config.BalanceRoundRobin:
+		s.rr++
+		return weightedPick(eligible, s.rr)
+	case config.BalanceRandom:
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		return weightedPick(eligible, binary.BigEndian.Uint64(b[:]))
+	}
+	for _, r := range eligible {
+		open := 0
+		if p, ok := s.pools[poolKey{r.Addr(), database, user}]; ok {
+			open = p.Stats().Open
+		}
+		score := float64(open+1) / float64(r.Weight)
+		if bestScore < 0 || score < bestScore {
+			best, bestScore = r, score
+		}
+	}
+	return best
+}
+
+// weightedPick takes the n-th slot of the replicas laid out by weight.
+func weightedPick(rs []config.Server, n uint64) config.Server {
+	total := 0
+	for _, r := range rs {
+		total += r.Weight
+	}
+	i := int(n % uint64(total))
+	for _, r := range rs {
+		if i < r.Weight {
+			return r
+		}
+		i -= r.Weight
+	}
+	return rs[0]
+}
+
+// hasReplicas reports whether any replica may take reads.
+func (s *Server) hasReplicas() bool {
+	for _, r := range s.replicas {
+		if r.Weight > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Reload applies a new configuration to what can change while running:

@@ -20,6 +20,7 @@ import (
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/wire"
 	"github.com/pgsplit/pgsplit/pool"
+	"github.com/pgsplit/pgsplit/router"
 )
 
 // cleanupTimeout bounds what pgsplit does on an upstream connection after its
@@ -36,6 +37,9 @@ type session struct {
 	conn net.Conn
 	log  *zap.Logger
 
+	user     config.User // set at login
+	database string
+
 	pid    uint32  // BackendKeyData given to the client
 	secret [4]byte // (set before the session is shared, read-only after)
 
@@ -45,16 +49,23 @@ type session struct {
 	cw     *bufio.Writer
 	closed bool
 
-	upMu sync.Mutex // guards up for readers on other goroutines (cancel)
-	up   *pool.Conn
-	pool *pool.Pool // where up came from (serve's goroutine only)
+	upMu sync.Mutex   // guards ups for readers on other goroutines (cancel)
+	ups  [2]*upstream // server connections by router.Target
+
+	zSignal  chan struct{} // nudged by pumps after each ReadyForQuery
+	setupSQL string        // the client's startup settings, for every new upstream
+
+	// Routing state, session goroutine only.
+	active   *upstream              // where the last statement went
+	override router.Target          // SET pgsplit.route (HintNone = auto)
+	pins     map[string]bool        // session state that keeps reads on the primary
+	settings map[string]string      // harmless SETs to replay on every server: name → value as SQL
+	stmts    map[string]*clientStmt // the client's prepared statements by name
+	batch    batch                  // extended-protocol batch being collected
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
-	pending  atomic.Int32  // Query/Sync/FunctionCall sent and not yet answered by ReadyForQuery
-	unsynced atomic.Bool   // extended-protocol messages sent since the last Sync
-	txStatus atomic.Uint32 // status byte of the last ReadyForQuery
+	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
 	draining atomic.Bool   // close as soon as the client is idle
-	stopping atomic.Bool   // serve is stopping the pump on purpose
 }
 
 func (s *session) serve() {
@@ -65,6 +76,9 @@ func (s *session) serve() {
 	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
 	s.cr = wire.NewReader(br, 0)
 	s.txStatus.Store('I')
+	s.zSignal = make(chan struct{}, 1)
+	s.override = router.HintNone
+	s.pins, s.settings, s.stmts = map[string]bool{}, map[string]string{}, map[string]*clientStmt{}
 
 	_ = s.conn.SetDeadline(time.Now().Add(AuthTimeout))
 	if s.srv.draining.Load() {
@@ -111,43 +125,28 @@ func (s *session) serve() {
 		s.failStartup(err, user, database)
 		return
 	}
-	up, err := s.attach(u, database, setup)
+	s.user, s.database, s.setupSQL = u, database, setup
+	up, err := s.acquire(router.Primary)
 	if err != nil {
 		s.failStartup(err, user, database)
 		return
 	}
-	if err := s.greet(up); err != nil {
-		s.detach(up, true)
+	if err := s.greet(up.conn); err != nil {
+		s.release(up)
 		return
 	}
 	_ = s.conn.SetDeadline(time.Time{})
-	s.log.Info("client connected", zap.Uint32("backend_pid", up.PID), zap.String("server", up.Addr))
+	s.log.Info("client connected", zap.Uint32("backend_pid", up.conn.PID), zap.String("server", up.conn.Addr))
 	s.ready.Store(true)
 	if s.draining.Load() {
 		// drain ran while the client was logging in and could not end the
 		// session then; ready is set now, so drain can.
 		s.drain()
 	}
-
-	pumpErr := make(chan error, 1)
-	go func() {
-		err := s.pumpServer(up)
-		var cwe *clientWriteError
-		switch {
-		case s.stopping.Load():
-		case errors.As(err, &cwe):
-			// The client is gone: close its socket so serve's read loop ends.
-			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
-		default:
-			// The server went away on its own: the client cannot go on.
-			s.log.Info("upstream connection lost", zap.Error(err))
-			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
-		}
-		pumpErr <- err
-	}()
-	reason := s.relayClient(up)
+	s.startPump(up)
+	reason := s.relayClient()
 	s.ready.Store(false)
-	s.finish(up, pumpErr, reason)
+	s.finish(reason)
 }
 
 // failStartup tells the client why it cannot log in, logs it, and returns.
@@ -180,14 +179,15 @@ func (s *session) failStartup(err error, user, database string) {
 	_ = s.cw.Flush()
 }
 
-// attach acquires an upstream connection for the session and applies the
-// client's startup settings on it. Errors are *pgError for the client.
-func (s *session) attach(u config.User, database string, setup string) (*pool.Conn, error) {
-	p := s.srv.poolFor(u, database)
-	s.pool = p
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Load().Pool.PoolTimeout+s.srv.cfg.Load().Pool.ConnectTimeout)
+// acquire attaches a server connection for target to the session and
+// applies the client's startup settings on it. It does not start the pump.
+// Errors are *pgError for the client.
+func (s *session) acquire(t router.Target) (*upstream, error) {
+	p, srv := s.srv.poolFor(t, s.user, s.database)
+	cfg := s.srv.cfg.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
 	defer cancel()
-	up, err := p.Acquire(ctx)
+	c, err := p.Acquire(ctx)
 	if err != nil {
 		var te *pool.TimeoutError
 		var pgErr *pgconn.PgError
@@ -197,21 +197,22 @@ func (s *session) attach(u config.User, database string, setup string) (*pool.Co
 		case errors.As(err, &pgErr):
 			return nil, &pgError{severity: "FATAL", code: pgErr.Code, msg: pgErr.Message, detail: pgErr.Detail}
 		}
-		return nil, fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s:%d: %v", s.srv.primary.Host, s.srv.primary.Port, err))
+		return nil, fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
 	}
-	s.upMu.Lock()
-	s.up = up
-	s.upMu.Unlock()
-	if setup != "" {
-		if _, err := up.Exec(ctx, setup); err != nil {
-			s.detach(up, false)
+	u := newUpstream(t, c, p)
+	if s.setupSQL != "" {
+		if _, err := c.Exec(ctx, s.setupSQL); err != nil {
+			p.Discard(c)
 			if se, ok := pool.IsServerError(err); ok {
 				return nil, &pgError{severity: "FATAL", code: se.Msg.Code, msg: se.Msg.Message, detail: se.Msg.Detail}
 			}
 			return nil, fatal(codeConnectionFailure, "pgsplit: applying startup parameters: "+err.Error())
 		}
 	}
-	return up, nil
+	s.upMu.Lock()
+	s.ups[t] = u
+	s.upMu.Unlock()
+	return u, nil
 }
 
 // greet completes the login: AuthenticationOk, the server's parameters,
@@ -277,20 +278,61 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 		srv.log.Debug("cancel request with unknown key ignored", zap.String("client", from.String()))
 		return
 	}
-	// Hold upMu until the request is delivered: detach cannot hand the
-	// connection to another client meanwhile, so a late cancel never hits
+	// Hold upMu until the requests are delivered: a connection cannot be
+	// handed to another client meanwhile, so a late cancel never hits
 	// someone else's statement.
 	sess.upMu.Lock()
 	defer sess.upMu.Unlock()
-	up := sess.up
-	if up == nil {
+	for _, u := range sess.ups {
+		if u == nil || !u.owesAnswers() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		err := u.conn.Cancel(ctx)
+		cancel()
+		if err != nil {
+			srv.log.Warn("forwarding cancel request failed", zap.Error(err))
+			continue
+		}
+		sess.log.Info("cancel request forwarded", zap.Stringer("role", u.target), zap.Uint32("backend_pid", u.conn.PID))
+	}
+}
+
+// idle reports whether the client has no statement running and no
+// transaction open on any of its server connections.
+func (s *session) idle() bool {
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	for _, u := range s.ups {
+		if u != nil && (u.owesAnswers() || u.dropZ.Load() > 0) {
+			return false
+		}
+	}
+	return byte(s.txStatus.Load()) == 'I'
+}
+
+// sendFatal writes a FATAL error to the client and closes the connection,
+// which ends serve's read loop.
+func (s *session) sendFatal(e *pgError) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.closed {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	if err := up.Cancel(ctx); err != nil {
-		srv.log.Warn("forwarding cancel request failed", zap.Error(err))
-		return
+	s.closed = true
+	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = s.cw.Write(e.encode(nil))
+	_ = s.cw.Flush()
+	_ = s.conn.Close()
+}
+
+// finish gives back every server connection once the client is gone.
+func (s *session) finish(reason string) {
+	fields := []zap.Field{zap.String("reason", reason)}
+	for _, u := range s.ups {
+		if u != nil {
+			fields = append(fields, zap.String(u.target.String(), s.release(u)))
+		}
 	}
-	sess.log.Info("cancel request forwarded", zap.Uint32("backend_pid", up.PID))
+	s.log.Info("client disconnected", fields...)
 }

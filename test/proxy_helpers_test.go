@@ -48,6 +48,9 @@ func baseConfig() *config.Config {
 			PoolPrePing:    true,
 			ConnectTimeout: 5 * time.Second,
 		},
+		// The foundation tests check behaviour on the primary's backends, so
+		// reads stay there; routing_test.go turns offloading on.
+		Routing:         config.Routing{ReadFrom: config.ReadFromPrimary, Transactions: config.TxPrimary, LoadBalance: config.BalanceLeastConn},
 		Log:             config.Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 5 * time.Second,
 	}

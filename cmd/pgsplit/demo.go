@@ -58,6 +58,7 @@ func demo(stdout, stderr io.Writer) error {
 		Auth:          config.Auth{Method: config.AuthSCRAM, Users: []config.User{{Name: "app", Password: "app"}}},
 		Pool: config.Pool{Mode: config.ModeSession, PoolSize: 5, MaxOverflow: 10, PoolTimeout: 30 * time.Second,
 			PoolRecycle: time.Hour, PoolPrePing: true, ConnectTimeout: 5 * time.Second},
+		Routing:         config.DefaultRouting(),
 		Log:             config.Log{Level: "info", Format: "console"},
 		ShutdownTimeout: 5 * time.Second,
 	}

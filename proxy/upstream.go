@@ -1,0 +1,260 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/internal/wire"
+	"github.com/pgsplit/pgsplit/pool"
+	"github.com/pgsplit/pgsplit/router"
+)
+
+// upstream is one server connection attached to a session, with the pump
+// goroutine that relays its answers to the client.
+//
+// Ownership: the session goroutine owns the connection's writer and the
+// fields marked "session goroutine"; the pump owns the reader. The atomic
+// counters are shared between the two.
+type upstream struct {
+	target router.Target
+	conn   *pool.Conn
+	pool   *pool.Pool
+
+	pending  atomic.Int32  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+	txStatus atomic.Uint32 // status byte of this connection's last ReadyForQuery
+	// Answers to statements pgsplit sent itself, which the client must not
+	// see: everything up to and including dropZ ReadyForQuery messages, and
+	// dropParse ParseComplete / dropClose CloseComplete messages.
+	dropZ     atomic.Int32
+	dropParse atomic.Int32
+	dropClose atomic.Int32
+	injectErr atomic.Pointer[string] // first error of a dropped answer, for the log
+
+	stopping atomic.Bool   // the session is stopping the pump on purpose
+	done     chan error    // the pump's result, once
+	exited   chan struct{} // closed when the pump has ended
+
+	unsynced atomic.Bool // extended-protocol messages sent since the last Sync
+
+	// session goroutine only:
+	prepared map[string]string // named statements prepared here: name → SQL text
+	settings map[string]string // session settings applied here: name → value as SQL
+}
+
+func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
+	u := &upstream{target: t, conn: c, pool: p, done: make(chan error, 1), exited: make(chan struct{}),
+		prepared: map[string]string{}, settings: map[string]string{}}
+	u.txStatus.Store('I')
+	return u
+}
+
+// busy reports whether the connection owes answers or is inside a
+// transaction.
+func (u *upstream) busy() bool {
+	return u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != 'I'
+}
+
+// owesAnswers reports whether a statement or batch is still running here.
+func (u *upstream) owesAnswers() bool { return u.pending.Load() > 0 || u.unsynced.Load() }
+
+// pump relays the server's messages to the client until the server
+// connection fails or the session stops it with a read deadline. zSignal
+// is nudged after every ReadyForQuery so the session can wait for a quiet
+// connection before switching servers.
+func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
+	for {
+		typ, _, err := u.conn.R.Next()
+		if err != nil {
+			return fmt.Errorf("relay server→client: read: %w", err)
+		}
+		if u.dropZ.Load() > 0 && typ != 'A' {
+			// An answer to a statement pgsplit injected: consume it.
+			switch typ {
+			case 'Z':
+				u.dropZ.Add(-1)
+				u.pending.Add(-1)
+				b, err := u.conn.R.Body()
+				if err != nil {
+					return fmt.Errorf("relay server→client: read: %w", err)
+				}
+				if len(b) == 1 {
+					u.txStatus.Store(uint32(b[0]))
+				}
+				nudge(zSignal)
+			case 'E':
+				if b, err := u.conn.R.Body(); err == nil {
+					msg := string(b)
+					u.injectErr.CompareAndSwap(nil, &msg)
+				}
+			}
+			continue
+		}
+		if (typ == '1' && takeOne(&u.dropParse)) || (typ == '3' && takeOne(&u.dropClose)) {
+			continue
+		}
+		s.wmu.Lock()
+		var status byte
+		if typ == 'Z' {
+			var b []byte
+			b, err = u.conn.R.Body()
+			if err == nil && len(b) != 1 {
+				err = fmt.Errorf("ReadyForQuery with %d bytes", len(b))
+			}
+			if err == nil {
+				status = b[0]
+				u.txStatus.Store(uint32(status))
+				s.txStatus.Store(uint32(status))
+				u.pending.Add(-1)
+				// A batch is over: any Parse/Close answers still expected
+				// were skipped by an error.
+				u.dropParse.Store(0)
+				u.dropClose.Store(0)
+				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
+					err = &clientWriteError{werr}
+				}
+			}
+		} else if err = u.conn.R.Forward(s.cw); err != nil && !errors.Is(err, wire.ErrBroken) {
+			err = &clientWriteError{err} // Forward wraps read failures in ErrBroken
+		}
+		if err == nil && u.conn.R.Buffered() == 0 {
+			if werr := s.cw.Flush(); werr != nil {
+				err = &clientWriteError{werr}
+			}
+		}
+		s.wmu.Unlock()
+		if err != nil {
+			return fmt.Errorf("relay server→client: %w", err)
+		}
+		if typ == 'Z' {
+			nudge(zSignal)
+			if status == 'I' && s.draining.Load() && s.idle() {
+				s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+			}
+		}
+	}
+}
+
+func takeOne(c *atomic.Int32) bool {
+	for {
+		n := c.Load()
+		if n <= 0 {
+			return false
+		}
+		if c.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
+}
+
+func nudge(c chan<- struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// clientWriteError marks a relay failure on the client's side: the server
+// connection is fine but may still be busy sending results.
+type clientWriteError struct{ err error }
+
+func (e *clientWriteError) Error() string { return "write to client: " + e.err.Error() }
+func (e *clientWriteError) Unwrap() error { return e.err }
+
+// startPump runs the pump for u on its own goroutine; its result arrives on
+// u.done. A pump that ends on its own closes the client connection, since
+// the session cannot go on without that server.
+func (s *session) startPump(u *upstream) {
+	go func() {
+		err := s.pump(u, s.zSignal)
+		var cwe *clientWriteError
+		switch {
+		case u.stopping.Load():
+		case errors.As(err, &cwe):
+			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
+		default:
+			s.log.Info("upstream connection lost", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
+			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+		}
+		u.done <- err
+		close(u.exited)
+	}()
+}
+
+// release stops u's pump and gives the connection back: reset and reused
+// when it is quiet, cancelled and closed when it was still working (the
+// client left mid-statement), closed when it failed. It returns a word for
+// the log.
+func (s *session) release(u *upstream) string {
+	select {
+	case err := <-u.done:
+		var cwe *clientWriteError
+		if errors.As(err, &cwe) {
+			// The client stopped reading while the server was sending.
+			s.cancelUpstream(u.conn)
+			s.discard(u)
+			return "cancelled and closed (client stopped reading)"
+		}
+		s.discard(u)
+		return "closed: " + err.Error()
+	default:
+	}
+	if u.owesAnswers() || u.dropZ.Load() > 0 {
+		s.cancelUpstream(u.conn)
+		u.stopping.Store(true)
+		_ = u.conn.Raw().Close()
+		<-u.done
+		s.discard(u)
+		return "cancelled and closed: client left mid-statement"
+	}
+	u.stopping.Store(true)
+	_ = u.conn.Raw().SetReadDeadline(time.Now())
+	err := <-u.done
+	_ = u.conn.Raw().SetReadDeadline(time.Time{})
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || u.conn.R.Broken() {
+		s.discard(u)
+		return "closed: " + err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	err = u.conn.Reset(ctx, byte(u.txStatus.Load()))
+	cancel()
+	if err != nil {
+		s.log.Info("upstream reset failed; closing the connection", zap.Error(err))
+		s.discard(u)
+		return "closed: reset failed"
+	}
+	s.forgetUpstream(u)
+	u.pool.Release(u.conn)
+	return "reset and returned to the pool"
+}
+
+func (s *session) discard(u *upstream) {
+	s.forgetUpstream(u)
+	u.pool.Discard(u.conn)
+}
+
+// forgetUpstream unregisters u under upMu, so a cancel in flight finishes
+// before the connection can serve anyone else.
+func (s *session) forgetUpstream(u *upstream) {
+	s.upMu.Lock()
+	if s.ups[u.target] == u {
+		s.ups[u.target] = nil
+	}
+	s.upMu.Unlock()
+}
+
+// cancelUpstream sends a cancel for whatever c is running, bounded by
+// cleanupTimeout.
+func (s *session) cancelUpstream(c *pool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := c.Cancel(ctx); err != nil {
+		s.log.Warn("cancel failed", zap.Error(err))
+	}
+}
