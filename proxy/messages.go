@@ -17,6 +17,7 @@ const (
 	codeFeatureNotSupported = "0A000"
 	codeTooManyConnections  = "53300"
 	codeAdminShutdown       = "57P01"
+	codeReadOnlyTransaction = "25006"
 	codeInternalError       = "XX000"
 )
 

@@ -14,8 +14,9 @@ import (
 )
 
 // maxBatch is how much of an extended-protocol batch pgsplit holds back to
-// route it as a whole. A larger batch (big Bind parameters, say) is sent to
-// the primary without waiting for its end.
+// route it as a whole. A larger batch (big Bind parameters, say), or one
+// whose end has not arrived when the client stops sending, is sent to the
+// primary without waiting for its end.
 const maxBatch = 1 << 20
 
 // clientStmt is a named (or the unnamed) prepared statement as the client
@@ -114,13 +115,69 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	s.log.Debug("route", zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	// Safety net: an autocommit statement on a replica that the replica
+	// refuses as a write (25006) before answering anything else is run
+	// again on the primary. Only when the client waits for this answer
+	// (nothing pipelined behind it), so answers stay in order.
+	watch := u.target == router.Replica && s.txTarget() == router.HintNone && s.cr.Buffered() == 0 &&
+		st.Kind != router.KindBegin && st.Kind != router.KindStartTransaction
+	if watch {
+		u.watch.Store(watchWaiting)
+	}
 	u.pending.Add(1)
 	delete(u.prepared, "") // a simple Query destroys the unnamed statement
 	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
 		return err
 	}
 	s.afterStatement(u, st)
-	return s.flushIfIdle(u)
+	if err := s.flushIfIdle(u); err != nil || !watch {
+		return err
+	}
+	if !s.awaitVerdict(u) {
+		return nil
+	}
+	s.srv.misroutes.Add(1)
+	s.log.Warn("misroute: a replica refused the statement as a write (25006); running it on the primary",
+		zap.String("reason", d.reason))
+	p, err := s.switchTo(router.Primary)
+	if err != nil {
+		return err
+	}
+	p.pending.Add(1)
+	if err := s.cr.WriteBodyAfterHeader(p.conn.W, body); err != nil {
+		return err
+	}
+	return p.conn.W.Flush()
+}
+
+// verdictWait bounds how long the safety net holds the session for the
+// first answer of a statement on a replica: a replica refuses a write as
+// soon as it starts it, while a long read must not stop pgsplit from
+// reading the client (a Terminate, a client gone).
+const verdictWait = 2 * time.Second
+
+// awaitVerdict waits for the pump's look at the first answer from u, and
+// reports whether the statement must run again on the primary.
+func (s *session) awaitVerdict(u *upstream) bool {
+	t := time.NewTimer(verdictWait)
+	defer t.Stop()
+	select {
+	case retry := <-u.verdict:
+		return retry
+	case <-u.exited:
+	case <-s.gone:
+	case <-t.C:
+	}
+	if u.watch.CompareAndSwap(watchWaiting, watchAbandoned) {
+		return false
+	}
+	// The pump decided meanwhile: take its verdict.
+	select {
+	case retry := <-u.verdict:
+		return retry
+	case <-u.exited:
+		return false
+	}
 }
 
 // forwardCurrent forwards the current message unchanged to the active
@@ -171,16 +228,26 @@ func (s *session) relayExtended(typ byte) error {
 	if err := s.noteExtended(typ, body, b.buf[start:]); err != nil {
 		return err
 	}
-	if typ != 'S' && typ != 'H' && len(b.buf) <= maxBatch {
-		return nil
+	complete := typ == 'S' || typ == 'H'
+	if !complete && len(b.buf) <= maxBatch && s.cr.Buffered() > 0 {
+		return nil // more of the batch is already here
+	}
+	if local, mixed := s.batchIsLocal(); local || mixed {
+		err := s.answerBatchLocally(mixed)
+		b.reset()
+		return err
 	}
 	t := router.Replica
 	if b.primary {
 		t = router.Primary
 	}
-	if len(b.buf) > maxBatch && typ != 'S' && typ != 'H' {
+	if !complete {
+		// The client sent part of a batch and may be waiting for answers
+		// (PostgreSQL executes messages as they come), or the batch is
+		// too large to hold: what follows is unknown and could be a
+		// write, so the rest streams to the primary.
 		b.large = true
-		t, b.reason = router.Primary, "large batch"
+		t, b.reason = router.Primary, "incomplete or large batch"
 	}
 	d := s.decideBatch(t, b.reason)
 	u, err := s.switchTo(d.target)
@@ -309,9 +376,12 @@ func (s *session) noteRef(name string) {
 
 func (s *session) noteClass(st router.Statement) {
 	b := &s.batch
-	if st.Target != router.Replica {
+	if st.Target != router.Replica || st.Hint == router.Primary {
 		if !b.primary {
 			b.reason = st.Reason
+			if st.Hint == router.Primary {
+				b.reason = "hint pgsplit:primary"
+			}
 		}
 		b.primary = true
 		return
@@ -412,6 +482,8 @@ func (s *session) waitQuiet(u *upstream) error {
 		case <-s.zSignal:
 		case <-u.exited:
 			return errors.New("server connection ended")
+		case <-s.gone:
+			return errors.New("session closed")
 		case <-time.After(time.Second):
 			// A signal may have gone to an earlier wait; look again.
 		}

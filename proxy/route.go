@@ -1,12 +1,11 @@
 package proxy
 
 import (
-	"strings"
+	"encoding/binary"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
-	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -17,109 +16,50 @@ type decision struct {
 	local  []pgproto3.BackendMessage // answered by pgsplit itself, not sent upstream
 }
 
-// routeSetting is the name of pgsplit's own session setting:
-// SET pgsplit.route = primary | replica | auto.
-const routeSetting = "pgsplit.route"
-
-// decide routes a simple-protocol statement. The order of the rules is the
-// order of their strength: pgsplit's own setting, an open transaction (it
-// stays on its server), pins, hints, the session override, then the
-// statement's own classification. Whatever cannot be proven read-only goes to
-// the primary.
+// decide routes a simple-protocol statement with the session's routing
+// rules (router.Session), given where its transaction runs.
 func (s *session) decide(st router.Statement) decision {
-	if st.SetName == routeSetting && (st.Kind == router.KindSet || st.Kind == router.KindReset || st.Kind == router.KindShow) {
+	d := s.route.Route(st, s.txTarget())
+	if d.Local {
 		return s.routeSettingStatement(st)
 	}
-	if u := s.stickyUpstream(); u != nil {
-		return decision{target: u.target, reason: "inside a transaction or pipeline on the " + u.target.String()}
+	if st.Hint == router.Replica && d.Target == router.Primary && st.Target != router.Replica {
+		s.log.Info("replica hint overridden: the statement needs the primary", zap.String("reason", st.Reason))
 	}
-	switch st.Kind {
-	case router.KindBegin, router.KindStartTransaction:
-		if st.Tx != nil && st.Tx.ReadOnly != nil && *st.Tx.ReadOnly && s.readsOffloaded() && len(st.Pins) == 0 {
-			return decision{target: router.Replica, reason: "read-only transaction"}
-		}
-		return decision{target: router.Primary, reason: "read-write transaction"}
-	}
-	if st.BySession {
-		return decision{target: router.Primary, reason: st.Kind.String() + " (session state lives on the primary)"}
-	}
-	return s.decideRead(st.Target, st.Hint, st.Reason)
+	return decision{target: d.Target, reason: d.Reason}
 }
 
 // decideBatch routes an extended-protocol batch whose statements need t.
 func (s *session) decideBatch(t router.Target, reason string) decision {
-	if u := s.stickyUpstream(); u != nil {
-		return decision{target: u.target, reason: "inside a transaction or pipeline on the " + u.target.String()}
+	if tx := s.txTarget(); tx != router.HintNone {
+		return decision{target: tx, reason: "inside a transaction on the " + tx.String()}
 	}
-	return s.decideRead(t, router.HintNone, reason)
+	d := s.route.Read(t, router.HintNone, reason)
+	return decision{target: d.Target, reason: d.Reason}
 }
 
-// decideRead applies pins, hints, the session override and routing.read_from
-// to a statement the classifier judged t.
-func (s *session) decideRead(t router.Target, hint router.Target, reason string) decision {
-	if t != router.Replica {
-		if hint == router.Replica {
-			s.log.Info("replica hint overridden: the statement needs the primary", zap.String("reason", reason))
-		}
-		return decision{target: router.Primary, reason: reason}
-	}
-	if len(s.pins) > 0 {
-		return decision{target: router.Primary, reason: "session pinned to the primary (" + s.pinList() + ")"}
-	}
-	switch {
-	case hint == router.Primary:
-		return decision{target: router.Primary, reason: "hint pgsplit:primary"}
-	case hint == router.Replica && s.srv.hasReplicas():
-		return decision{target: router.Replica, reason: "hint pgsplit:replica"}
-	case s.override == router.Primary:
-		return decision{target: router.Primary, reason: "SET pgsplit.route = primary"}
-	}
-	if !s.readsOffloaded() {
-		return decision{target: router.Primary, reason: reason + "; reads stay on the primary"}
-	}
-	return decision{target: router.Replica, reason: reason}
-}
-
-// readsOffloaded reports whether reads may go to replicas at all.
-func (s *session) readsOffloaded() bool {
-	if s.override == router.Replica {
-		return s.srv.hasReplicas()
-	}
-	return s.srv.cfg.Load().Routing.ReadFrom != config.ReadFromPrimary && s.srv.hasReplicas()
-}
-
-// stickyUpstream returns the connection the next statement must go to
-// whatever it is: the one holding the client's open transaction, or the
+// txTarget is where the next statement must go whatever it is (HintNone if
+// it is free): the server holding the client's open transaction, or the
 // active one while it still owes answers (a pipelining client: its
 // transaction state is not known yet, and answers must stay in order).
-func (s *session) stickyUpstream() *upstream {
+func (s *session) txTarget() router.Target {
 	if s.active != nil && s.active.owesAnswers() {
-		return s.active
+		return s.active.target
 	}
 	for _, u := range s.ups {
 		if u != nil && byte(u.txStatus.Load()) != 'I' {
-			return u
+			return u.target
 		}
 	}
-	return nil
+	return router.HintNone
 }
 
 // afterStatement updates the session's routing state for a statement just
 // sent to u: pins, harmless settings to replay elsewhere, prepared
 // statements that a DISCARD or DEALLOCATE removes.
 func (s *session) afterStatement(u *upstream, st router.Statement) {
-	for _, p := range st.Unpins {
-		if p == "all" {
-			clear(s.pins)
-			continue
-		}
-		delete(s.pins, p)
-	}
-	for _, p := range st.Pins {
-		if !s.pins[p] {
-			s.log.Debug("session pinned to the primary", zap.String("state", p))
-		}
-		s.pins[p] = true
+	for _, p := range s.route.Observe(st) {
+		s.log.Debug("session pinned to the primary", zap.String("state", p))
 	}
 	switch st.Kind {
 	case router.KindSet:
@@ -127,7 +67,7 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 			break
 		}
 		if st.SetValueSQL == "" {
-			s.pins["set "+st.SetName] = true
+			s.route.Pin("set " + st.SetName)
 			break
 		}
 		s.settings[st.SetName] = st.SetValueSQL
@@ -160,47 +100,24 @@ func containsAll(l []string) bool {
 	return false
 }
 
-func (s *session) pinList() string {
-	var l []string
-	for p := range s.pins {
-		l = append(l, p)
-	}
-	return strings.Join(l, ", ")
-}
-
 // routeSettingStatement answers SET/RESET/SHOW pgsplit.route locally.
 func (s *session) routeSettingStatement(st router.Statement) decision {
+	v, err := s.route.ApplySetting(st)
+	if err != nil {
+		return decision{local: []pgproto3.BackendMessage{&pgproto3.ErrorResponse{
+			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "22023",
+			Message: err.Error() + ": got \"" + st.SetValue + "\"",
+		}}}
+	}
 	switch st.Kind {
 	case router.KindShow:
-		v := "auto"
-		switch s.override {
-		case router.Primary:
-			v = "primary"
-		case router.Replica:
-			v = "replica"
-		}
 		return decision{local: []pgproto3.BackendMessage{
-			&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte(routeSetting), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
+			&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte(router.RouteSetting), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
 			&pgproto3.DataRow{Values: [][]byte{[]byte(v)}},
 			&pgproto3.CommandComplete{CommandTag: []byte("SHOW")},
 		}}
 	case router.KindReset:
-		s.override = router.HintNone
 		return decision{local: []pgproto3.BackendMessage{&pgproto3.CommandComplete{CommandTag: []byte("RESET")}}}
-	}
-	switch strings.ToLower(strings.Trim(st.SetValue, `'" `)) {
-	case "primary":
-		s.override = router.Primary
-	case "replica":
-		s.override = router.Replica
-	case "auto", "default", "":
-		s.override = router.HintNone
-	default:
-		return decision{local: []pgproto3.BackendMessage{&pgproto3.ErrorResponse{
-			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "22023",
-			Message: "invalid value for parameter \"pgsplit.route\": \"" + st.SetValue + "\"",
-			Hint:    "Available values: primary, replica, auto.",
-		}}}
 	}
 	return decision{local: []pgproto3.BackendMessage{&pgproto3.CommandComplete{CommandTag: []byte("SET")}}}
 }
@@ -219,6 +136,102 @@ func (s *session) answerLocally(msgs []pgproto3.BackendMessage) error {
 		return err
 	}
 	if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+		return err
+	}
+	return s.cw.Flush()
+}
+
+// batchIsLocal reports whether the batch uses pgsplit's own setting
+// (SET/SHOW/RESET pgsplit.route), and whether it mixes it with statements
+// for the servers, which pgsplit refuses.
+func (s *session) batchIsLocal() (local, mixed bool) {
+	b := &s.batch
+	ours, theirs := 0, 0
+	for _, names := range [][]string{b.parses, b.refs} {
+		for _, n := range names {
+			if cs, ok := s.stmts[n]; ok && cs.class.SetName == router.RouteSetting && cs.class.BySession {
+				ours++
+			} else {
+				theirs++
+			}
+		}
+	}
+	return ours > 0 && theirs == 0, ours > 0 && theirs > 0
+}
+
+// answerBatchLocally answers an extended-protocol batch about pgsplit's own
+// setting message by message, as a server would.
+func (s *session) answerBatchLocally(mixed bool) error {
+	if u := s.active; u != nil {
+		if err := s.waitQuiet(u); err != nil {
+			return err
+		}
+	}
+	var out []pgproto3.BackendMessage
+	portals := map[string]string{}
+	failed := false
+	if mixed {
+		out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: codeFeatureNotSupported,
+			Message: "pgsplit.route cannot share an extended-protocol batch with other statements"})
+		failed = true
+	}
+	rest := s.batch.buf
+	for len(rest) >= 5 {
+		typ := rest[0]
+		n := int(binary.BigEndian.Uint32(rest[1:5])) - 4
+		body := rest[5 : 5+n]
+		rest = rest[5+n:]
+		if typ == 'S' {
+			out = append(out, &pgproto3.ReadyForQuery{TxStatus: byte(s.txStatus.Load())})
+			failed = false
+			continue
+		}
+		if failed {
+			continue
+		}
+		switch typ {
+		case 'P':
+			out = append(out, &pgproto3.ParseComplete{})
+		case 'B':
+			portal, r, _ := cut(body)
+			portals[portal] = cstring(r)
+			out = append(out, &pgproto3.BindComplete{})
+		case 'D':
+			name := cstring(body[1:])
+			if body[0] == 'P' {
+				name = portals[name]
+			} else {
+				out = append(out, &pgproto3.ParameterDescription{})
+			}
+			if cs, ok := s.stmts[name]; ok && cs.class.Kind == router.KindShow {
+				out = append(out, s.routeSettingStatement(cs.class).local[0])
+			} else {
+				out = append(out, &pgproto3.NoData{})
+			}
+		case 'E':
+			cs := s.stmts[portals[cstring(body)]]
+			if cs == nil {
+				out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "34000", Message: "portal does not exist"})
+				failed = true
+				continue
+			}
+			msgs := s.routeSettingStatement(cs.class).local
+			if cs.class.Kind == router.KindShow {
+				msgs = msgs[1:] // Execute sends no RowDescription
+			}
+			for _, m := range msgs {
+				if _, isErr := m.(*pgproto3.ErrorResponse); isErr {
+					failed = true
+				}
+			}
+			out = append(out, msgs...)
+		case 'C':
+			out = append(out, &pgproto3.CloseComplete{})
+		}
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := writeMsgs(s.cw, out...); err != nil {
 		return err
 	}
 	return s.cw.Flush()

@@ -42,10 +42,11 @@ type Server struct {
 	primary    config.Server
 	replicas   []config.Server // every server that is not the primary
 
-	ln       net.Listener
-	draining atomic.Bool
-	clients  atomic.Int64 // logged-in and logging-in clients, for max_client_conn
-	wg       sync.WaitGroup
+	ln        net.Listener
+	draining  atomic.Bool
+	clients   atomic.Int64 // logged-in and logging-in clients, for max_client_conn
+	misroutes atomic.Int64 // statements a replica refused as writes, re-run on the primary
+	wg        sync.WaitGroup
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
@@ -101,6 +102,10 @@ func (s *Server) Listen(ctx context.Context) error {
 	return nil
 }
 
+// Misroutes counts statements a replica refused as writes (SQLSTATE 25006)
+// that pgsplit ran again on the primary.
+func (s *Server) Misroutes() int64 { return s.misroutes.Load() }
+
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
@@ -132,7 +137,7 @@ func (s *Server) Serve() error {
 
 // newSession registers a session under a fresh, unique cancel key.
 func (s *Server) newSession(c net.Conn) *session {
-	sess := &session{srv: s, conn: c}
+	sess := &session{srv: s, conn: c, gone: make(chan struct{})}
 	var b [8]byte
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -237,6 +242,11 @@ func weightedPick(rs []config.Server, n uint64) config.Server {
 		i -= r.Weight
 	}
 	return rs[0]
+}
+
+// readsOffloaded reports whether reads may go to replicas at all.
+func (s *Server) readsOffloaded() bool {
+	return s.cfg.Load().Routing.ReadFrom != config.ReadFromPrimary && s.hasReplicas()
 }
 
 // hasReplicas reports whether any replica may take reads.

@@ -48,6 +48,7 @@ type session struct {
 	wmu    sync.Mutex // guards cw and closed
 	cw     *bufio.Writer
 	closed bool
+	gone   chan struct{} // closed with the client connection by sendFatal
 
 	upMu sync.Mutex   // guards ups for readers on other goroutines (cancel)
 	ups  [2]*upstream // server connections by router.Target
@@ -57,8 +58,7 @@ type session struct {
 
 	// Routing state, session goroutine only.
 	active   *upstream              // where the last statement went
-	override router.Target          // SET pgsplit.route (HintNone = auto)
-	pins     map[string]bool        // session state that keeps reads on the primary
+	route    *router.Session        // pins and SET pgsplit.route
 	settings map[string]string      // harmless SETs to replay on every server: name → value as SQL
 	stmts    map[string]*clientStmt // the client's prepared statements by name
 	batch    batch                  // extended-protocol batch being collected
@@ -77,8 +77,7 @@ func (s *session) serve() {
 	s.cr = wire.NewReader(br, 0)
 	s.txStatus.Store('I')
 	s.zSignal = make(chan struct{}, 1)
-	s.override = router.HintNone
-	s.pins, s.settings, s.stmts = map[string]bool{}, map[string]string{}, map[string]*clientStmt{}
+	s.settings, s.stmts = map[string]string{}, map[string]*clientStmt{}
 
 	_ = s.conn.SetDeadline(time.Now().Add(AuthTimeout))
 	if s.srv.draining.Load() {
@@ -126,6 +125,7 @@ func (s *session) serve() {
 		return
 	}
 	s.user, s.database, s.setupSQL = u, database, setup
+	s.route = router.NewSession(s.srv.readsOffloaded())
 	up, err := s.acquire(router.Primary)
 	if err != nil {
 		s.failStartup(err, user, database)
@@ -320,6 +320,7 @@ func (s *session) sendFatal(e *pgError) {
 		return
 	}
 	s.closed = true
+	close(s.gone)
 	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = s.cw.Write(e.encode(nil))
 	_ = s.cw.Flush()

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +38,14 @@ type upstream struct {
 	dropClose atomic.Int32
 	injectErr atomic.Pointer[string] // first error of a dropped answer, for the log
 
+	// Safety net: while watch is not watchOff, the pump looks at the first
+	// answer to the statement just sent. If the session still waits
+	// (watchWaiting) and the answer is a 25006 (read_only_sql_transaction)
+	// refusal, the pump drops it and says so on verdict; if the session gave
+	// up waiting (watchAbandoned), the answer goes to the client as it is.
+	watch   atomic.Int32
+	verdict chan bool
+
 	stopping atomic.Bool   // the session is stopping the pump on purpose
 	done     chan error    // the pump's result, once
 	exited   chan struct{} // closed when the pump has ended
@@ -47,8 +57,15 @@ type upstream struct {
 	settings map[string]string // session settings applied here: name → value as SQL
 }
 
+// States of upstream.watch.
+const (
+	watchOff int32 = iota
+	watchWaiting
+	watchAbandoned
+)
+
 func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
-	u := &upstream{target: t, conn: c, pool: p, done: make(chan error, 1), exited: make(chan struct{}),
+	u := &upstream{target: t, conn: c, pool: p, done: make(chan error, 1), exited: make(chan struct{}), verdict: make(chan bool, 1),
 		prepared: map[string]string{}, settings: map[string]string{}}
 	u.txStatus.Store('I')
 	return u
@@ -68,10 +85,56 @@ func (u *upstream) owesAnswers() bool { return u.pending.Load() > 0 || u.unsynce
 // is nudged after every ReadyForQuery so the session can wait for a quiet
 // connection before switching servers.
 func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
+	var held []byte // a RowDescription held back by the safety net
 	for {
 		typ, _, err := u.conn.R.Next()
 		if err != nil {
 			return fmt.Errorf("relay server→client: read: %w", err)
+		}
+		if u.watch.Load() != watchOff && typ != 'A' && typ != 'N' && typ != 'S' {
+			// The first answer to a watched statement: a RowDescription
+			// is held back (it is not a row yet) until what follows it
+			// shows whether the replica refused the statement.
+			b, err := u.conn.R.Body()
+			if err != nil {
+				return fmt.Errorf("relay server→client: read: %w", err)
+			}
+			if typ == 'T' && held == nil {
+				held = append(append(held[:0], 'T', 0, 0, 0, 0), b...)
+				binary.BigEndian.PutUint32(held[1:], uint32(len(b)+4))
+				continue
+			}
+			retry := typ == 'E' && errorCode(b) == codeReadOnlyTransaction
+			if u.watch.CompareAndSwap(watchWaiting, watchOff) {
+				u.verdict <- retry
+				if retry {
+					held = nil
+					u.dropZ.Add(1) // drop the rest of this answer, up to its ReadyForQuery
+					continue
+				}
+			}
+			u.watch.Store(watchOff)
+			s.wmu.Lock()
+			_, err = s.cw.Write(held)
+			if err == nil {
+				err = u.conn.R.WriteBodyAfterHeader(s.cw, b)
+			}
+			s.wmu.Unlock()
+			held = nil
+			if err == nil && u.conn.R.Buffered() == 0 {
+				err = s.cw.Flush()
+			}
+			if err != nil {
+				return fmt.Errorf("relay server→client: %w", &clientWriteError{err})
+			}
+			if typ == 'Z' {
+				// Not expected first, but keep the books right.
+				u.txStatus.Store(uint32(b[0]))
+				s.txStatus.Store(uint32(b[0]))
+				u.pending.Add(-1)
+				nudge(zSignal)
+			}
+			continue
 		}
 		if u.dropZ.Load() > 0 && typ != 'A' {
 			// An answer to a statement pgsplit injected: consume it.
@@ -138,6 +201,22 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 		}
 	}
+}
+
+// errorCode returns the SQLSTATE field of an ErrorResponse body.
+func errorCode(b []byte) string {
+	for len(b) > 0 && b[0] != 0 {
+		field := b[0]
+		end := bytes.IndexByte(b[1:], 0)
+		if end < 0 {
+			return ""
+		}
+		if field == 'C' {
+			return string(b[1 : 1+end])
+		}
+		b = b[2+end:]
+	}
+	return ""
 }
 
 func takeOne(c *atomic.Int32) bool {

@@ -67,7 +67,11 @@ func TestProtocolViolationAfterLogin(t *testing.T) {
 // the pool, whether the pool last used them a moment ago or long ago (when
 // pool_pre_ping checks them).
 func TestUpstreamTerminated(t *testing.T) {
-	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 1, 1 })
+	// pool_size 2 with no overflow: a connection released a moment after
+	// the next client connected is kept idle, not closed as overflow (the
+	// pool keeps idle connections most-recently-used first, so the
+	// terminated backend is the one the next client would get).
+	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
 	su := superConn(t)
 	ctx := testCtx(t, 30*time.Second)
 	terminate := func(t *testing.T, pid uint32) {

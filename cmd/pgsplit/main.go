@@ -5,6 +5,7 @@
 //	pgsplit [serve] [--config FILE]   run the proxy (default)
 //	pgsplit check   [--config FILE]   load and validate the configuration
 //	pgsplit demo                      throwaway primary + 2 replicas + proxy
+//	pgsplit classify [--session]      where statements from stdin would go
 package main
 
 import (
@@ -44,6 +45,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pgsplit "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfigPath(), "configuration file (YAML)")
+	sessionMode := fs.Bool("session", false, "classify: the lines are one session's statements in order")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -60,11 +62,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "demo":
 		return demo(stdout, stderr)
+	case "classify":
+		return classify(*cfgPath, *sessionMode, os.Stdin, stdout)
 	case "help":
-		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo] [--config FILE]")
+		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo|classify [--session]] [--config FILE]")
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (use serve, check or demo)", cmd)
+	return fmt.Errorf("unknown command %q (use serve, check, demo or classify)", cmd)
 }
 
 // defaultConfigPath is ./config.yaml when it exists, else none (defaults

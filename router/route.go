@@ -1,0 +1,150 @@
+package router
+
+import (
+	"errors"
+	"sort"
+	"strings"
+)
+
+// RouteSetting is the name of pgsplit's own session setting, answered by the
+// proxy: SET pgsplit.route = primary | replica | auto.
+const RouteSetting = "pgsplit.route"
+
+// Session is one client's routing state: what pins it to the primary and
+// its pgsplit.route override. It does no I/O; the proxy (or `pgsplit
+// classify --session`) feeds it statements. Owned by one goroutine.
+type Session struct {
+	// OffloadReads is false when reads must stay on the primary
+	// (routing.read_from: primary, or no replica configured).
+	OffloadReads bool
+	// Override is the session's SET pgsplit.route: Primary, Replica or
+	// HintNone (auto).
+	Override Target
+	pins     map[string]bool
+}
+
+// NewSession returns the state of a fresh session.
+func NewSession(offloadReads bool) *Session {
+	return &Session{OffloadReads: offloadReads, Override: HintNone, pins: map[string]bool{}}
+}
+
+// Decision is where one statement goes and why.
+type Decision struct {
+	Target Target
+	Reason string
+	// Local is set for statements about pgsplit's own setting, which the
+	// proxy answers itself.
+	Local bool
+}
+
+// Route decides where st runs. txOn is where the client's open transaction
+// (or unfinished pipeline) runs, HintNone when there is none. The rules, by
+// strength: pgsplit's own setting, an open transaction (it stays on its
+// server), transaction starts, session-state statements, then Read.
+func (s *Session) Route(st Statement, txOn Target) Decision {
+	if st.SetName == RouteSetting && st.BySession {
+		return Decision{Target: Primary, Reason: "pgsplit setting (answered by the proxy)", Local: true}
+	}
+	if txOn != HintNone {
+		return Decision{Target: txOn, Reason: "inside a transaction on the " + txOn.String()}
+	}
+	switch st.Kind {
+	case KindBegin, KindStartTransaction:
+		if st.Tx != nil && st.Tx.ReadOnly != nil && *st.Tx.ReadOnly && len(s.pins) == 0 && s.offload() {
+			return Decision{Target: Replica, Reason: "read-only transaction"}
+		}
+		return Decision{Target: Primary, Reason: "read-write transaction"}
+	}
+	if st.BySession {
+		return Decision{Target: Primary, Reason: st.Reason}
+	}
+	return s.Read(st.Target, st.Hint, st.Reason)
+}
+
+// Read applies pins, hints and the override to a statement (or a batch)
+// the classifier judged t, outside any transaction.
+func (s *Session) Read(t, hint Target, reason string) Decision {
+	switch {
+	case t != Replica && hint == Replica:
+		return Decision{Target: Primary, Reason: "replica hint overridden: " + reason}
+	case t != Replica:
+		return Decision{Target: Primary, Reason: reason}
+	case len(s.pins) > 0:
+		return Decision{Target: Primary, Reason: "session pinned to the primary (" + strings.Join(s.Pinned(), ", ") + ")"}
+	case hint == Primary:
+		return Decision{Target: Primary, Reason: "hint pgsplit:primary"}
+	case hint == Replica && s.OffloadReads:
+		return Decision{Target: Replica, Reason: "hint pgsplit:replica"}
+	case s.Override == Primary:
+		return Decision{Target: Primary, Reason: "SET pgsplit.route = primary"}
+	case !s.offload():
+		return Decision{Target: Primary, Reason: reason + "; reads stay on the primary"}
+	}
+	return Decision{Target: Replica, Reason: reason}
+}
+
+func (s *Session) offload() bool { return s.OffloadReads && s.Override != Primary }
+
+// Observe records the session state st creates or releases once it was
+// sent. It returns the pins st added, for the log.
+func (s *Session) Observe(st Statement) (added []string) {
+	for _, p := range st.Unpins {
+		if p == "all" {
+			clear(s.pins)
+			continue
+		}
+		delete(s.pins, p)
+	}
+	for _, p := range st.Pins {
+		if !s.pins[p] {
+			added = append(added, p)
+		}
+		s.pins[p] = true
+	}
+	return added
+}
+
+// Pin keeps the session on the primary for reason (e.g. a SET the proxy
+// cannot replay elsewhere).
+func (s *Session) Pin(reason string) { s.pins[reason] = true }
+
+// Pinned lists what pins the session, sorted.
+func (s *Session) Pinned() []string {
+	l := make([]string, 0, len(s.pins))
+	for p := range s.pins {
+		l = append(l, p)
+	}
+	sort.Strings(l)
+	return l
+}
+
+// ErrRouteValue is returned for a pgsplit.route value other than primary,
+// replica or auto.
+var ErrRouteValue = errors.New(`invalid value for parameter "pgsplit.route": use primary, replica or auto`)
+
+// ApplySetting applies SET/RESET pgsplit.route and returns the value SHOW
+// reports.
+func (s *Session) ApplySetting(st Statement) (string, error) {
+	switch st.Kind {
+	case KindReset:
+		s.Override = HintNone
+	case KindSet:
+		switch strings.ToLower(strings.Trim(st.SetValue, `'" `)) {
+		case "primary":
+			s.Override = Primary
+		case "replica":
+			s.Override = Replica
+		case "auto", "default", "":
+			s.Override = HintNone
+		default:
+			return "", ErrRouteValue
+		}
+	}
+	switch s.Override {
+	case Primary:
+		return "primary", nil
+	case Replica:
+		return "replica", nil
+	}
+	return "auto", nil
+}
