@@ -104,6 +104,7 @@ const (
 	ReadFromAny      = "any"      // reads to replicas and the primary alike
 	ReadFromPrimary  = "primary"  // no offloading
 
+	TxSplit   = "split"   // leading reads of a transaction on a replica, the rest on the primary
 	TxPrimary = "primary" // every transaction that is not READ ONLY on the primary
 
 	BalanceLeastConn  = "least_conn"

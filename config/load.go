@@ -35,7 +35,7 @@ func defaults() map[string]any {
 		"pool.pool_pre_ping":      true,
 		"pool.connect_timeout":    "5s",
 		"routing.read_from":       ReadFromReplicas,
-		"routing.transactions":    TxPrimary,
+		"routing.transactions":    TxSplit,
 		"routing.load_balance":    BalanceLeastConn,
 		"routing.write_functions": []string{},
 		"routing.read_functions":  []string{},
@@ -48,7 +48,7 @@ func defaults() map[string]any {
 // DefaultRouting is the routing section's defaults, for configurations
 // built in code.
 func DefaultRouting() Routing {
-	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxPrimary, LoadBalance: BalanceLeastConn}
+	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxSplit, LoadBalance: BalanceLeastConn}
 }
 
 // Keys lists every configuration key in dotted form, sorted.

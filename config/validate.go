@@ -107,11 +107,9 @@ func (c *Config) Validate() []string {
 		bad("routing.read_from", c.Routing.ReadFrom, "must be replicas, any or primary")
 	}
 	switch c.Routing.Transactions {
-	case TxPrimary:
-	case "split":
-		bad("routing.transactions", c.Routing.Transactions, "split transactions are not implemented yet; use primary")
+	case TxSplit, TxPrimary:
 	default:
-		bad("routing.transactions", c.Routing.Transactions, "must be primary")
+		bad("routing.transactions", c.Routing.Transactions, "must be split or primary")
 	}
 	switch c.Routing.LoadBalance {
 	case BalanceLeastConn, BalanceRoundRobin, BalanceRandom:

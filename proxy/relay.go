@@ -106,9 +106,13 @@ func (s *session) relayQuery() error {
 	}
 	sql := string(bytes.TrimRight(body, "\x00"))
 	st := s.srv.classifier.Classify(sql)
+	s.settleSplit()
 	d := s.decide(st)
 	if d.local != nil {
 		return s.answerLocally(d.local)
+	}
+	if s.split != nil || s.maySplit(st) {
+		return s.relaySplit(body, sql, st)
 	}
 	u, err := s.switchTo(d.target)
 	if err != nil {
@@ -249,7 +253,18 @@ func (s *session) relayExtended(typ byte) error {
 		b.large = true
 		t, b.reason = router.Primary, "incomplete or large batch"
 	}
-	d := s.decideBatch(t, b.reason)
+	s.settleSplit()
+	var d decision
+	if s.split != nil {
+		tt, err := s.splitBatch(t)
+		if err != nil {
+			b.reset()
+			return err
+		}
+		d = decision{target: tt, reason: "split transaction"}
+	} else {
+		d = s.decideBatch(t, b.reason)
+	}
 	u, err := s.switchTo(d.target)
 	if err != nil {
 		b.reset()

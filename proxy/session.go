@@ -62,6 +62,7 @@ type session struct {
 	settings map[string]string      // harmless SETs to replay on every server: name → value as SQL
 	stmts    map[string]*clientStmt // the client's prepared statements by name
 	batch    batch                  // extended-protocol batch being collected
+	split    *splitTx               // open transaction under routing.transactions: split
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw

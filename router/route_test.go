@@ -13,10 +13,10 @@ func TestSessionRoute(t *testing.T) {
 		want Target
 	}{
 		{"SELECT 1", HintNone, Replica},
-		{"SELECT 1", Primary, Primary},                       // inside a transaction on the primary
-		{"SELECT 1", Replica, Replica},                       // inside a read-only transaction
-		{"BEGIN", HintNone, Primary},                         // read-write transaction
-		{"BEGIN READ ONLY", HintNone, Replica},               // read-only transaction
+		{"SELECT 1", Primary, Primary},                        // inside a transaction on the primary
+		{"SELECT 1", Replica, Replica},                        // inside a read-only transaction
+		{"BEGIN", HintNone, Primary},                          // read-write transaction
+		{"BEGIN READ ONLY", HintNone, Replica},                // read-only transaction
 		{"/* pgsplit:primary */ SELECT 1", HintNone, Primary}, // hint
 		{"/* pgsplit:replica */ DELETE FROM t", HintNone, Primary},
 		{"CREATE TEMP TABLE tt (x int)", HintNone, Primary},

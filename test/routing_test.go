@@ -87,10 +87,11 @@ func TestRoutingReadsAndWrites(t *testing.T) {
 	})
 }
 
-// TestRoutingTransactions: a read-write transaction stays whole on the
-// primary; BEGIN READ ONLY runs whole on one replica.
+// TestRoutingTransactions: with routing.transactions: primary a read-write
+// transaction stays whole on the primary; BEGIN READ ONLY runs whole on one
+// replica in both modes.
 func TestRoutingTransactions(t *testing.T) {
-	p := routingProxy(t, nil)
+	p := routingProxy(t, func(c *config.Config) { c.Routing.Transactions = config.TxPrimary })
 	c := connect(t, p.appDSN())
 	ctx := testCtx(t, 20*time.Second)
 
@@ -108,19 +109,92 @@ func TestRoutingTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ro, err := c.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	for _, mode := range []string{config.TxPrimary, config.TxSplit} {
+		p := routingProxy(t, func(c *config.Config) { c.Routing.Transactions = mode })
+		c := connect(t, p.appDSN())
+		ro, err := c.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := serverPort(t, ro, "SELECT inet_server_port()")
+		second := serverPort(t, ro, "SELECT inet_server_port() WHERE $1::int = 1", 1)
+		if role(first) != "replica" || first != second {
+			t.Errorf("%s: read-only transaction ran on %d then %d, want one replica", mode, first, second)
+		}
+		if err := ro.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// After the transaction, reads are offloaded again.
+		if got := role(serverPort(t, c, "SELECT inet_server_port()")); got != "replica" {
+			t.Errorf("%s: read after the transactions ran on the %s", mode, got)
+		}
+	}
+}
+
+// TestRoutingSplitTransaction: under routing.transactions: split (the
+// default) a transaction's leading reads run on a replica and it moves to
+// the primary at its first write; the client sees one transaction.
+func TestRoutingSplitTransaction(t *testing.T) {
+	p := routingProxy(t, nil)
+	c := connect(t, p.appDSN())
+	ctx := testCtx(t, 20*time.Second)
+	key := fmt.Sprintf("rt-split-%d", time.Now().UnixNano())
+
+	tx, err := c.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := serverPort(t, ro, "SELECT inet_server_port()")
-	second := serverPort(t, ro, "SELECT inet_server_port() WHERE $1::int = 1", 1)
-	if role(first) != "replica" || first != second {
-		t.Errorf("read-only transaction ran on %d then %d, want one replica", first, second)
+	if st := c.PgConn().TxStatus(); st != 'T' {
+		t.Fatalf("after BEGIN the client sees status %q, want T", st)
 	}
-	if err := ro.Commit(ctx); err != nil {
+	if got := role(serverPort(t, tx, "SELECT inet_server_port()")); got != "replica" {
+		t.Errorf("leading read ran on the %s, want a replica", got)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO kv VALUES ($1, 1)", key); err != nil {
 		t.Fatal(err)
 	}
-	// After the transaction, reads are offloaded again.
+	var n int
+	var port int
+	if err := tx.QueryRow(ctx, "SELECT count(*), inet_server_port() FROM kv WHERE k = $1", key).Scan(&n, &port); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || role(port) != "primary" {
+		t.Errorf("after the write: %d rows on the %s, want 1 on the primary", n, role(port))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	su := superConn(t)
+	if err := su.QueryRow(ctx, "SELECT count(*) FROM kv WHERE k = $1", key).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("committed row on the primary: %d %v", n, err)
+	}
+
+	// A transaction that never ran anything is answered by pgsplit.
+	tx, err = c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// An error in the replica part aborts the transaction as on one server:
+	// the write after it fails with 25P02 instead of moving.
+	tx, err = c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1/0"); sqlState(err) != "22012" {
+		t.Fatalf("want 22012, got %v", err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO kv VALUES ($1, 2)", key+"-x"); sqlState(err) != "25P02" {
+		t.Fatalf("write after an error: want 25P02, got %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.PgConn().TxStatus() != 'I' {
+		t.Fatalf("status after ROLLBACK: %q", c.PgConn().TxStatus())
+	}
 	if got := role(serverPort(t, c, "SELECT inet_server_port()")); got != "replica" {
 		t.Errorf("read after the transactions ran on the %s", got)
 	}
@@ -189,7 +263,8 @@ func TestRoutingSessionState(t *testing.T) {
 // on a replica inside a write transaction: pgsplit prepares it where it
 // runs.
 func TestRoutingPreparedAcrossServers(t *testing.T) {
-	p := routingProxy(t, nil)
+	// transactions: primary, so the transaction below prepares on the primary.
+	p := routingProxy(t, func(c *config.Config) { c.Routing.Transactions = config.TxPrimary })
 	c := connect(t, p.appDSN())
 	ctx := testCtx(t, 20*time.Second)
 	const q = "SELECT inet_server_port() WHERE $1::int > 0"

@@ -1,0 +1,217 @@
+package proxy
+
+import (
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/router"
+)
+
+// splitTx is a transaction under routing.transactions: split. Its BEGIN is
+// held back; its leading reads run in a transaction on a replica; at the
+// first statement that needs the primary, the replica transaction is rolled
+// back and the same BEGIN opens the transaction on the primary, where the
+// rest runs. The client sees one ordinary transaction.
+type splitTx struct {
+	begin    string        // the client's BEGIN, replayed where the transaction opens
+	on       router.Target // where it is open; HintNone while held back
+	readOnly bool          // SET TRANSACTION READ ONLY came first: never moves
+}
+
+// maySplit reports whether st is a BEGIN that split mode holds back: a
+// plain read-write READ COMMITTED transaction in a session whose reads may
+// be offloaded. Read-only transactions go whole to a replica and stricter
+// isolation levels whole to the primary, as in primary mode.
+func (s *session) maySplit(st router.Statement) bool {
+	if s.srv.cfg.Load().Routing.Transactions != config.TxSplit || !s.route.OffloadReads || s.route.Override == router.Primary {
+		return false
+	}
+	if st.Kind != router.KindBegin && st.Kind != router.KindStartTransaction || st.Statements != 1 {
+		return false
+	}
+	if s.txTarget() != router.HintNone || len(s.route.Pinned()) > 0 {
+		return false
+	}
+	if tx := st.Tx; tx != nil {
+		if (tx.ReadOnly != nil && *tx.ReadOnly) || (tx.Isolation != "" && tx.Isolation != "read committed") || tx.Deferrable != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// settleSplit forgets a split transaction that has ended on its server
+// (COMMIT or ROLLBACK answered, in either protocol).
+func (s *session) settleSplit() {
+	tx := s.split
+	if tx == nil || tx.on == router.HintNone {
+		return
+	}
+	if u := s.ups[tx.on]; u == nil || (!u.owesAnswers() && u.dropZ.Load() == 0 && byte(u.txStatus.Load()) == 'I') {
+		s.split = nil
+	}
+}
+
+// relaySplit handles one simple-protocol statement of a split transaction
+// (or the BEGIN that starts one).
+func (s *session) relaySplit(body []byte, sql string, st router.Statement) error {
+	if s.split == nil {
+		s.split = &splitTx{begin: sql, on: router.HintNone}
+		return s.answerTx("BEGIN", 'T')
+	}
+	tx := s.split
+	end := st.Kind == router.KindCommit || st.Kind == router.KindRollback
+	switch tx.on {
+	case router.HintNone:
+		if end {
+			s.split = nil
+			tag := "COMMIT"
+			if st.Kind == router.KindRollback {
+				tag = "ROLLBACK"
+			}
+			return s.answerTx(tag, 'I')
+		}
+		t := router.Primary
+		if s.readsInSplit(st) {
+			t = router.Replica
+		}
+		if st.Kind == router.KindSetTransaction && st.Tx != nil && st.Tx.ReadOnly != nil && *st.Tx.ReadOnly {
+			t, tx.readOnly = router.Replica, true
+		}
+		u, err := s.switchTo(t)
+		if err != nil {
+			return err
+		}
+		if err := s.inject(u, tx.begin); err != nil {
+			return err
+		}
+		tx.on = u.target
+		s.log.Debug("split transaction opened", zap.Stringer("on", u.target))
+		return s.sendQuery(u, body, st)
+	case router.Replica:
+		r := s.ups[router.Replica]
+		if end || tx.readOnly || r == nil || byte(r.txStatus.Load()) == 'E' || s.readsInSplit(st) {
+			// Reads, the end of the transaction, and anything after an
+			// error (which must fail as it would on one server) stay.
+			if end {
+				s.split = nil
+			}
+			u, err := s.switchTo(router.Replica)
+			if err != nil {
+				return err
+			}
+			return s.sendQuery(u, body, st)
+		}
+		// The first statement that needs the primary: move.
+		if err := s.waitQuiet(r); err != nil {
+			return err
+		}
+		if err := s.inject(r, "ROLLBACK"); err != nil {
+			return err
+		}
+		if err := r.conn.W.Flush(); err != nil {
+			return err
+		}
+		u, err := s.switchTo(router.Primary)
+		if err != nil {
+			return err
+		}
+		if err := s.inject(u, tx.begin); err != nil {
+			return err
+		}
+		tx.on = router.Primary
+		s.log.Debug("split transaction moved to the primary", zap.String("reason", st.Reason))
+		return s.sendQuery(u, body, st)
+	}
+	// Open on the primary: everything stays there.
+	if end {
+		s.split = nil
+	}
+	u, err := s.switchTo(router.Primary)
+	if err != nil {
+		return err
+	}
+	return s.sendQuery(u, body, st)
+}
+
+// readsInSplit reports whether st may run in the replica part of a split
+// transaction: a plain read (no session-state statement, no hint or pin
+// forcing the primary).
+func (s *session) readsInSplit(st router.Statement) bool {
+	if st.BySession {
+		return false
+	}
+	return s.route.Read(st.Target, st.Hint, st.Reason).Target == router.Replica
+}
+
+// sendQuery forwards the client's current Query (body) to u.
+func (s *session) sendQuery(u *upstream, body []byte, st router.Statement) error {
+	u.pending.Add(1)
+	delete(u.prepared, "")
+	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
+		return err
+	}
+	s.afterStatement(u, st)
+	return s.flushIfIdle(u)
+}
+
+// answerTx answers a held BEGIN, or the COMMIT/ROLLBACK of a transaction
+// that never reached a server, as the server would.
+func (s *session) answerTx(tag string, status byte) error {
+	if u := s.active; u != nil {
+		if err := s.waitQuiet(u); err != nil {
+			return err
+		}
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.txStatus.Store(uint32(status))
+	if err := writeMsgs(s.cw, &pgproto3.CommandComplete{CommandTag: []byte(tag)}); err != nil {
+		return err
+	}
+	if _, err := s.cw.Write(readyForQuery(status)); err != nil {
+		return err
+	}
+	return s.cw.Flush()
+}
+
+// splitBatch routes an extended-protocol batch (whose statements need t)
+// inside a split transaction: it opens the held transaction where the batch
+// goes, or moves it to the primary unless the batch only reads.
+func (s *session) splitBatch(t router.Target) (router.Target, error) {
+	tx := s.split
+	switch tx.on {
+	case router.HintNone:
+		if t == router.Replica {
+			t = s.route.Read(t, router.HintNone, "").Target
+		}
+		u, err := s.switchTo(t)
+		if err != nil {
+			return router.Primary, err
+		}
+		tx.on = u.target
+		return u.target, s.inject(u, tx.begin)
+	case router.Replica:
+		r := s.ups[router.Replica]
+		if t == router.Replica || tx.readOnly || r == nil || byte(r.txStatus.Load()) == 'E' {
+			return router.Replica, nil
+		}
+		if err := s.waitQuiet(r); err != nil {
+			return router.Primary, err
+		}
+		if err := s.inject(r, "ROLLBACK"); err != nil {
+			return router.Primary, err
+		}
+		if err := r.conn.W.Flush(); err != nil {
+			return router.Primary, err
+		}
+		u, err := s.switchTo(router.Primary)
+		if err != nil {
+			return router.Primary, err
+		}
+		tx.on = router.Primary
+		return router.Primary, s.inject(u, tx.begin)
+	}
+	return router.Primary, nil
+}

@@ -1,0 +1,125 @@
+package router
+
+import (
+	"fmt"
+	"reflect"
+	"sync"
+	"testing"
+)
+
+func TestCacheBounded(t *testing.T) {
+	for _, size := range []int{1, 5, 100, 1000, 5000} {
+		c := NewClassifier(Options{CacheSize: size})
+		hot := "WITH hot AS (SELECT 1) SELECT * FROM hot"
+		for i := 0; i < 3*size+100; i++ {
+			c.Classify(fmt.Sprintf("WITH x AS (SELECT %d) SELECT * FROM x", i))
+			if i%4 == 0 {
+				c.Classify(hot) // keep it referenced
+			}
+		}
+		shards := len(c.cache.shards)
+		if n := c.CacheLen(); n > size+shards-1 || n == 0 {
+			t.Errorf("size %d: %d entries in %d shards", size, n, shards)
+		}
+		if _, ok := c.cache.get(hot); !ok && size >= 100 {
+			t.Errorf("size %d: a statement used all along was evicted", size)
+		}
+	}
+}
+
+func TestCacheOff(t *testing.T) {
+	c := NewClassifier(Options{CacheSize: -1})
+	c.Classify("WITH x AS (SELECT 1) SELECT * FROM x")
+	if n := c.CacheLen(); n != 0 {
+		t.Fatalf("CacheSize -1 cached %d statements", n)
+	}
+	c.Reset() // must not panic without a cache
+}
+
+func TestCacheHitEqualsParse(t *testing.T) {
+	c := NewClassifier(goldenOptions())
+	for _, gc := range readGolden(t) {
+		first := c.Classify(gc.sql)
+		second := c.Classify(gc.sql)
+		if !reflect.DeepEqual(first, second) {
+			t.Errorf("line %d %q: second answer differs:\n\t%s\n\t%s", gc.line, gc.sql, describe(first), describe(second))
+		}
+	}
+}
+
+// TestReset: a catalog reload changes the answer only once the cache is
+// dropped.
+func TestReset(t *testing.T) {
+	var mu sync.Mutex
+	volatile := true
+	c := NewClassifier(Options{Volatile: func(name string) (bool, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return volatile, name == "report"
+	}})
+	const sql = "WITH x AS (SELECT report(1)) SELECT * FROM x"
+	if st := c.Classify(sql); st.Target != Primary {
+		t.Fatalf("volatile function: got %s", st.Target)
+	}
+	mu.Lock()
+	volatile = false
+	mu.Unlock()
+	if st := c.Classify(sql); st.Target != Primary {
+		t.Fatalf("before Reset the cached answer stands: got %s", st.Target)
+	}
+	c.Reset()
+	if n := c.CacheLen(); n != 0 {
+		t.Fatalf("Reset left %d entries", n)
+	}
+	if st := c.Classify(sql); st.Target != Replica {
+		t.Fatalf("after Reset: got %s (%s)", st.Target, st.Reason)
+	}
+}
+
+// TestConcurrentClassify runs the golden cases from many goroutines on one
+// small Classifier (so that eviction runs too) while another resets it; run
+// with -race.
+func TestConcurrentClassify(t *testing.T) {
+	cases := readGolden(t)
+	want := make([]Statement, len(cases))
+	ref := NewClassifier(goldenOptions())
+	for i, gc := range cases {
+		want[i] = ref.Classify(gc.sql)
+	}
+	opts := goldenOptions()
+	opts.CacheSize = 64
+	c := NewClassifier(opts)
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for round := 0; round < 3; round++ {
+				for i := range cases {
+					j := (i + g*37) % len(cases)
+					if got := c.Classify(cases[j].sql); !reflect.DeepEqual(got, want[j]) {
+						t.Errorf("line %d: concurrent answer differs:\n\t%s\n\t%s", cases[j].line, describe(got), describe(want[j]))
+						return
+					}
+				}
+			}
+		}(g)
+	}
+	var resets sync.WaitGroup
+	resets.Add(1)
+	go func() {
+		defer resets.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				c.Reset()
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	resets.Wait()
+}

@@ -1,0 +1,96 @@
+package router
+
+import (
+	"strings"
+	"sync"
+)
+
+// DefaultCacheSize is the number of classifications kept when
+// Options.CacheSize is 0.
+const DefaultCacheSize = 10000
+
+// Options configure a Classifier. The zero value is usable: built-in
+// function lists only, a cache of DefaultCacheSize entries.
+type Options struct {
+	// WriteFunctions (routing.write_functions) are function names that force
+	// the primary, matched case-insensitively either as written
+	// ("app.touch") or by their last part when the entry is unqualified
+	// ("touch" matches app.touch too).
+	WriteFunctions []string
+	// ReadFunctions (routing.read_functions) are user functions marked safe
+	// for replicas, matched case-insensitively against the name as written
+	// in the query ("app.lookup" matches only app.lookup(…)). They never
+	// excuse a name on the built-in or configured write lists.
+	ReadFunctions []string
+	// Volatile looks a function up in the catalog (pg_proc.provolatile =
+	// 'v'), by the name as written in the query. known is false when the
+	// catalog has no such function. nil means no catalog: functions outside
+	// the built-in safe list and ReadFunctions then go to the primary. It is
+	// called from many sessions at once and must not block: the proxy loads
+	// the catalog ahead of time and calls Reset when it reloads it.
+	Volatile func(name string) (volatile bool, known bool)
+	// CacheSize is the number of classified statements kept (about; the
+	// cache is sharded): 0 means DefaultCacheSize, negative means no cache.
+	CacheSize int
+}
+
+// A Classifier classifies SQL strings. It is safe for concurrent use; its
+// only mutable state is the statement cache (and a memo of parse-tree
+// layouts, which only grows to the number of node types).
+type Classifier struct {
+	safeFuncs  map[string]struct{}
+	readFuncs  map[string]struct{}
+	writeFuncs map[string]struct{}
+	volatile   func(string) (bool, bool)
+	cache      *stmtCache
+	plans      sync.Map // reflect.Type → walkPlan, see walk.go
+}
+
+// NewClassifier returns a Classifier for opts. It copies what it needs, so
+// opts may be changed afterwards.
+func NewClassifier(opts Options) *Classifier {
+	size := opts.CacheSize
+	if size == 0 {
+		size = DefaultCacheSize
+	}
+	return &Classifier{
+		safeFuncs:  nameSet(builtinSafeFuncs()),
+		readFuncs:  nameSet(opts.ReadFunctions),
+		writeFuncs: nameSet(opts.WriteFunctions),
+		volatile:   opts.Volatile,
+		cache:      newStmtCache(size),
+	}
+}
+
+func nameSet(names []string) map[string]struct{} {
+	m := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		if n = strings.ToLower(strings.TrimSpace(n)); n != "" {
+			m[n] = struct{}{}
+		}
+	}
+	return m
+}
+
+// Classify says what sql is and where it may run. It tries the fast path,
+// then the cache, then the full parse (whose result it caches).
+func (c *Classifier) Classify(sql string) Statement {
+	hint, start := leadingHint(sql)
+	if st, ok := c.fastPath(sql, start, hint); ok {
+		return st
+	}
+	if st, ok := c.cache.get(sql); ok {
+		return st
+	}
+	st := c.parse(sql, hint)
+	c.cache.put(sql, st)
+	return st
+}
+
+// Reset drops every cached classification. Call it when the catalog behind
+// Options.Volatile is reloaded. (Options themselves are fixed: a new
+// configuration needs a new Classifier.)
+func (c *Classifier) Reset() { c.cache.reset() }
+
+// CacheLen returns the number of statements in the cache.
+func (c *Classifier) CacheLen() int { return c.cache.len() }
