@@ -19,7 +19,7 @@ test:
 
 ## unit: the tests that need no PostgreSQL.
 unit:
-	$(GO) test -count=1 ./config/ ./internal/wire/ ./proxy/ ./pool/ ./router/
+	$(GO) test -count=1 ./config/ ./internal/wire/ ./proxy/ ./router/ ./cmd/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -27,12 +27,13 @@ lint:
 
 ## bench: Go micro-benchmarks of the hot path.
 bench:
-	$(GO) test -run XXX -bench . -benchmem ./internal/wire/ ./proxy/
+	$(GO) test -run XXX -bench . -benchmem ./internal/wire/ ./router/
 
 ## fuzz: a short run of every fuzz target.
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 30s ./internal/wire/
 	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime 30s ./proxy/
+	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime 30s ./router/
 
 clean:
 	rm -rf bin
