@@ -23,8 +23,8 @@ const maxBatch = 1 << 20
 // created it with Parse.
 type clientStmt struct {
 	sql   string
-	parse []byte // the whole Parse message, to prepare it on another server
-	class router.Statement
+	parse []byte           // the whole Parse message, to prepare it on another server
+	class router.Statement // as classified at Parse time; see noteRef
 }
 
 // batch is an extended-protocol batch being collected until Sync or Flush.
@@ -105,7 +105,7 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	sql := string(bytes.TrimRight(body, "\x00"))
-	st := s.srv.classifier.Classify(sql)
+	st := s.cls.Classify(sql)
 	s.settleSplit()
 	d := s.decide(st)
 	if d.local != nil {
@@ -347,7 +347,7 @@ func (s *session) noteExtended(typ byte, body, msg []byte) error {
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Parse message")
 		}
-		st := s.srv.classifier.Classify(sql)
+		st := s.cls.Classify(sql)
 		s.stmts[name] = &clientStmt{sql: sql, parse: append([]byte(nil), msg...), class: st}
 		b.parses = append(b.parses, name)
 		s.noteClass(st)
@@ -382,7 +382,9 @@ func (s *session) noteRef(name string) {
 	}
 	b.refs = append(b.refs, name)
 	if cs, ok := s.stmts[name]; ok {
-		s.noteClass(cs.class)
+		// Classified again at each use (a cache hit): the catalog or the
+		// configuration may have changed since the Parse.
+		s.noteClass(s.cls.Classify(cs.sql))
 	} else {
 		b.primary = true // unknown statement: let the primary report the error
 		b.reason = "unknown prepared statement"

@@ -35,12 +35,11 @@ const AuthTimeout = 60 * time.Second
 
 // Server accepts clients and relays them to the primary in session mode.
 type Server struct {
-	log        *zap.Logger
-	cfg        atomic.Pointer[config.Config]
-	auth       atomic.Pointer[authenticator]
-	classifier *router.Classifier
-	primary    config.Server
-	replicas   []config.Server // every server that is not the primary
+	log      *zap.Logger
+	cfg      atomic.Pointer[config.Config]
+	auth     atomic.Pointer[authenticator]
+	primary  config.Server
+	replicas []config.Server // every server that is not the primary
 
 	ln        net.Listener
 	draining  atomic.Bool
@@ -52,6 +51,9 @@ type Server struct {
 	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
 	pools    map[poolKey]*pool.Pool
 	rr       uint64 // round-robin position
+	// classifiers by database, each with its functions' volatility.
+	classifiers map[string]*dbClassifier
+	bg          sync.WaitGroup // background work (catalog loads)
 }
 
 type poolKey struct{ server, database, user string }
@@ -61,17 +63,13 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}}
+	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{}}
 	au, err := newAuthenticator(cfg.Auth)
 	if err != nil {
 		return nil, err
 	}
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
-	s.classifier = router.NewClassifier(router.Options{
-		WriteFunctions: cfg.Routing.WriteFunctions,
-		ReadFunctions:  cfg.Routing.ReadFunctions,
-	})
 	return s, nil
 }
 
@@ -284,6 +282,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 		p.SetLimits(cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, cfg.Pool.PoolTimeout, cfg.Pool.PoolRecycle, cfg.Pool.PoolPrePing)
 	}
 	s.mu.Unlock()
+	if len(cfg.Auth.Users) > 0 {
+		s.refreshCatalogs(cfg.Auth.Users[0])
+	}
 	s.log.Info("configuration reloaded")
 	return nil
 }
@@ -328,6 +329,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		p.Close()
 	}
 	s.mu.Unlock()
+	s.bg.Wait()
 	s.log.Info("shutdown complete")
 }
 

@@ -59,6 +59,7 @@ type session struct {
 	// Routing state, session goroutine only.
 	active   *upstream              // where the last statement went
 	route    *router.Session        // pins and SET pgsplit.route
+	cls      *dbClassifier          // the database's statement classifier
 	settings map[string]string      // harmless SETs to replay on every server: name → value as SQL
 	stmts    map[string]*clientStmt // the client's prepared statements by name
 	batch    batch                  // extended-protocol batch being collected
@@ -132,6 +133,7 @@ func (s *session) serve() {
 		s.failStartup(err, user, database)
 		return
 	}
+	s.cls = s.srv.classifierFor(database, u) // the database exists: the login worked
 	if err := s.greet(up.conn); err != nil {
 		s.release(up)
 		return

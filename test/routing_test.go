@@ -348,3 +348,70 @@ func TestRoutingSafetyNet(t *testing.T) {
 		t.Fatalf("next read ran on the %s", got)
 	}
 }
+
+// TestRoutingListenSession: LISTEN pins the session to the primary, where
+// notifications keep arriving; UNLISTEN * releases it.
+func TestRoutingListenSession(t *testing.T) {
+	p := routingProxy(t, nil)
+	ctx := testCtx(t, 20*time.Second)
+	a := connect(t, p.appDSN())
+	b := connect(t, p.appDSN())
+	if _, err := a.Exec(ctx, "LISTEN rt_chan"); err != nil {
+		t.Fatal(err)
+	}
+	if got := role(serverPort(t, a, "SELECT inet_server_port()")); got != "primary" {
+		t.Errorf("a listening session read on the %s", got)
+	}
+	if _, err := b.Exec(ctx, "SELECT pg_notify('rt_chan', 'hello')"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := a.WaitForNotification(wctx)
+	if err != nil || n.Payload != "hello" {
+		t.Fatalf("notification: %+v %v", n, err)
+	}
+	if _, err := a.Exec(ctx, "UNLISTEN *"); err != nil {
+		t.Fatal(err)
+	}
+	if got := role(serverPort(t, a, "SELECT inet_server_port()")); got != "replica" {
+		t.Errorf("after UNLISTEN * a read ran on the %s", got)
+	}
+}
+
+// TestRoutingCatalogVolatility: user functions are judged by their
+// volatility in pg_proc, which pgsplit reads once per database: a STABLE
+// function may run on a replica, a VOLATILE one goes to the primary.
+func TestRoutingCatalogVolatility(t *testing.T) {
+	ctx := testCtx(t, 30*time.Second)
+	su := superConn(t)
+	for _, q := range []string{
+		`CREATE OR REPLACE FUNCTION public.rt_stable() RETURNS int LANGUAGE sql STABLE AS $$ SELECT 1 $$`,
+		`CREATE OR REPLACE FUNCTION public.rt_volatile() RETURNS int LANGUAGE sql VOLATILE AS $$ SELECT 1 $$`,
+	} {
+		if _, err := su.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range cluster.Replicas {
+		rc, err := pgx.Connect(ctx, cluster.SuperuserDSN(r, appDatabase))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "functions replicated", func() (bool, string) {
+			var n int
+			err := rc.QueryRow(ctx, "SELECT count(*) FROM pg_proc WHERE proname IN ('rt_stable', 'rt_volatile')").Scan(&n)
+			return err == nil && n == 2, fmt.Sprint(n, err)
+		})
+		_ = rc.Close(ctx)
+	}
+	p := routingProxy(t, nil)
+	c := connect(t, p.appDSN())
+	waitFor(t, 10*time.Second, "catalog loaded: the STABLE function offloaded", func() (bool, string) {
+		r := role(serverPort(t, c, "SELECT inet_server_port() WHERE rt_stable() = 1"))
+		return r == "replica", r
+	})
+	if got := role(serverPort(t, c, "SELECT inet_server_port() WHERE rt_volatile() = 1")); got != "primary" {
+		t.Errorf("a VOLATILE user function ran on the %s", got)
+	}
+}

@@ -2,9 +2,15 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"os"
+	"time"
+
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/pgsplit/pgsplit/proxy"
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/router"
@@ -15,19 +21,26 @@ import (
 // Without session, each line is the first statement of a fresh session;
 // with it, the lines are one session's statements in order, so transactions
 // and pins apply. Function volatility comes from the built-in lists and
-// routing.read_functions / write_functions (no server is asked).
-func classify(cfgPath string, session bool, in io.Reader, out io.Writer) error {
+// routing.read_functions / write_functions, and from pg_proc of database on
+// the configured primary when --config points at a reachable server.
+func classify(cfgPath, database string, session bool, in io.Reader, out, stderr io.Writer) error {
 	routing := config.DefaultRouting()
 	offload := true
+	var volatile map[string]bool
 	if cfgPath != "" {
-		cfg, err := config.Load(cfgPath, nil)
+		cfg, err := config.Load(cfgPath, os.Environ())
 		if err != nil {
 			return err
 		}
 		routing = cfg.Routing
 		offload = cfg.Routing.ReadFrom != config.ReadFromPrimary
+		volatile = catalogFor(cfg, database, stderr)
 	}
-	c := router.NewClassifier(router.Options{WriteFunctions: routing.WriteFunctions, ReadFunctions: routing.ReadFunctions})
+	opts := router.Options{WriteFunctions: routing.WriteFunctions, ReadFunctions: routing.ReadFunctions}
+	if volatile != nil {
+		opts.Volatile = func(name string) (bool, bool) { v, ok := volatile[name]; return v, ok }
+	}
+	c := router.NewClassifier(opts)
 	s := router.NewSession(offload)
 	tx := router.HintNone // where this session's open transaction runs
 	sc := bufio.NewScanner(in)
@@ -65,6 +78,27 @@ func classify(cfgPath string, session bool, in io.Reader, out io.Writer) error {
 		fmt.Fprintf(w, "%s\t%s\n", target, d.Reason)
 	}
 	return sc.Err()
+}
+
+// catalogFor reads function volatility from the configured primary, or
+// says on stderr why it could not and returns nil (built-in lists only).
+func catalogFor(cfg *config.Config, database string, stderr io.Writer) map[string]bool {
+	primary, ok := cfg.Primary()
+	if !ok || len(cfg.Auth.Users) == 0 {
+		return nil
+	}
+	u := cfg.Auth.Users[0]
+	if database == "" {
+		database = u.Name
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.ConnectTimeout+5*time.Second)
+	defer cancel()
+	m, err := proxy.ReadVolatility(ctx, primary, u, database, cfg.Pool.ConnectTimeout)
+	if err != nil {
+		fmt.Fprintf(stderr, "pgsplit classify: no catalog (%v); using the built-in function lists\n", err)
+		return nil
+	}
+	return m
 }
 
 // unescapeLine turns \n, \t and \\ into newline, tab and backslash; any

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
 )
@@ -15,10 +16,10 @@ func TestClassifyCommand(t *testing.T) {
 		`UPDATE t SET x = 1`,
 	}, "\n")
 	var fresh, session strings.Builder
-	if err := classify("", false, strings.NewReader(in), &fresh); err != nil {
+	if err := classify("", "", false, strings.NewReader(in), &fresh, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if err := classify("", true, strings.NewReader(in), &session); err != nil {
+	if err := classify("", "", true, strings.NewReader(in), &session, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	want := map[*strings.Builder][]string{

@@ -46,6 +46,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfigPath(), "configuration file (YAML)")
 	sessionMode := fs.Bool("session", false, "classify: the lines are one session's statements in order")
+	database := fs.String("database", "", "classify: database whose pg_proc gives function volatility (default: the first auth user's name)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -63,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "demo":
 		return demo(stdout, stderr)
 	case "classify":
-		return classify(*cfgPath, *sessionMode, os.Stdin, stdout)
+		return classify(*cfgPath, *database, *sessionMode, os.Stdin, stdout, stderr)
 	case "help":
 		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo|classify [--session]] [--config FILE]")
 		return nil
