@@ -77,6 +77,10 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "test: set up schema:", err)
 		return 1
 	}
+	if err := waitReplicated(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "test: replicas did not replay the schema:", err)
+		return 1
+	}
 	p, err := launchProxy(baseConfig())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "test: start pgsplit:", err)
@@ -147,6 +151,41 @@ func setupSchema(ctx context.Context) error {
 		if _, err := su.Exec(ctx, s); err != nil {
 			return fmt.Errorf("%s: %w", s, err)
 		}
+	}
+	return nil
+}
+
+// waitReplicated waits until every replica has replayed the primary's WAL
+// as of now, so tests that read on replicas see the schema.
+func waitReplicated(ctx context.Context) error {
+	su, err := pgx.Connect(ctx, cluster.SuperuserDSN(cluster.Primary, "postgres"))
+	if err != nil {
+		return err
+	}
+	defer su.Close(ctx)
+	var lsn string
+	if err := su.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+		return err
+	}
+	for _, r := range cluster.Replicas {
+		rc, err := pgx.Connect(ctx, cluster.SuperuserDSN(r, "postgres"))
+		if err != nil {
+			return err
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var done bool
+			err := rc.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn).Scan(&done)
+			if err == nil && done {
+				break
+			}
+			if time.Now().After(deadline) {
+				rc.Close(ctx)
+				return fmt.Errorf("replica on port %d has not replayed up to %s: %v", r.Port, lsn, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		rc.Close(ctx)
 	}
 	return nil
 }

@@ -198,6 +198,25 @@ func TestRoutingSplitTransaction(t *testing.T) {
 	if got := role(serverPort(t, c, "SELECT inet_server_port()")); got != "replica" {
 		t.Errorf("read after the transactions ran on the %s", got)
 	}
+
+	// SET TRANSACTION READ ONLY first: the whole transaction stays on a
+	// replica, and a write in it fails as in any read-only transaction.
+	tx, err = c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY"); err != nil {
+		t.Fatal(err)
+	}
+	if got := role(serverPort(t, tx, "SELECT inet_server_port()")); got != "replica" {
+		t.Errorf("read-only transaction ran on the %s", got)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO kv VALUES ($1, 3)", key+"-ro"); sqlState(err) != "25006" {
+		t.Errorf("write in a read-only transaction: want 25006, got %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestRoutingSessionState: harmless SETs follow the client to the replica;

@@ -1,0 +1,59 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/pool"
+)
+
+// weightedPick must hand out replicas in proportion to their weight.
+func TestWeightedPick(t *testing.T) {
+	rs := []config.Server{{Host: "a", Port: 1, Weight: 1}, {Host: "b", Port: 2, Weight: 3}}
+	got := map[string]int{}
+	for n := uint64(0); n < 400; n++ {
+		got[weightedPick(rs, n).Host]++
+	}
+	if got["a"] != 100 || got["b"] != 300 {
+		t.Fatalf("want 100/300, got %v", got)
+	}
+}
+
+// least_conn picks the replica with the fewest open connections per unit of
+// weight; weight 0 takes a replica out of rotation; read_from: any adds
+// the primary.
+func TestPickReplica(t *testing.T) {
+	cfg := &config.Config{Routing: config.DefaultRouting()}
+	s := &Server{pools: map[poolKey]*pool.Pool{}}
+	s.cfg.Store(cfg)
+	s.primary = config.Server{Host: "p", Port: 5432, Role: config.RolePrimary}
+	s.replicas = []config.Server{
+		{Host: "r1", Port: 1, Role: config.RoleReplica, Weight: 1},
+		{Host: "r2", Port: 2, Role: config.RoleReplica, Weight: 2},
+		{Host: "r3", Port: 3, Role: config.RoleReplica, Weight: 0},
+	}
+	if got := s.pickReplicaLocked("app", "app"); got.Host != "r2" {
+		t.Fatalf("empty pools: want the heaviest replica r2, got %s", got.Host)
+	}
+	seen := map[string]bool{}
+	cfg.Routing.LoadBalance = config.BalanceRoundRobin
+	for i := 0; i < 30; i++ {
+		seen[s.pickReplicaLocked("app", "app").Host] = true
+	}
+	if !seen["r1"] || !seen["r2"] || seen["r3"] || seen["p"] {
+		t.Fatalf("round robin visited %v", seen)
+	}
+	cfg.Routing.ReadFrom = config.ReadFromAny
+	seen = map[string]bool{}
+	for i := 0; i < 30; i++ {
+		seen[s.pickReplicaLocked("app", "app").Host] = true
+	}
+	if !seen["p"] {
+		t.Fatalf("read_from any never picked the primary: %v", seen)
+	}
+	s.replicas = s.replicas[2:] // only the weight-0 one
+	cfg.Routing.ReadFrom = config.ReadFromReplicas
+	if s.hasReplicas() {
+		t.Fatal("a weight-0 replica counts as usable")
+	}
+}
