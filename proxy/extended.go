@@ -1,0 +1,292 @@
+package proxy
+
+import (
+	"encoding/binary"
+
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/router"
+)
+
+// maxBatch is how much of an extended-protocol batch pgsplit holds back to
+// route it as a whole. A larger batch (big Bind parameters, say), or one
+// whose end has not arrived when the client stops sending, is sent to the
+// primary without waiting for its end.
+const maxBatch = 1 << 20
+
+// clientStmt is a named (or the unnamed) prepared statement as the client
+// created it with Parse.
+type clientStmt struct {
+	sql   string
+	parse []byte           // the whole Parse message, to prepare it on another server
+	class router.Statement // as classified at Parse time; see noteRef
+}
+
+// batch is an extended-protocol batch being collected until Sync or Flush.
+type batch struct {
+	buf     []byte   // raw messages
+	parses  []string // statement names parsed in the batch, in order
+	refs    []string // statement names used by Bind or Describe
+	closes  []string // statement names closed by the client
+	target  router.Target
+	reason  string
+	primary bool // something in the batch needs the primary
+	started bool
+	large   bool // over maxBatch: streaming to the primary
+}
+
+func (b *batch) reset() {
+	b.buf = b.buf[:0]
+	b.parses = b.parses[:0]
+	b.refs = b.refs[:0]
+	b.closes = b.closes[:0]
+	b.primary, b.started, b.large = false, false, false
+	b.reason = ""
+	if cap(b.buf) > 4*maxBatch {
+		b.buf = nil
+	}
+}
+
+// relayExtended collects an extended-protocol batch until Sync or Flush,
+// then routes it as a whole: to a replica only if every statement in it is
+// read-only.
+func (s *session) relayExtended(typ byte) error {
+	b := &s.batch
+	if b.large || (s.active != nil && s.active.unsynced.Load() && !b.started) {
+		// Streaming a large batch, or continuing one the server is already
+		// working on (after a Flush): it stays where it is.
+		return s.streamExtended(typ)
+	}
+	body, err := s.cr.Body()
+	if err != nil {
+		return err
+	}
+	b.started = true
+	start := len(b.buf)
+	b.buf = append(b.buf, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(body)+4))
+	b.buf = append(b.buf, body...)
+	if err := s.noteExtended(typ, body, b.buf[start:]); err != nil {
+		return err
+	}
+	complete := typ == 'S' || typ == 'H'
+	if !complete && len(b.buf) <= maxBatch && s.cr.Buffered() > 0 {
+		return nil // more of the batch is already here
+	}
+	if local, mixed := s.batchIsLocal(); local || mixed {
+		err := s.answerBatchLocally(mixed)
+		b.reset()
+		return err
+	}
+	t := router.Replica
+	if b.primary {
+		t = router.Primary
+	}
+	if !complete {
+		// The client sent part of a batch and may be waiting for answers
+		// (PostgreSQL executes messages as they come), or the batch is
+		// too large to hold: what follows is unknown and could be a
+		// write, so the rest streams to the primary.
+		b.large = true
+		t, b.reason = router.Primary, "incomplete or large batch"
+	}
+	s.settleSplit()
+	var d decision
+	if s.split != nil {
+		tt, err := s.splitBatch(t)
+		if err != nil {
+			b.reset()
+			return err
+		}
+		d = decision{target: tt, reason: "split transaction"}
+	} else {
+		d = s.decideBatch(t, b.reason)
+	}
+	u, err := s.switchTo(d.target)
+	if err != nil {
+		b.reset()
+		return err
+	}
+	if err := s.injectStatements(u, b); err != nil {
+		return err
+	}
+	if _, err := u.conn.W.Write(b.buf); err != nil {
+		return err
+	}
+	s.log.Debug("route batch", zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	if typ == 'S' {
+		u.pending.Add(1)
+		u.unsynced.Store(false)
+	} else {
+		u.unsynced.Store(true)
+	}
+	for _, name := range b.closes {
+		delete(u.prepared, name)
+	}
+	for _, name := range b.parses {
+		if cs, ok := s.stmts[name]; ok {
+			u.prepared[name] = cs.sql
+		}
+	}
+	large := b.large
+	b.reset()
+	b.large = large
+	return s.flushIfIdle(u)
+}
+
+// streamExtended forwards an extended-protocol message straight to the
+// active connection.
+func (s *session) streamExtended(typ byte) error {
+	u := s.active
+	if typ == 'S' {
+		u.pending.Add(1)
+		u.unsynced.Store(false)
+		s.batch.large = false
+	} else {
+		u.unsynced.Store(true)
+	}
+	if typ == 'P' || typ == 'C' {
+		// Keep the statement registry right even when streaming.
+		body, err := s.cr.Body()
+		if err != nil {
+			return err
+		}
+		msg := append([]byte{typ, 0, 0, 0, 0}, body...)
+		binary.BigEndian.PutUint32(msg[1:], uint32(len(body)+4))
+		if err := s.noteExtended(typ, body, msg); err != nil {
+			return err
+		}
+		name := cstring(body)
+		if typ == 'P' {
+			u.prepared[name] = s.stmts[name].sql
+		} else if len(body) > 0 && body[0] == 'S' {
+			delete(u.prepared, cstring(body[1:]))
+		}
+		if _, err := u.conn.W.Write(msg); err != nil {
+			return err
+		}
+		return s.flushIfIdle(u)
+	}
+	if err := s.cr.Forward(u.conn.W); err != nil {
+		return err
+	}
+	return s.flushIfIdle(u)
+}
+
+// noteExtended records what a batch message means for routing and for the
+// client's statement registry. msg is the whole message (kept for Parse).
+func (s *session) noteExtended(typ byte, body, msg []byte) error {
+	b := &s.batch
+	switch typ {
+	case 'P':
+		name, rest, ok := cut(body)
+		sql, _, ok2 := cut(rest)
+		if !ok || !ok2 {
+			return fatal(codeProtocolViolation, "invalid Parse message")
+		}
+		st := s.cls.Classify(sql)
+		s.stmts[name] = &clientStmt{sql: sql, parse: append([]byte(nil), msg...), class: st}
+		b.parses = append(b.parses, name)
+		s.noteClass(st)
+	case 'B':
+		_, rest, ok := cut(body) // portal
+		name, _, ok2 := cut(rest)
+		if !ok || !ok2 {
+			return fatal(codeProtocolViolation, "invalid Bind message")
+		}
+		s.noteRef(name)
+	case 'D':
+		if len(body) > 0 && body[0] == 'S' {
+			name, _, _ := cut(body[1:])
+			s.noteRef(name)
+		}
+	case 'C':
+		if len(body) > 0 && body[0] == 'S' {
+			name, _, _ := cut(body[1:])
+			delete(s.stmts, name)
+			b.closes = append(b.closes, name)
+		}
+	}
+	return nil
+}
+
+func (s *session) noteRef(name string) {
+	b := &s.batch
+	for _, p := range b.parses {
+		if p == name {
+			return
+		}
+	}
+	b.refs = append(b.refs, name)
+	if cs, ok := s.stmts[name]; ok {
+		// Classified again at each use (a cache hit): the catalog or the
+		// configuration may have changed since the Parse.
+		s.noteClass(s.cls.Classify(cs.sql))
+	} else {
+		b.primary = true // unknown statement: let the primary report the error
+		b.reason = "unknown prepared statement"
+	}
+}
+
+func (s *session) noteClass(st router.Statement) {
+	b := &s.batch
+	if st.Target != router.Replica || st.Hint == router.Primary {
+		if !b.primary {
+			b.reason = st.Reason
+			if st.Hint == router.Primary {
+				b.reason = "hint pgsplit:primary"
+			}
+		}
+		b.primary = true
+		return
+	}
+	if b.reason == "" {
+		b.reason = st.Reason
+	}
+}
+
+// injectStatements prepares on u, ahead of the batch, the statements the
+// batch uses but u does not have, so a statement prepared on one server can
+// be executed on another. Their answers are dropped by the pump.
+func (s *session) injectStatements(u *upstream, b *batch) error {
+	for _, name := range b.parses {
+		if _, stale := u.prepared[name]; stale && name != "" {
+			// The client closed this name on another server and parses it
+			// again: close u's old copy first (closing is never an error).
+			if err := s.injectClose(u, name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range b.refs {
+		cs, ok := s.stmts[name]
+		if !ok {
+			continue
+		}
+		if have, ok := u.prepared[name]; ok && have == cs.sql {
+			continue
+		}
+		if name != "" {
+			if err := s.injectClose(u, name); err != nil {
+				return err
+			}
+		}
+		u.dropParse.Add(1)
+		if _, err := u.conn.W.Write(cs.parse); err != nil {
+			return err
+		}
+		u.prepared[name] = cs.sql
+	}
+	return nil
+}
+
+func (s *session) injectClose(u *upstream, name string) error {
+	msg := make([]byte, 0, 7+len(name))
+	msg = append(msg, 'C', 0, 0, 0, 0, 'S')
+	msg = append(append(msg, name...), 0)
+	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
+	u.dropClose.Add(1)
+	delete(u.prepared, name)
+	_, err := u.conn.W.Write(msg)
+	return err
+}
