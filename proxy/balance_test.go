@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/pool"
@@ -24,7 +27,7 @@ func TestWeightedPick(t *testing.T) {
 // the primary.
 func TestPickReplica(t *testing.T) {
 	cfg := &config.Config{Routing: config.DefaultRouting()}
-	s := &Server{pools: map[poolKey]*pool.Pool{}}
+	s := &Server{pools: map[poolKey]*pool.Pool{}, downUntil: map[string]time.Time{}, log: zap.NewNop()}
 	s.cfg.Store(cfg)
 	s.primary = config.Server{Host: "p", Port: 5432, Role: config.RolePrimary}
 	s.replicas = []config.Server{
@@ -50,6 +53,16 @@ func TestPickReplica(t *testing.T) {
 	}
 	if !seen["p"] {
 		t.Fatalf("read_from any never picked the primary: %v", seen)
+	}
+	cfg.Routing.ReadFrom = config.ReadFromReplicas
+	cfg.Routing.LoadBalance = config.BalanceLeastConn
+	s.markDown(s.replicas[1])
+	if got := s.pickReplicaLocked("app", "app"); got.Host != "r1" {
+		t.Fatalf("r2 is down: want r1, got %s", got.Host)
+	}
+	s.markDown(s.replicas[0])
+	if got := s.pickReplicaLocked("app", "app"); got.Host != "p" {
+		t.Fatalf("every replica down: want the primary, got %s", got.Host)
 	}
 	s.replicas = s.replicas[2:] // only the weight-0 one
 	cfg.Routing.ReadFrom = config.ReadFromReplicas

@@ -53,7 +53,8 @@ type Server struct {
 	rr       uint64 // round-robin position
 	// classifiers by database, each with its functions' volatility.
 	classifiers map[string]*dbClassifier
-	bg          sync.WaitGroup // background work (catalog loads)
+	downUntil   map[string]time.Time // replicas that failed to connect, skipped until then
+	bg          sync.WaitGroup       // background work (catalog loads)
 }
 
 type poolKey struct{ server, database, user string }
@@ -63,7 +64,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{}}
+	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{}, downUntil: map[string]time.Time{}}
 	au, err := newAuthenticator(cfg.Auth)
 	if err != nil {
 		return nil, err
@@ -191,8 +192,9 @@ func (s *Server) pickReplicaLocked(user, database string) config.Server {
 	var best config.Server
 	bestScore := -1.0
 	var eligible []config.Server
+	now := time.Now()
 	for _, r := range s.replicas {
-		if r.Weight > 0 {
+		if r.Weight > 0 && now.After(s.downUntil[r.Addr()]) {
 			eligible = append(eligible, r)
 		}
 	}
@@ -224,6 +226,21 @@ func (s *Server) pickReplicaLocked(user, database string) config.Server {
 		}
 	}
 	return best
+}
+
+// ReplicaRetry is how long a replica that could not be connected to is left
+// out of rotation before pgsplit tries it again.
+const ReplicaRetry = 10 * time.Second
+
+// markDown takes a replica out of rotation for ReplicaRetry.
+func (s *Server) markDown(srv config.Server) {
+	if srv == s.primary {
+		return
+	}
+	s.mu.Lock()
+	s.downUntil[srv.Addr()] = time.Now().Add(ReplicaRetry)
+	s.mu.Unlock()
+	s.log.Warn("replica unreachable: out of rotation", zap.String("server", srv.Addr()), zap.Duration("retry_in", ReplicaRetry))
 }
 
 // weightedPick takes the n-th slot of the replicas laid out by weight.

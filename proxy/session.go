@@ -192,6 +192,12 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 	defer cancel()
 	c, err := p.Acquire(ctx)
 	if err != nil {
+		if t == router.Replica {
+			var te *pool.TimeoutError
+			if !errors.As(err, &te) {
+				s.srv.markDown(srv)
+			}
+		}
 		var te *pool.TimeoutError
 		var pgErr *pgconn.PgError
 		switch {
