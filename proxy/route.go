@@ -58,11 +58,11 @@ func (s *session) txTarget() router.Target {
 // sent to u: pins, harmless settings to replay elsewhere, prepared
 // statements that a DISCARD or DEALLOCATE removes.
 func (s *session) afterStatement(u *upstream, st router.Statement) {
-	before := len(s.route.Pinned())
+	before := s.route.Pins()
 	for _, p := range s.route.Observe(st) {
 		s.log.Debug("session pinned to the primary", zap.String("state", p))
 	}
-	if before > 0 && len(s.route.Pinned()) == 0 {
+	if before > 0 && s.route.Pins() == 0 {
 		s.log.Debug("session state released: reads may leave the primary again", zap.Strings("released", st.Unpins))
 	}
 	switch st.Kind {

@@ -30,7 +30,7 @@ func (s *session) maySplit(st router.Statement) bool {
 	if st.Kind != router.KindBegin && st.Kind != router.KindStartTransaction || st.Statements != 1 {
 		return false
 	}
-	if s.txTarget() != router.HintNone || len(s.route.Pinned()) > 0 {
+	if s.txTarget() != router.HintNone || s.route.Pins() > 0 {
 		return false
 	}
 	if tx := st.Tx; tx != nil {

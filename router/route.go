@@ -108,6 +108,9 @@ func (s *Session) Observe(st Statement) (added []string) {
 // cannot replay elsewhere).
 func (s *Session) Pin(reason string) { s.pins[reason] = true }
 
+// Pins is how many kinds of session state pin the session.
+func (s *Session) Pins() int { return len(s.pins) }
+
 // Pinned lists what pins the session, sorted.
 func (s *Session) Pinned() []string {
 	l := make([]string, 0, len(s.pins))
