@@ -84,9 +84,6 @@ func (s *Server) Listen(ctx context.Context) error {
 	s.primary = primary
 	for _, srv := range cfg.Servers {
 		if srv != primary {
-			if srv.Weight == 0 && srv.Role == config.RoleAuto {
-				srv.Weight = 1
-			}
 			s.replicas = append(s.replicas, srv)
 		}
 	}
