@@ -24,10 +24,12 @@ type clientStmt struct {
 
 // batch is an extended-protocol batch being collected until Sync or Flush.
 type batch struct {
-	buf     []byte   // raw messages
-	parses  []string // statement names parsed in the batch, in order
-	refs    []string // statement names used by Bind or Describe
-	closes  []string // statement names closed by the client
+	buf     []byte            // raw messages
+	parses  []string          // statement names parsed in the batch, in order
+	refs    []string          // statement names used by Bind or Describe
+	closes  []string          // statement names closed by the client
+	portals map[string]string // portal → statement name, from Bind
+	execs   []string          // statement names run by Execute
 	target  router.Target
 	reason  string
 	primary bool // something in the batch needs the primary
@@ -40,6 +42,8 @@ func (b *batch) reset() {
 	b.parses = b.parses[:0]
 	b.refs = b.refs[:0]
 	b.closes = b.closes[:0]
+	b.execs = b.execs[:0]
+	clear(b.portals)
 	b.primary, b.started, b.large = false, false, false
 	b.reason = ""
 	if cap(b.buf) > 4*maxBatch {
@@ -52,9 +56,9 @@ func (b *batch) reset() {
 // read-only.
 func (s *session) relayExtended(typ byte) error {
 	b := &s.batch
-	if b.large || (s.active != nil && s.active.unsynced.Load() && !b.started) {
-		// Streaming a large batch, or continuing one the server is already
-		// working on (after a Flush): it stays where it is.
+	if b.large {
+		// Streaming the rest of a large or incomplete batch to where its
+		// start went (the primary).
 		return s.streamExtended(typ)
 	}
 	body, err := s.cr.Body()
@@ -79,8 +83,20 @@ func (s *session) relayExtended(typ byte) error {
 		return err
 	}
 	t := router.Replica
-	if b.primary {
+	switch {
+	case b.primary:
 		t = router.Primary
+	case len(b.parses) == 0 && len(b.refs) == 0:
+		// A lone Sync, Flush or Close: nothing to offload.
+		t = router.Primary
+		if s.active != nil {
+			t = s.active.target
+		}
+	case typ == 'H' && !s.readOnlyReplicaTx():
+		// After a Flush the client may go on with the same unfinished
+		// batch, which then cannot leave this server: only a read-only
+		// transaction may keep it on a replica.
+		t, b.reason = router.Primary, "batch ended by Flush"
 	}
 	if !complete {
 		// The client sent part of a batch and may be waiting for answers
@@ -99,8 +115,9 @@ func (s *session) relayExtended(typ byte) error {
 			return err
 		}
 		d = decision{target: tt, reason: "split transaction"}
-	} else {
-		d = s.decideBatch(t, b.reason)
+	} else if d, err = s.decideBatch(t, b.reason); err != nil {
+		b.reset()
+		return err
 	}
 	u, err := s.switchTo(d.target)
 	if err != nil {
@@ -128,6 +145,12 @@ func (s *session) relayExtended(typ byte) error {
 			u.prepared[name] = cs.sql
 		}
 	}
+	for _, name := range b.execs {
+		// Pins, SETs to replay, DISCARD/DEALLOCATE: as for a Query.
+		if cs, ok := s.stmts[name]; ok {
+			s.afterStatement(u, s.cls.Classify(cs.sql))
+		}
+	}
 	large := b.large
 	b.reset()
 	b.large = large
@@ -141,33 +164,40 @@ func (s *session) streamExtended(typ byte) error {
 	if typ == 'S' {
 		u.pending.Add(1)
 		u.unsynced.Store(false)
-		s.batch.large = false
+		s.batch.reset() // the streamed batch is over
 	} else {
 		u.unsynced.Store(true)
 	}
-	if typ == 'P' || typ == 'C' {
-		// Keep the statement registry right even when streaming.
-		body, err := s.cr.Body()
-		if err != nil {
-			return err
-		}
-		msg := append([]byte{typ, 0, 0, 0, 0}, body...)
-		binary.BigEndian.PutUint32(msg[1:], uint32(len(body)+4))
-		if err := s.noteExtended(typ, body, msg); err != nil {
-			return err
-		}
-		name := cstring(body)
-		if typ == 'P' {
-			u.prepared[name] = s.stmts[name].sql
-		} else if len(body) > 0 && body[0] == 'S' {
-			delete(u.prepared, cstring(body[1:]))
-		}
-		if _, err := u.conn.W.Write(msg); err != nil {
+	if typ != 'P' && typ != 'C' && typ != 'B' && typ != 'D' {
+		if err := s.cr.Forward(u.conn.W); err != nil {
 			return err
 		}
 		return s.flushIfIdle(u)
 	}
-	if err := s.cr.Forward(u.conn.W); err != nil {
+	// Keep the statement registry right, and prepare here a statement the
+	// client prepared on the other server, even when streaming.
+	body, err := s.cr.Body()
+	if err != nil {
+		return err
+	}
+	b := &s.batch
+	large := b.large
+	if err := s.noteExtended(typ, body, append([]byte{typ, 0, 0, 0, 0}, body...)); err != nil {
+		return err
+	}
+	refs, parses, closes := b.refs, b.parses, b.closes
+	b.refs, b.parses, b.closes, b.large, b.primary = b.refs[:0], b.parses[:0], b.closes[:0], large, false
+	for _, name := range closes {
+		delete(u.prepared, name)
+	}
+	tmp := batch{parses: parses, refs: refs}
+	if err := s.injectStatements(u, &tmp); err != nil {
+		return err
+	}
+	for _, name := range parses {
+		u.prepared[name] = s.stmts[name].sql
+	}
+	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
 		return err
 	}
 	return s.flushIfIdle(u)
@@ -189,12 +219,20 @@ func (s *session) noteExtended(typ byte, body, msg []byte) error {
 		b.parses = append(b.parses, name)
 		s.noteClass(st)
 	case 'B':
-		_, rest, ok := cut(body) // portal
+		portal, rest, ok := cut(body)
 		name, _, ok2 := cut(rest)
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Bind message")
 		}
 		s.noteRef(name)
+		if b.portals == nil {
+			b.portals = map[string]string{}
+		}
+		b.portals[portal] = name
+	case 'E':
+		if name, ok := b.portals[cstring(body)]; ok {
+			b.execs = append(b.execs, name)
+		}
 	case 'D':
 		if len(body) > 0 && body[0] == 'S' {
 			name, _, _ := cut(body[1:])
@@ -249,6 +287,13 @@ func (s *session) noteClass(st router.Statement) {
 // batch uses but u does not have, so a statement prepared on one server can
 // be executed on another. Their answers are dropped by the pump.
 func (s *session) injectStatements(u *upstream, b *batch) error {
+	if s.needsInjection(u, b) && u.pending.Load() > 0 && !u.unsynced.Load() {
+		// The drop counters count per connection: let earlier batches'
+		// answers through first so ours are the ones dropped.
+		if err := s.waitAnswered(u); err != nil {
+			return err
+		}
+	}
 	for _, name := range b.parses {
 		if _, stale := u.prepared[name]; stale && name != "" {
 			// The client closed this name on another server and parses it
@@ -278,6 +323,23 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 		u.prepared[name] = cs.sql
 	}
 	return nil
+}
+
+// needsInjection reports whether injectStatements would send anything.
+func (s *session) needsInjection(u *upstream, b *batch) bool {
+	for _, name := range b.parses {
+		if _, stale := u.prepared[name]; stale && name != "" {
+			return true
+		}
+	}
+	for _, name := range b.refs {
+		if cs, ok := s.stmts[name]; ok {
+			if have, ok := u.prepared[name]; !ok || have != cs.sql {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *session) injectClose(u *upstream, name string) error {

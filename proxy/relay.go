@@ -35,8 +35,7 @@ func (s *session) relayClient() string {
 		case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
 			err = s.relayExtended(typ)
 		case 'F':
-			// FunctionCall: a server function by OID, nothing to classify.
-			err = s.forwardCurrent(router.Primary, "function call", typ)
+			err = s.relayFunctionCall()
 		default:
 			// COPY data and anything else belong to the statement running
 			// on the active connection.
@@ -49,6 +48,11 @@ func (s *session) relayClient() string {
 			}
 			return "relay client→server: " + err.Error()
 		}
+		if s.draining.Load() && s.idle() {
+			// pgsplit answered this one itself (no ReadyForQuery from a
+			// server to trigger the pump's check).
+			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+		}
 	}
 }
 
@@ -57,6 +61,35 @@ func (s *session) activeTarget() router.Target {
 		return s.active.target
 	}
 	return router.Primary
+}
+
+// relayFunctionCall forwards a FunctionCall (a server function by OID,
+// nothing to classify: libpq's large-object calls): to the primary, or
+// inside the client's transaction. A split transaction moves to the primary
+// first; a read-only replica transaction keeps it (a write fails there as
+// it would on any read-only transaction).
+func (s *session) relayFunctionCall() error {
+	s.settleSplit()
+	t := router.Primary
+	if s.split != nil {
+		var err error
+		if t, err = s.splitBatch(router.Primary); err != nil {
+			return err
+		}
+	} else if tx, err := s.txTarget(false); err != nil {
+		return err
+	} else if tx != router.HintNone {
+		t = tx
+	}
+	u, err := s.switchTo(t)
+	if err != nil {
+		return err
+	}
+	u.pending.Add(1)
+	if err := s.cr.Forward(u.conn.W); err != nil {
+		return err
+	}
+	return s.flushIfIdle(u)
 }
 
 // relayQuery routes and forwards one simple-protocol Query.
@@ -68,7 +101,10 @@ func (s *session) relayQuery() error {
 	sql := string(bytes.TrimRight(body, "\x00"))
 	st := s.cls.Classify(sql)
 	s.settleSplit()
-	d := s.decide(st)
+	d, err := s.decide(st)
+	if err != nil {
+		return err
+	}
 	if d.local != nil {
 		return s.answerLocally(d.local)
 	}
@@ -84,7 +120,7 @@ func (s *session) relayQuery() error {
 	// refuses as a write (25006) before answering anything else is run
 	// again on the primary. Only when the client waits for this answer
 	// (nothing pipelined behind it), so answers stay in order.
-	watch := u.target == router.Replica && s.txTarget() == router.HintNone && s.cr.Buffered() == 0 &&
+	watch := u.target == router.Replica && !s.inTx() && s.cr.Buffered() == 0 &&
 		st.Kind != router.KindBegin && st.Kind != router.KindStartTransaction
 	if watch {
 		u.watch.Store(watchWaiting)
@@ -155,9 +191,6 @@ func (s *session) forwardCurrent(t router.Target, reason string, typ byte) error
 			return err
 		}
 	}
-	if typ == 'F' {
-		u.pending.Add(1)
-	}
 	if err := s.cr.Forward(u.conn.W); err != nil {
 		return err
 	}
@@ -220,6 +253,25 @@ func (s *session) waitQuiet(u *upstream) error {
 			return errors.New("session closed")
 		case <-time.After(time.Second):
 			// A signal may have gone to an earlier wait; look again.
+		}
+	}
+	return nil
+}
+
+// waitAnswered blocks until u has answered every Query and Sync sent to it
+// (it may still be inside an unfinished batch).
+func (s *session) waitAnswered(u *upstream) error {
+	if err := u.conn.W.Flush(); err != nil {
+		return err
+	}
+	for u.pending.Load() > 0 || u.dropZ.Load() > 0 {
+		select {
+		case <-s.zSignal:
+		case <-u.exited:
+			return errors.New("server connection ended")
+		case <-s.gone:
+			return errors.New("session closed")
+		case <-time.After(time.Second):
 		}
 	}
 	return nil

@@ -18,40 +18,72 @@ type decision struct {
 
 // decide routes a simple-protocol statement with the session's routing
 // rules (router.Session), given where its transaction runs.
-func (s *session) decide(st router.Statement) decision {
-	d := s.route.Route(st, s.txTarget())
+func (s *session) decide(st router.Statement) (decision, error) {
+	follow := st.Target == router.Replica && !st.BySession
+	tx, err := s.txTarget(follow)
+	if err != nil {
+		return decision{}, err
+	}
+	d := s.route.Route(st, tx)
 	if d.Local {
-		return s.routeSettingStatement(st)
+		return s.routeSettingStatement(st), nil
 	}
 	if st.Hint == router.Replica && d.Target == router.Primary && st.Target != router.Replica {
 		s.log.Info("replica hint overridden: the statement needs the primary", zap.String("reason", st.Reason))
 	}
-	return decision{target: d.Target, reason: d.Reason}
+	return decision{target: d.Target, reason: d.Reason}, nil
 }
 
 // decideBatch routes an extended-protocol batch whose statements need t.
-func (s *session) decideBatch(t router.Target, reason string) decision {
-	if tx := s.txTarget(); tx != router.HintNone {
-		return decision{target: tx, reason: "inside a transaction on the " + tx.String()}
+func (s *session) decideBatch(t router.Target, reason string) (decision, error) {
+	tx, err := s.txTarget(t == router.Replica)
+	if err != nil {
+		return decision{}, err
+	}
+	if tx != router.HintNone {
+		return decision{target: tx, reason: "inside a transaction on the " + tx.String()}, nil
 	}
 	d := s.route.Read(t, router.HintNone, reason)
-	return decision{target: d.Target, reason: d.Reason}
+	return decision{target: d.Target, reason: d.Reason}, nil
 }
 
 // txTarget is where the next statement must go whatever it is (HintNone if
-// it is free): the server holding the client's open transaction, or the
-// active one while it still owes answers (a pipelining client: its
-// transaction state is not known yet, and answers must stay in order).
-func (s *session) txTarget() router.Target {
-	if s.active != nil && s.active.owesAnswers() {
-		return s.active.target
+// it is free): the server holding the client's open transaction. While the
+// active connection still owes answers (a pipelining client), its
+// transaction state is not known yet: the primary keeps the statement (it
+// can run anything, and answers stay in order); a replica keeps it only if
+// it is a read (follow) or the server is inside an unfinished batch;
+// otherwise pgsplit first waits for the replica's answers.
+func (s *session) txTarget(follow bool) (router.Target, error) {
+	if a := s.active; a != nil && a.owesAnswers() {
+		switch {
+		case a.target == router.Primary, a.unsynced.Load(), follow:
+			return a.target, nil
+		}
+		if err := s.waitQuiet(a); err != nil {
+			return router.HintNone, err
+		}
 	}
 	for _, u := range s.ups {
 		if u != nil && byte(u.txStatus.Load()) != 'I' {
-			return u.target
+			return u.target, nil
 		}
 	}
-	return router.HintNone
+	return router.HintNone, nil
+}
+
+// inTx reports, without waiting, whether the client may be inside a
+// transaction or a pipeline (for the safety net and split decisions).
+func (s *session) inTx() bool {
+	if a := s.active; a != nil && a.owesAnswers() {
+		return true
+	}
+	for _, u := range s.ups {
+		if u != nil && byte(u.txStatus.Load()) != 'I' {
+			return true
+		}
+	}
+	return false
 }
 
 // afterStatement updates the session's routing state for a statement just
@@ -130,7 +162,7 @@ func (s *session) routeSettingStatement(st router.Statement) decision {
 // status the client last saw.
 func (s *session) answerLocally(msgs []pgproto3.BackendMessage) error {
 	if u := s.active; u != nil {
-		if err := s.waitQuiet(u); err != nil {
+		if err := s.waitAnswered(u); err != nil {
 			return err
 		}
 	}
@@ -167,7 +199,7 @@ func (s *session) batchIsLocal() (local, mixed bool) {
 // setting message by message, as a server would.
 func (s *session) answerBatchLocally(mixed bool) error {
 	if u := s.active; u != nil {
-		if err := s.waitQuiet(u); err != nil {
+		if err := s.waitAnswered(u); err != nil {
 			return err
 		}
 	}
@@ -201,6 +233,11 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			portals[portal] = cstring(r)
 			out = append(out, &pgproto3.BindComplete{})
 		case 'D':
+			if len(body) < 2 {
+				out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: codeProtocolViolation, Message: "invalid Describe message"})
+				failed = true
+				continue
+			}
 			name := cstring(body[1:])
 			if body[0] == 'P' {
 				name = portals[name]
@@ -214,6 +251,9 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			}
 		case 'E':
 			cs := s.stmts[portals[cstring(body)]]
+			if cs != nil && cs.class.SetName != router.RouteSetting {
+				cs = nil
+			}
 			if cs == nil {
 				out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "34000", Message: "portal does not exist"})
 				failed = true

@@ -135,7 +135,8 @@ func (s *session) serve() {
 	}
 	s.cls = s.srv.classifierFor(database, u) // the database exists: the login worked
 	if err := s.greet(up.conn); err != nil {
-		s.release(up)
+		// No pump runs yet, so release's quiet path would wait forever.
+		s.discard(up)
 		return
 	}
 	_ = s.conn.SetDeadline(time.Time{})
@@ -149,6 +150,9 @@ func (s *session) serve() {
 	s.startPump(up)
 	reason := s.relayClient()
 	s.ready.Store(false)
+	// A client that left without reading its answers must not hold a pump
+	// (and its server connection) in a blocked write.
+	_ = s.conn.SetWriteDeadline(time.Now())
 	s.finish(reason)
 }
 

@@ -30,7 +30,8 @@ func (s *session) maySplit(st router.Statement) bool {
 	if st.Kind != router.KindBegin && st.Kind != router.KindStartTransaction || st.Statements != 1 {
 		return false
 	}
-	if s.txTarget() != router.HintNone || s.route.Pins() > 0 {
+	if s.inTx() || s.route.Pins() > 0 || !st.ReadOnly {
+		// BEGIN READ WRITE and the like: a hot standby refuses them.
 		return false
 	}
 	if tx := st.Tx; tx != nil {
@@ -91,7 +92,15 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 		return s.sendQuery(u, body, st)
 	case router.Replica:
 		r := s.ups[router.Replica]
-		if end || tx.readOnly || r == nil || byte(r.txStatus.Load()) == 'E' || s.readsInSplit(st) {
+		read := s.readsInSplit(st)
+		if !end && !read && !tx.readOnly && r != nil {
+			// Whether the replica part failed is known only once its
+			// answers are in.
+			if err := s.waitQuiet(r); err != nil {
+				return err
+			}
+		}
+		if end || tx.readOnly || r == nil || byte(r.txStatus.Load()) == 'E' || read {
 			// Reads, the end of the transaction, and anything after an
 			// error (which must fail as it would on one server) stay.
 			if end {
@@ -156,11 +165,22 @@ func (s *session) sendQuery(u *upstream, body []byte, st router.Statement) error
 	return s.flushIfIdle(u)
 }
 
+// readOnlyReplicaTx reports whether the client is in a transaction on a
+// replica that can never move to the primary (BEGIN READ ONLY, or a split
+// transaction that began with SET TRANSACTION READ ONLY).
+func (s *session) readOnlyReplicaTx() bool {
+	r := s.ups[router.Replica]
+	if r == nil || byte(r.txStatus.Load()) == 'I' {
+		return false
+	}
+	return s.split == nil || s.split.readOnly
+}
+
 // answerTx answers a held BEGIN, or the COMMIT/ROLLBACK of a transaction
 // that never reached a server, as the server would.
 func (s *session) answerTx(tag string, status byte) error {
 	if u := s.active; u != nil {
-		if err := s.waitQuiet(u); err != nil {
+		if err := s.waitAnswered(u); err != nil {
 			return err
 		}
 	}
@@ -194,7 +214,12 @@ func (s *session) splitBatch(t router.Target) (router.Target, error) {
 		return u.target, s.inject(u, tx.begin)
 	case router.Replica:
 		r := s.ups[router.Replica]
-		if t == router.Replica || tx.readOnly || r == nil || byte(r.txStatus.Load()) == 'E' {
+		if t != router.Replica && !tx.readOnly && r != nil && !r.unsynced.Load() {
+			if err := s.waitQuiet(r); err != nil {
+				return router.Replica, err
+			}
+		}
+		if t == router.Replica || tx.readOnly || r == nil || r.unsynced.Load() || byte(r.txStatus.Load()) == 'E' {
 			return router.Replica, nil
 		}
 		if err := s.waitQuiet(r); err != nil {
