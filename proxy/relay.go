@@ -239,12 +239,25 @@ func (s *session) switchTo(t router.Target) (*upstream, error) {
 	return u, nil
 }
 
-// waitQuiet blocks until u has answered everything sent to it.
+// waitQuiet blocks until u has answered everything sent to it and is not
+// inside an unfinished batch.
 func (s *session) waitQuiet(u *upstream) error {
+	return s.waitUntil(u, func() bool { return !u.owesAnswers() && u.dropZ.Load() == 0 })
+}
+
+// waitAnswered blocks until u has answered every Query and Sync sent to it
+// (it may still be inside an unfinished batch).
+func (s *session) waitAnswered(u *upstream) error {
+	return s.waitUntil(u, func() bool { return u.pending.Load() == 0 && u.dropZ.Load() == 0 })
+}
+
+// waitUntil flushes u and waits, woken by each ReadyForQuery, until done
+// holds, the server connection ends or the session is closed.
+func (s *session) waitUntil(u *upstream, done func() bool) error {
 	if err := u.conn.W.Flush(); err != nil {
 		return err
 	}
-	for u.owesAnswers() || u.dropZ.Load() > 0 {
+	for !done() {
 		select {
 		case <-s.zSignal:
 		case <-u.exited:
@@ -253,25 +266,6 @@ func (s *session) waitQuiet(u *upstream) error {
 			return errors.New("session closed")
 		case <-time.After(time.Second):
 			// A signal may have gone to an earlier wait; look again.
-		}
-	}
-	return nil
-}
-
-// waitAnswered blocks until u has answered every Query and Sync sent to it
-// (it may still be inside an unfinished batch).
-func (s *session) waitAnswered(u *upstream) error {
-	if err := u.conn.W.Flush(); err != nil {
-		return err
-	}
-	for u.pending.Load() > 0 || u.dropZ.Load() > 0 {
-		select {
-		case <-s.zSignal:
-		case <-u.exited:
-			return errors.New("server connection ended")
-		case <-s.gone:
-			return errors.New("session closed")
-		case <-time.After(time.Second):
 		}
 	}
 	return nil
