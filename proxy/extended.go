@@ -130,7 +130,9 @@ func (s *session) relayExtended(typ byte) error {
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
-	s.log.Debug("route batch", zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	if ce := s.log.Check(zap.DebugLevel, "route batch"); ce != nil { // no field allocation when off
+		ce.Write(zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	}
 	if typ == 'S' {
 		u.pending.Add(1)
 		u.unsynced.Store(false)

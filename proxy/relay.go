@@ -115,7 +115,9 @@ func (s *session) relayQuery() error {
 	if err != nil {
 		return err
 	}
-	s.log.Debug("route", zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	if ce := s.log.Check(zap.DebugLevel, "route"); ce != nil { // no field allocation when off
+		ce.Write(zap.Stringer("to", u.target), zap.String("reason", d.reason))
+	}
 	// Safety net: an autocommit statement on a replica that the replica
 	// refuses as a write (25006) before answering anything else is run
 	// again on the primary. Only when the client waits for this answer
