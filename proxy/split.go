@@ -113,24 +113,10 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 			return s.sendQuery(u, body, st)
 		}
 		// The first statement that needs the primary: move.
-		if err := s.waitQuiet(r); err != nil {
-			return err
-		}
-		if err := s.inject(r, "ROLLBACK"); err != nil {
-			return err
-		}
-		if err := r.conn.W.Flush(); err != nil {
-			return err
-		}
-		u, err := s.switchTo(router.Primary)
+		u, err := s.moveSplitToPrimary(r, st.Reason)
 		if err != nil {
 			return err
 		}
-		if err := s.inject(u, tx.begin); err != nil {
-			return err
-		}
-		tx.on = router.Primary
-		s.log.Debug("split transaction moved to the primary", zap.String("reason", st.Reason))
 		return s.sendQuery(u, body, st)
 	}
 	// Open on the primary: everything stays there.
@@ -222,21 +208,33 @@ func (s *session) splitBatch(t router.Target) (router.Target, error) {
 		if t == router.Replica || tx.readOnly || r == nil || r.unsynced.Load() || byte(r.txStatus.Load()) == 'E' {
 			return router.Replica, nil
 		}
-		if err := s.waitQuiet(r); err != nil {
-			return router.Primary, err
-		}
-		if err := s.inject(r, "ROLLBACK"); err != nil {
-			return router.Primary, err
-		}
-		if err := r.conn.W.Flush(); err != nil {
-			return router.Primary, err
-		}
-		u, err := s.switchTo(router.Primary)
-		if err != nil {
-			return router.Primary, err
-		}
-		tx.on = router.Primary
-		return router.Primary, s.inject(u, tx.begin)
+		_, err := s.moveSplitToPrimary(r, "batch needs the primary")
+		return router.Primary, err
 	}
 	return router.Primary, nil
+}
+
+// moveSplitToPrimary ends the replica part of the split transaction (its
+// answers in, ROLLBACK) and opens the same BEGIN on the primary, which it
+// returns as the active connection.
+func (s *session) moveSplitToPrimary(r *upstream, reason string) (*upstream, error) {
+	if err := s.waitQuiet(r); err != nil {
+		return nil, err
+	}
+	if err := s.inject(r, "ROLLBACK"); err != nil {
+		return nil, err
+	}
+	if err := r.conn.W.Flush(); err != nil {
+		return nil, err
+	}
+	u, err := s.switchTo(router.Primary)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.inject(u, s.split.begin); err != nil {
+		return nil, err
+	}
+	s.split.on = router.Primary
+	s.log.Debug("split transaction moved to the primary", zap.String("reason", reason))
+	return u, nil
 }
