@@ -44,17 +44,25 @@ func (c *Conn) Age() time.Duration { return time.Since(c.created) }
 
 const bufSize = 32 << 10
 
-func dial(ctx context.Context, o *Options) (*Conn, error) {
-	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d sslmode=disable", o.Host, o.Port))
+// ConnConfig is the pgconn configuration of every connection pgsplit opens
+// to a server (pooled, catalog, probes): plain TCP (upstream TLS comes
+// later), one host, and nothing taken from pgsplit's own PG* environment.
+func ConnConfig(host string, port int, user, password, database string, timeout time.Duration) (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d sslmode=disable", host, port))
 	if err != nil {
 		return nil, fmt.Errorf("upstream config: %w", err)
 	}
-	cfg.User = o.User
-	cfg.Password = o.Password
-	cfg.Database = o.Database
-	cfg.ConnectTimeout = o.ConnectTimeout
-	cfg.RuntimeParams = map[string]string{} // nothing from the proxy's own PG* environment
+	cfg.User, cfg.Password, cfg.Database, cfg.ConnectTimeout = user, password, database, timeout
+	cfg.RuntimeParams = map[string]string{}
 	cfg.Fallbacks = nil
+	return cfg, nil
+}
+
+func dial(ctx context.Context, o *Options) (*Conn, error) {
+	cfg, err := ConnConfig(o.Host, o.Port, o.User, o.Password, o.Database, o.ConnectTimeout)
+	if err != nil {
+		return nil, err
+	}
 	pc, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err

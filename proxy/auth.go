@@ -42,7 +42,11 @@ func newAuthenticator(a config.Auth) (*authenticator, error) {
 		if err != nil {
 			return nil, fmt.Errorf("auth.users %s: password cannot be used with SCRAM: %w", u.Name, err)
 		}
-		au.scram[u.Name] = cl.GetStoredCredentials(scram.KeyFactors{Salt: string(salt), Iters: scramIterations})
+		creds, err := cl.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: scramIterations})
+		if err != nil {
+			return nil, fmt.Errorf("auth.users %s: deriving SCRAM keys: %w", u.Name, err)
+		}
+		au.scram[u.Name] = creds
 	}
 	return au, nil
 }

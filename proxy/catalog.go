@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -10,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -100,12 +100,11 @@ func (s *Server) refreshCatalogs(u config.User) {
 // ReadVolatility reads, from pg_proc of database on srv, whether each user
 // function is VOLATILE (any overload), keyed by "name" and "schema.name".
 func ReadVolatility(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration) (map[string]bool, error) {
-	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d sslmode=disable", srv.Host, srv.Port))
+	pc, err := pool.ConnConfig(srv.Host, srv.Port, u.Name, u.Password, database, timeout)
 	if err != nil {
 		return nil, err
 	}
-	pc.User, pc.Password, pc.Database, pc.ConnectTimeout = u.Name, u.Password, database, timeout
-	pc.RuntimeParams = map[string]string{"application_name": "pgsplit catalog"}
+	pc.RuntimeParams["application_name"] = "pgsplit catalog"
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, err

@@ -30,11 +30,9 @@ type batch struct {
 	closes  []string          // statement names closed by the client
 	portals map[string]string // portal → statement name, from Bind
 	execs   []string          // statement names run by Execute
-	target  router.Target
 	reason  string
 	primary bool // something in the batch needs the primary
-	started bool
-	large   bool // over maxBatch: streaming to the primary
+	large   bool // over maxBatch or incomplete: streaming to the primary
 }
 
 func (b *batch) reset() {
@@ -44,7 +42,7 @@ func (b *batch) reset() {
 	b.closes = b.closes[:0]
 	b.execs = b.execs[:0]
 	clear(b.portals)
-	b.primary, b.started, b.large = false, false, false
+	b.primary, b.large = false, false
 	b.reason = ""
 	if cap(b.buf) > 4*maxBatch {
 		b.buf = nil
@@ -65,7 +63,6 @@ func (s *session) relayExtended(typ byte) error {
 	if err != nil {
 		return err
 	}
-	b.started = true
 	start := len(b.buf)
 	b.buf = append(b.buf, typ, 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(body)+4))
@@ -183,22 +180,20 @@ func (s *session) streamExtended(typ byte) error {
 		return err
 	}
 	b := &s.batch
-	large := b.large
 	if err := s.noteExtended(typ, body, append([]byte{typ, 0, 0, 0, 0}, body...)); err != nil {
 		return err
 	}
-	refs, parses, closes := b.refs, b.parses, b.closes
-	b.refs, b.parses, b.closes, b.large, b.primary = b.refs[:0], b.parses[:0], b.closes[:0], large, false
-	for _, name := range closes {
+	for _, name := range b.closes {
 		delete(u.prepared, name)
 	}
-	tmp := batch{parses: parses, refs: refs}
-	if err := s.injectStatements(u, &tmp); err != nil {
+	if err := s.injectStatements(u, b); err != nil {
 		return err
 	}
-	for _, name := range parses {
+	for _, name := range b.parses {
 		u.prepared[name] = s.stmts[name].sql
 	}
+	// This message is handled: only the streaming flag outlives it.
+	b.parses, b.refs, b.closes, b.primary = b.parses[:0], b.refs[:0], b.closes[:0], false
 	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
 		return err
 	}
@@ -289,30 +284,38 @@ func (s *session) noteClass(st router.Statement) {
 // batch uses but u does not have, so a statement prepared on one server can
 // be executed on another. Their answers are dropped by the pump.
 func (s *session) injectStatements(u *upstream, b *batch) error {
-	if s.needsInjection(u, b) && u.pending.Load() > 0 && !u.unsynced.Load() {
+	var closes, parses []string
+	for _, name := range b.parses {
+		if _, stale := u.prepared[name]; stale && name != "" {
+			// The client closed this name on another server and parses it
+			// again: close u's old copy first (closing is never an error).
+			closes = append(closes, name)
+		}
+	}
+	for _, name := range b.refs {
+		if cs, ok := s.stmts[name]; ok {
+			if have, ok := u.prepared[name]; !ok || have != cs.sql {
+				parses = append(parses, name)
+			}
+		}
+	}
+	if len(closes)+len(parses) == 0 {
+		return nil
+	}
+	if u.pending.Load() > 0 && !u.unsynced.Load() {
 		// The drop counters count per connection: let earlier batches'
 		// answers through first so ours are the ones dropped.
 		if err := s.waitAnswered(u); err != nil {
 			return err
 		}
 	}
-	for _, name := range b.parses {
-		if _, stale := u.prepared[name]; stale && name != "" {
-			// The client closed this name on another server and parses it
-			// again: close u's old copy first (closing is never an error).
-			if err := s.injectClose(u, name); err != nil {
-				return err
-			}
+	for _, name := range closes {
+		if err := s.injectClose(u, name); err != nil {
+			return err
 		}
 	}
-	for _, name := range b.refs {
-		cs, ok := s.stmts[name]
-		if !ok {
-			continue
-		}
-		if have, ok := u.prepared[name]; ok && have == cs.sql {
-			continue
-		}
+	for _, name := range parses {
+		cs := s.stmts[name]
 		if name != "" {
 			if err := s.injectClose(u, name); err != nil {
 				return err
@@ -325,23 +328,6 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 		u.prepared[name] = cs.sql
 	}
 	return nil
-}
-
-// needsInjection reports whether injectStatements would send anything.
-func (s *session) needsInjection(u *upstream, b *batch) bool {
-	for _, name := range b.parses {
-		if _, stale := u.prepared[name]; stale && name != "" {
-			return true
-		}
-	}
-	for _, name := range b.refs {
-		if cs, ok := s.stmts[name]; ok {
-			if have, ok := u.prepared[name]; !ok || have != cs.sql {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func (s *session) injectClose(u *upstream, name string) error {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"encoding/binary"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -66,7 +65,5 @@ func writeMsgs(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {
 
 // readyForQuery is the 6-byte ReadyForQuery message with the given status.
 func readyForQuery(status byte) []byte {
-	b := []byte{'Z', 0, 0, 0, 5, status}
-	binary.BigEndian.PutUint32(b[1:5], 5)
-	return b
+	return []byte{'Z', 0, 0, 0, 5, status}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -39,7 +40,7 @@ func (s *session) relayClient() string {
 		default:
 			// COPY data and anything else belong to the statement running
 			// on the active connection.
-			err = s.forwardCurrent(s.activeTarget(), "", typ)
+			err = s.forwardToActive()
 		}
 		if err != nil {
 			var pe *pgError
@@ -54,13 +55,6 @@ func (s *session) relayClient() string {
 			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 		}
 	}
-}
-
-func (s *session) activeTarget() router.Target {
-	if s.active != nil {
-		return s.active.target
-	}
-	return router.Primary
 }
 
 // relayFunctionCall forwards a FunctionCall (a server function by OID,
@@ -147,6 +141,7 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	p.pending.Add(1)
+	delete(p.prepared, "")
 	if err := s.cr.WriteBodyAfterHeader(p.conn.W, body); err != nil {
 		return err
 	}
@@ -183,13 +178,13 @@ func (s *session) awaitVerdict(u *upstream) bool {
 	}
 }
 
-// forwardCurrent forwards the current message unchanged to the active
-// connection (or to t when nothing is running).
-func (s *session) forwardCurrent(t router.Target, reason string, typ byte) error {
+// forwardToActive forwards the current message unchanged to the active
+// connection (the primary when there is none yet).
+func (s *session) forwardToActive() error {
 	u := s.active
-	if u == nil || !u.owesAnswers() {
+	if u == nil {
 		var err error
-		if u, err = s.switchTo(t); err != nil {
+		if u, err = s.switchTo(router.Primary); err != nil {
 			return err
 		}
 	}
@@ -323,5 +318,5 @@ func cstring(b []byte) string {
 }
 
 func quoteIdent(s string) string {
-	return `"` + string(bytes.ReplaceAll([]byte(s), []byte(`"`), []byte(`""`))) + `"`
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -64,26 +65,24 @@ func (s *session) txTarget(follow bool) (router.Target, error) {
 			return router.HintNone, err
 		}
 	}
+	return s.openTxOn(), nil
+}
+
+// openTxOn is the server whose last ReadyForQuery said the client is inside
+// a transaction, HintNone if none.
+func (s *session) openTxOn() router.Target {
 	for _, u := range s.ups {
 		if u != nil && byte(u.txStatus.Load()) != 'I' {
-			return u.target, nil
+			return u.target
 		}
 	}
-	return router.HintNone, nil
+	return router.HintNone
 }
 
 // inTx reports, without waiting, whether the client may be inside a
 // transaction or a pipeline (for the safety net and split decisions).
 func (s *session) inTx() bool {
-	if a := s.active; a != nil && a.owesAnswers() {
-		return true
-	}
-	for _, u := range s.ups {
-		if u != nil && byte(u.txStatus.Load()) != 'I' {
-			return true
-		}
-	}
-	return false
+	return (s.active != nil && s.active.owesAnswers()) || s.openTxOn() != router.HintNone
 }
 
 // afterStatement updates the session's routing state for a statement just
@@ -120,20 +119,11 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 		// The server dropped prepared statements (maybe all): prepare
 		// again before the next use rather than trust the registry.
 		clear(u.prepared)
-		if containsAll(st.Unpins) {
+		if slices.Contains(st.Unpins, "all") {
 			clear(s.settings)
 			clear(u.settings)
 		}
 	}
-}
-
-func containsAll(l []string) bool {
-	for _, x := range l {
-		if x == "all" {
-			return true
-		}
-	}
-	return false
 }
 
 // routeSettingStatement answers SET/RESET/SHOW pgsplit.route locally.

@@ -381,11 +381,10 @@ func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error)
 }
 
 func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration) (bool, error) {
-	pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=postgres sslmode=disable", srv.Host, srv.Port))
+	pc, err := pool.ConnConfig(srv.Host, srv.Port, u.Name, u.Password, "postgres", timeout)
 	if err != nil {
 		return false, err
 	}
-	pc.User, pc.Password, pc.ConnectTimeout = u.Name, u.Password, timeout
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return false, err

@@ -20,9 +20,10 @@ type splitTx struct {
 }
 
 // maySplit reports whether st is a BEGIN that split mode holds back: a
-// plain read-write READ COMMITTED transaction in a session whose reads may
-// be offloaded. Read-only transactions go whole to a replica and stricter
-// isolation levels whole to the primary, as in primary mode.
+// plain READ COMMITTED BEGIN that a hot standby also accepts (so not READ
+// WRITE or DEFERRABLE), in a session whose reads may be offloaded.
+// Read-only transactions go whole to a replica and stricter isolation
+// levels whole to the primary, as in primary mode.
 func (s *session) maySplit(st router.Statement) bool {
 	if s.srv.cfg.Load().Routing.Transactions != config.TxSplit || !s.route.OffloadReads || s.route.Override == router.Primary {
 		return false
@@ -31,7 +32,6 @@ func (s *session) maySplit(st router.Statement) bool {
 		return false
 	}
 	if s.inTx() || s.route.Pins() > 0 || !st.ReadOnly {
-		// BEGIN READ WRITE and the like: a hot standby refuses them.
 		return false
 	}
 	if tx := st.Tx; tx != nil {

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/internal/wire"
@@ -36,7 +37,6 @@ type upstream struct {
 	dropZ     atomic.Int32
 	dropParse atomic.Int32
 	dropClose atomic.Int32
-	injectErr atomic.Pointer[string] // first error of a dropped answer, for the log
 
 	// Safety net: while watch is not watchOff, the pump looks at the first
 	// answer to the statement just sent. If the session still waits
@@ -69,12 +69,6 @@ func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
 		prepared: map[string]string{}, settings: map[string]string{}}
 	u.txStatus.Store('I')
 	return u
-}
-
-// busy reports whether the connection owes answers or is inside a
-// transaction.
-func (u *upstream) busy() bool {
-	return u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != 'I'
 }
 
 // owesAnswers reports whether a statement or batch is still running here.
@@ -127,11 +121,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			if err != nil {
 				return fmt.Errorf("relay server→client: %w", &clientWriteError{err})
 			}
-			if typ == 'Z' {
+			if typ == 'Z' && len(b) == 1 {
 				// Not expected first, but keep the books right.
-				u.txStatus.Store(uint32(b[0]))
-				s.txStatus.Store(uint32(b[0]))
-				u.pending.Add(-1)
+				s.readyForQuery(u, b[0])
 				nudge(zSignal)
 			}
 			continue
@@ -151,9 +143,14 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				}
 				nudge(zSignal)
 			case 'E':
+				// A statement pgsplit sent for the client failed (a SET
+				// replayed, a statement prepared again): say so.
 				if b, err := u.conn.R.Body(); err == nil {
-					msg := string(b)
-					u.injectErr.CompareAndSwap(nil, &msg)
+					var e pgproto3.ErrorResponse
+					if e.Decode(b) == nil {
+						s.log.Warn("a statement pgsplit sent on the client's behalf failed",
+							zap.Stringer("role", u.target), zap.String("sqlstate", e.Code), zap.String("message", e.Message))
+					}
 				}
 			}
 			continue
@@ -171,13 +168,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			if err == nil {
 				status = b[0]
-				u.txStatus.Store(uint32(status))
-				s.txStatus.Store(uint32(status))
-				u.pending.Add(-1)
-				// A batch is over: any Parse/Close answers still expected
-				// were skipped by an error.
-				u.dropParse.Store(0)
-				u.dropClose.Store(0)
+				s.readyForQuery(u, status)
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
 					err = &clientWriteError{werr}
 				}
@@ -201,6 +192,17 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 		}
 	}
+}
+
+// readyForQuery books a ReadyForQuery from u that goes to the client.
+func (s *session) readyForQuery(u *upstream, status byte) {
+	u.txStatus.Store(uint32(status))
+	s.txStatus.Store(uint32(status))
+	u.pending.Add(-1)
+	// A batch is over: any Parse/Close answers still expected were
+	// skipped by an error.
+	u.dropParse.Store(0)
+	u.dropClose.Store(0)
 }
 
 // errorCode returns the SQLSTATE field of an ErrorResponse body.

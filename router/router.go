@@ -45,10 +45,6 @@ func (t Target) String() string {
 	return "unknown"
 }
 
-// SessionTarget is where a session-mode client is attached for its whole
-// session. Writes are always possible in a session, so it is the primary.
-func SessionTarget() Target { return Primary }
-
 // TxOptions are the transaction characteristics named by BEGIN, START
 // TRANSACTION, SET TRANSACTION or SET SESSION CHARACTERISTICS. A nil pointer
 // or empty string means "not specified" (the session default applies).
