@@ -38,6 +38,7 @@ type Config struct {
 	Listen          string        `mapstructure:"listen"`
 	MaxClientConn   int           `mapstructure:"max_client_conn"`
 	Servers         []Server      `mapstructure:"servers"`
+	Databases       []string      `mapstructure:"databases"`
 	Auth            Auth          `mapstructure:"auth"`
 	Pool            Pool          `mapstructure:"pool"`
 	Routing         Routing       `mapstructure:"routing"`
@@ -87,12 +88,37 @@ func (a Auth) Lookup(name string) (User, bool) {
 // pool, PoolSize of them kept when idle.
 type Pool struct {
 	Mode           string        `mapstructure:"mode"`
+	Profile        string        `mapstructure:"profile"`
 	PoolSize       int           `mapstructure:"pool_size"`
 	MaxOverflow    int           `mapstructure:"max_overflow"`
 	PoolTimeout    time.Duration `mapstructure:"pool_timeout"`
 	PoolRecycle    time.Duration `mapstructure:"pool_recycle"`
 	PoolPrePing    bool          `mapstructure:"pool_pre_ping"`
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	// MaxPreparedStatements caps the statements pgsplit keeps prepared on
+	// one server connection; the least recently used is closed beyond it.
+	MaxPreparedStatements int `mapstructure:"max_prepared_statements"`
+}
+
+// Pool profiles: the team's guide's recommended pool_size / max_overflow
+// per environment.
+const (
+	ProfileDevelopment = "development"
+	ProfileStaging     = "staging"
+	ProfileProduction  = "production"
+)
+
+// ProfileSizes returns a profile's pool_size and max_overflow.
+func ProfileSizes(profile string) (size, overflow int, ok bool) {
+	switch profile {
+	case ProfileDevelopment:
+		return 5, 10, true
+	case ProfileStaging:
+		return 10, 20, true
+	case ProfileProduction:
+		return 20, 40, true
+	}
+	return 0, 0, false
 }
 
 // Max is the most connections one pool may hold open: pool_size + max_overflow.

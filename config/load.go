@@ -22,26 +22,29 @@ const EnvPrefix = "PGSPLIT_"
 // variable onto a key it knows.
 func defaults() map[string]any {
 	return map[string]any{
-		"listen":                  "127.0.0.1:6432",
-		"max_client_conn":         10000,
-		"servers":                 []any{},
-		"auth.method":             AuthSCRAM,
-		"auth.users":              []any{},
-		"pool.mode":               ModeSession,
-		"pool.pool_size":          20,
-		"pool.max_overflow":       40,
-		"pool.pool_timeout":       "30s",
-		"pool.pool_recycle":       "1h",
-		"pool.pool_pre_ping":      true,
-		"pool.connect_timeout":    "5s",
-		"routing.read_from":       ReadFromReplicas,
-		"routing.transactions":    TxSplit,
-		"routing.load_balance":    BalanceLeastConn,
-		"routing.write_functions": []string{},
-		"routing.read_functions":  []string{},
-		"log.level":               "info",
-		"log.format":              "json",
-		"shutdown_timeout":        "30s",
+		"listen":                       "127.0.0.1:6432",
+		"max_client_conn":              10000,
+		"servers":                      []any{},
+		"auth.method":                  AuthSCRAM,
+		"auth.users":                   []any{},
+		"databases":                    []string{},
+		"pool.mode":                    ModeTransaction,
+		"pool.profile":                 ProfileProduction,
+		"pool.pool_size":               20,
+		"pool.max_overflow":            40,
+		"pool.max_prepared_statements": 200,
+		"pool.pool_timeout":            "30s",
+		"pool.pool_recycle":            "1h",
+		"pool.pool_pre_ping":           true,
+		"pool.connect_timeout":         "5s",
+		"routing.read_from":            ReadFromReplicas,
+		"routing.transactions":         TxSplit,
+		"routing.load_balance":         BalanceLeastConn,
+		"routing.write_functions":      []string{},
+		"routing.read_functions":       []string{},
+		"log.level":                    "info",
+		"log.format":                   "json",
+		"shutdown_timeout":             "30s",
 	}
 }
 
@@ -127,6 +130,7 @@ func Load(path string, environ []string) (*Config, error) {
 		problems = append(problems, decodeProblems(err, v)...)
 	}
 	defaultWeights(&cfg, v)
+	applyProfile(&cfg, v, env)
 	// Validate even after a decode problem, so one run lists every problem;
 	// a key that failed to decode is not reported a second time.
 	for _, vp := range cfg.Validate() {
@@ -329,4 +333,23 @@ func parseUsersEnv(s string) ([]any, error) {
 		out = append(out, map[string]any{"name": strings.TrimSpace(name), "password": pw})
 	}
 	return out, nil
+}
+
+// applyProfile fills pool_size and max_overflow from pool.profile where the
+// file and the environment leave them unset: explicit keys win.
+func applyProfile(cfg *Config, v *viper.Viper, env map[string]string) {
+	size, overflow, ok := ProfileSizes(cfg.Pool.Profile)
+	if !ok {
+		return // Validate reports the profile
+	}
+	explicit := func(key string) bool {
+		_, inEnv := env[EnvName(key)]
+		return v.InConfig(key) || inEnv
+	}
+	if !explicit("pool.pool_size") {
+		cfg.Pool.PoolSize = size
+	}
+	if !explicit("pool.max_overflow") {
+		cfg.Pool.MaxOverflow = overflow
+	}
 }

@@ -75,11 +75,22 @@ func (c *Config) Validate() []string {
 	}
 
 	switch c.Pool.Mode {
-	case ModeSession:
-	case ModeTransaction:
-		bad("pool.mode", c.Pool.Mode, "transaction pooling is not implemented yet; use session")
+	case ModeSession, ModeTransaction:
 	default:
-		bad("pool.mode", c.Pool.Mode, "must be session")
+		bad("pool.mode", c.Pool.Mode, "must be transaction or session")
+	}
+	if _, _, ok := ProfileSizes(c.Pool.Profile); !ok && c.Pool.Profile != "" {
+		bad("pool.profile", c.Pool.Profile, "must be development (pool_size 5, max_overflow 10), staging (10, 20) or production (20, 40)")
+	}
+	if c.Pool.MaxPreparedStatements < 1 {
+		bad("pool.max_prepared_statements", c.Pool.MaxPreparedStatements, "must be at least 1")
+	}
+	dbs := map[string]bool{}
+	for i, d := range c.Databases {
+		if d == "" || dbs[d] {
+			bad(fmt.Sprintf("databases[%d]", i), d, "must be a database name, each listed once")
+		}
+		dbs[d] = true
 	}
 	if c.Pool.PoolSize < 1 {
 		bad("pool.pool_size", c.Pool.PoolSize, "must be at least 1")

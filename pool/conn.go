@@ -26,6 +26,8 @@ type Conn struct {
 	// Params holds the ParameterStatus values the server reported at
 	// connect and since, as seen by Exec. The relay does not update it.
 	Params map[string]string
+	// State is the session state left on the connection; see State.
+	State State
 
 	raw net.Conn
 	// R frames messages from the server; W buffers messages to it.
@@ -90,6 +92,7 @@ func dial(ctx context.Context, o *Options) (*Conn, error) {
 		raw:       hj.Conn,
 		R:         wire.NewReader(bufio.NewReaderSize(hj.Conn, bufSize), 0),
 		W:         bufio.NewWriterSize(hj.Conn, bufSize),
+		State:     newState(),
 		created:   now,
 		lastUsed:  now,
 	}, nil
@@ -122,6 +125,7 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 	if err := c.W.Flush(); err != nil {
 		return 0, err
 	}
+	c.State.Unnamed = nil // a simple Query destroys the unnamed statement
 	var serr *ServerError
 	for {
 		typ, _, err := c.R.Next()
@@ -185,7 +189,86 @@ func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
 	if st != 'I' {
 		return fmt.Errorf("reset discard all: transaction status %q", st)
 	}
+	c.State.Clear()
 	return nil
+}
+
+// Rollback ends an open transaction (txStatus 'T' or 'E') and leaves the
+// rest of the session state as it is.
+func (c *Conn) Rollback(ctx context.Context, txStatus byte) error {
+	if txStatus == 'I' {
+		return nil
+	}
+	st, err := c.Exec(ctx, "ROLLBACK")
+	if err != nil {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	if st != 'I' {
+		return fmt.Errorf("rollback: transaction status %q", st)
+	}
+	return nil
+}
+
+// Query runs sql with the simple query protocol and returns its rows as
+// text (NULL as nil). The connection must be idle (no reader running).
+func (c *Conn) Query(ctx context.Context, sql string) ([][][]byte, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.raw.SetDeadline(dl)
+		defer func() { _ = c.raw.SetDeadline(time.Time{}) }()
+	}
+	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.W.Write(buf); err != nil {
+		return nil, err
+	}
+	if err := c.W.Flush(); err != nil {
+		return nil, err
+	}
+	c.State.Unnamed = nil
+	var rows [][][]byte
+	var serr *ServerError
+	for {
+		typ, _, err := c.R.Next()
+		if err != nil {
+			return nil, err
+		}
+		if typ != 'D' && typ != 'E' && typ != 'Z' {
+			continue
+		}
+		b, err := c.R.Body()
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case 'D':
+			var m pgproto3.DataRow
+			if err := m.Decode(b); err != nil {
+				return nil, err
+			}
+			row := make([][]byte, len(m.Values))
+			for i, v := range m.Values {
+				if v != nil {
+					row[i] = append([]byte{}, v...)
+				}
+			}
+			rows = append(rows, row)
+		case 'E':
+			var m pgproto3.ErrorResponse
+			if err := m.Decode(b); err != nil {
+				return nil, err
+			}
+			if serr == nil {
+				serr = &ServerError{Msg: m}
+			}
+		case 'Z':
+			if serr != nil {
+				return nil, serr
+			}
+			return rows, nil
+		}
+	}
 }
 
 // errUnexpectedData is what checkIdle reports for bytes sent by the server

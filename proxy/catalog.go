@@ -72,7 +72,7 @@ func (s *Server) loadCatalog(d *dbClassifier, database string, u config.User) {
 		defer d.loading.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		m, err := ReadVolatility(ctx, s.primary, u, database, s.cfg.Load().Pool.ConnectTimeout)
+		m, err := s.readVolatilityPooled(ctx, u, database)
 		if err != nil {
 			s.log.Warn("reading function volatility from pg_proc failed; user functions go to the primary",
 				zap.String("database", database), zap.Error(err))
@@ -97,6 +97,28 @@ func (s *Server) refreshCatalogs(u config.User) {
 	}
 }
 
+// readVolatilityPooled reads the volatility of database's functions on a
+// connection of the primary's pool for (database, u), so that pgsplit's own
+// work stays within the pool's limits.
+func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, database string) (map[string]bool, error) {
+	p, _ := s.poolFor(router.Primary, u, database)
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.Query(ctx, volatilityQuery)
+	if err != nil {
+		if _, ok := pool.IsServerError(err); ok {
+			p.Release(c)
+		} else {
+			p.Discard(c)
+		}
+		return nil, err
+	}
+	p.Release(c)
+	return volatilityMap(rows), nil
+}
+
 // ReadVolatility reads, from pg_proc of database on srv, whether each user
 // function is VOLATILE (any overload), keyed by "name" and "schema.name".
 func ReadVolatility(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration) (map[string]bool, error) {
@@ -114,13 +136,18 @@ func ReadVolatility(ctx context.Context, srv config.Server, u config.User, datab
 	if res.Err != nil {
 		return nil, res.Err
 	}
-	m := make(map[string]bool, 2*len(res.Rows))
-	for _, row := range res.Rows {
+	return volatilityMap(res.Rows), nil
+}
+
+// volatilityMap turns volatilityQuery's rows into the classifier's lookup.
+func volatilityMap(rows [][][]byte) map[string]bool {
+	m := make(map[string]bool, 2*len(rows))
+	for _, row := range rows {
 		schema, name, volatile := string(row[0]), string(row[1]), string(row[2]) == "t"
 		m[schema+"."+name] = volatile
 		// Unqualified, the search_path decides which schema's function
 		// runs: volatile if any of them is.
 		m[name] = m[name] || volatile
 	}
-	return m, nil
+	return m
 }

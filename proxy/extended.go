@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 
 	"go.uber.org/zap"
 
@@ -15,11 +18,23 @@ import (
 const maxBatch = 1 << 20
 
 // clientStmt is a named (or the unnamed) prepared statement as the client
-// created it with Parse.
+// created it with Parse. A named statement lives on the servers under a
+// name pgsplit derives from its text and parameter types (server), so one
+// server connection can hold it for every client that prepares the same
+// statement, and a client can use it on whichever connection serves it.
 type clientStmt struct {
-	sql   string
-	parse []byte           // the whole Parse message, to prepare it on another server
-	class router.Statement // as classified at Parse time; see noteRef
+	sql    string
+	server string           // the statement's name on the servers; "" for the unnamed one
+	parse  []byte           // the Parse message as sent to a server (named server)
+	class  router.Statement // as classified at Parse time; see noteRef
+}
+
+// serverStmtName is the name a statement with this Parse body after the
+// client's name (query text, parameter types) has on the servers: a hash,
+// so that equal statements share a name and different ones never do.
+func serverStmtName(rest []byte) string {
+	h := sha256.Sum256(rest)
+	return "pgsplit_" + hex.EncodeToString(h[:15])
 }
 
 // batch is an extended-protocol batch being collected until Sync or Flush.
@@ -63,11 +78,7 @@ func (s *session) relayExtended(typ byte) error {
 	if err != nil {
 		return err
 	}
-	start := len(b.buf)
-	b.buf = append(b.buf, typ, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(body)+4))
-	b.buf = append(b.buf, body...)
-	if err := s.noteExtended(typ, body, b.buf[start:]); err != nil {
+	if err := s.appendExtended(typ, body); err != nil {
 		return err
 	}
 	complete := typ == 'S' || typ == 'H'
@@ -136,14 +147,7 @@ func (s *session) relayExtended(typ byte) error {
 	} else {
 		u.unsynced.Store(true)
 	}
-	for _, name := range b.closes {
-		delete(u.prepared, name)
-	}
-	for _, name := range b.parses {
-		if cs, ok := s.stmts[name]; ok {
-			u.prepared[name] = cs.sql
-		}
-	}
+	s.noteParsed(u, b)
 	for _, name := range b.execs {
 		// Pins, SETs to replay, DISCARD/DEALLOCATE: as for a Query.
 		if cs, ok := s.stmts[name]; ok {
@@ -173,37 +177,36 @@ func (s *session) streamExtended(typ byte) error {
 		}
 		return s.flushIfIdle(u)
 	}
-	// Keep the statement registry right, and prepare here a statement the
-	// client prepared on the other server, even when streaming.
+	// Keep the statement registry right, name statements as the servers
+	// know them, and prepare here a statement the client prepared on
+	// another connection, even when streaming.
 	body, err := s.cr.Body()
 	if err != nil {
 		return err
 	}
 	b := &s.batch
-	if err := s.noteExtended(typ, body, append([]byte{typ, 0, 0, 0, 0}, body...)); err != nil {
+	if err := s.appendExtended(typ, body); err != nil {
 		return err
-	}
-	for _, name := range b.closes {
-		delete(u.prepared, name)
 	}
 	if err := s.injectStatements(u, b); err != nil {
 		return err
 	}
-	for _, name := range b.parses {
-		u.prepared[name] = s.stmts[name].sql
-	}
-	// This message is handled: only the streaming flag outlives it.
-	b.parses, b.refs, b.closes, b.primary = b.parses[:0], b.refs[:0], b.closes[:0], false
-	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
+	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
+	s.noteParsed(u, b)
+	// This message is handled: only the streaming flag outlives it.
+	b.buf, b.parses, b.refs, b.closes, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], b.closes[:0], false
 	return s.flushIfIdle(u)
 }
 
-// noteExtended records what a batch message means for routing and for the
-// client's statement registry. msg is the whole message (kept for Parse).
-func (s *session) noteExtended(typ byte, body, msg []byte) error {
+// appendExtended adds one client message to the batch, with statement
+// names rewritten to the servers' names, and records what it means for
+// routing and for the client's statement registry.
+func (s *session) appendExtended(typ byte, body []byte) error {
 	b := &s.batch
+	start := len(b.buf)
+	b.buf = append(b.buf, typ, 0, 0, 0, 0)
 	switch typ {
 	case 'P':
 		name, rest, ok := cut(body)
@@ -211,13 +214,19 @@ func (s *session) noteExtended(typ byte, body, msg []byte) error {
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Parse message")
 		}
-		st := s.cls.Classify(sql)
-		s.stmts[name] = &clientStmt{sql: sql, parse: append([]byte(nil), msg...), class: st}
+		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql)}
+		if name != "" {
+			cs.server = serverStmtName(rest)
+		}
+		b.buf = append(append(append(b.buf, cs.server...), 0), rest...)
+		cs.parse = append([]byte(nil), b.buf[start:]...)
+		binary.BigEndian.PutUint32(cs.parse[1:], uint32(len(cs.parse)-1))
+		s.stmts[name] = cs
 		b.parses = append(b.parses, name)
-		s.noteClass(st)
+		s.noteClass(cs.class)
 	case 'B':
 		portal, rest, ok := cut(body)
-		name, _, ok2 := cut(rest)
+		name, params, ok2 := cut(rest)
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Bind message")
 		}
@@ -226,23 +235,48 @@ func (s *session) noteExtended(typ byte, body, msg []byte) error {
 			b.portals = map[string]string{}
 		}
 		b.portals[portal] = name
-	case 'E':
-		if name, ok := b.portals[cstring(body)]; ok {
-			b.execs = append(b.execs, name)
-		}
+		b.buf = append(append(b.buf, portal...), 0)
+		b.buf = append(append(b.buf, s.serverName(name)...), 0)
+		b.buf = append(b.buf, params...)
 	case 'D':
 		if len(body) > 0 && body[0] == 'S' {
 			name, _, _ := cut(body[1:])
 			s.noteRef(name)
+			b.buf = append(append(append(b.buf, 'S'), s.serverName(name)...), 0)
+			break
 		}
+		b.buf = append(b.buf, body...)
+	case 'E':
+		if name, ok := b.portals[cstring(body)]; ok {
+			b.execs = append(b.execs, name)
+		}
+		b.buf = append(b.buf, body...)
 	case 'C':
 		if len(body) > 0 && body[0] == 'S' {
+			// The servers keep the statement for other clients; the
+			// client's name is unknown to them, so its Close is answered
+			// CloseComplete with no effect.
 			name, _, _ := cut(body[1:])
 			delete(s.stmts, name)
 			b.closes = append(b.closes, name)
 		}
+		b.buf = append(b.buf, body...)
+	default:
+		b.buf = append(b.buf, body...)
 	}
+	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(b.buf)-start-1))
 	return nil
+}
+
+// serverName is the servers' name for the client's statement name: the
+// derived one for a statement the client prepared, the name itself
+// otherwise (the unnamed statement, one prepared with SQL PREPARE, or an
+// unknown one, which the server reports).
+func (s *session) serverName(name string) string {
+	if cs, ok := s.stmts[name]; ok && cs.server != "" {
+		return cs.server
+	}
+	return name
 }
 
 func (s *session) noteRef(name string) {
@@ -281,25 +315,47 @@ func (s *session) noteClass(st router.Statement) {
 }
 
 // injectStatements prepares on u, ahead of the batch, the statements the
-// batch uses but u does not have, so a statement prepared on one server can
-// be executed on another. Their answers are dropped by the pump.
+// batch uses but u does not have, so a statement prepared on one server
+// connection can be executed on another; closes the server's copy of each
+// statement the batch parses (Parse of an existing name is an error, and
+// pgsplit's registry may not know every statement a server still has);
+// and closes the least recently used statements beyond
+// pool.max_prepared_statements. The pump drops the answers.
 func (s *session) injectStatements(u *upstream, b *batch) error {
-	var closes, parses []string
+	st := &u.conn.State
+	u.settleStatements()
+	var closes []string
+	var parses []*clientStmt
+	used := map[string]bool{}
 	for _, name := range b.parses {
-		if _, stale := u.prepared[name]; stale && name != "" {
-			// The client closed this name on another server and parses it
-			// again: close u's old copy first (closing is never an error).
-			closes = append(closes, name)
+		if cs := s.stmts[name]; cs != nil && cs.server != "" {
+			closes = append(closes, cs.server)
+			used[cs.server] = true
 		}
 	}
 	for _, name := range b.refs {
-		if cs, ok := s.stmts[name]; ok {
-			if have, ok := u.prepared[name]; !ok || have != cs.sql {
-				parses = append(parses, name)
+		cs, ok := s.stmts[name]
+		switch {
+		case !ok:
+		case cs.server == "":
+			if !bytes.Equal(st.Unnamed, cs.parse) {
+				parses = append(parses, cs)
+			}
+		case !used[cs.server]:
+			used[cs.server] = true
+			if !st.Prepared.Has(cs.server) {
+				parses = append(parses, cs)
 			}
 		}
 	}
-	if len(closes)+len(parses) == 0 {
+	adding := 0
+	for name := range used {
+		if !st.Prepared.Has(name) {
+			adding++
+		}
+	}
+	victims := st.Prepared.Evict(st.Prepared.Len()+adding-s.maxPrepared, func(n string) bool { return used[n] })
+	if len(closes)+len(parses)+len(victims) == 0 {
 		return nil
 	}
 	if u.pending.Load() > 0 && !u.unsynced.Load() {
@@ -309,15 +365,19 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 			return err
 		}
 	}
+	for _, name := range victims {
+		if err := s.injectClose(u, name); err != nil {
+			return err
+		}
+	}
 	for _, name := range closes {
 		if err := s.injectClose(u, name); err != nil {
 			return err
 		}
 	}
-	for _, name := range parses {
-		cs := s.stmts[name]
-		if name != "" {
-			if err := s.injectClose(u, name); err != nil {
+	for _, cs := range parses {
+		if cs.server != "" {
+			if err := s.injectClose(u, cs.server); err != nil {
 				return err
 			}
 		}
@@ -325,9 +385,48 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 		if _, err := u.conn.W.Write(cs.parse); err != nil {
 			return err
 		}
-		u.prepared[name] = cs.sql
+		s.noteStatement(u, cs)
 	}
 	return nil
+}
+
+// noteParsed records on u the statements a batch just sent to it parses.
+func (s *session) noteParsed(u *upstream, b *batch) {
+	for _, name := range b.parses {
+		if cs, ok := s.stmts[name]; ok {
+			s.noteStatement(u, cs)
+		}
+	}
+}
+
+// noteStatement records cs as prepared on u, unconfirmed until u answers
+// without an error.
+func (s *session) noteStatement(u *upstream, cs *clientStmt) {
+	if cs.server == "" {
+		u.conn.State.Unnamed = cs.parse
+		return
+	}
+	u.conn.State.Prepared.Add(cs.server)
+	u.unconfirmed = append(u.unconfirmed, cs.server)
+}
+
+// settleStatements settles u's unconfirmed statements: after an error on u
+// any of them may have failed to prepare, so they are forgotten (and
+// prepared again, after a Close, when next used); once u has answered
+// everything without one, they are known to exist. Called by whoever holds
+// the connection.
+func (u *upstream) settleStatements() {
+	if u.failed.Swap(false) {
+		for _, name := range u.unconfirmed {
+			u.conn.State.Prepared.Remove(name)
+		}
+		u.conn.State.Unnamed = nil
+		u.unconfirmed = u.unconfirmed[:0]
+		return
+	}
+	if u.pending.Load() == 0 && !u.unsynced.Load() {
+		u.unconfirmed = u.unconfirmed[:0]
+	}
 }
 
 func (s *session) injectClose(u *upstream, name string) error {
@@ -336,7 +435,7 @@ func (s *session) injectClose(u *upstream, name string) error {
 	msg = append(append(msg, name...), 0)
 	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
 	u.dropClose.Add(1)
-	delete(u.prepared, name)
+	u.conn.State.Prepared.Remove(name)
 	_, err := u.conn.W.Write(msg)
 	return err
 }

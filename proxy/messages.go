@@ -18,6 +18,7 @@ const (
 	codeAdminShutdown       = "57P01"
 	codeReadOnlyTransaction = "25006"
 	codeInternalError       = "XX000"
+	codeInvalidCatalogName  = "3D000"
 )
 
 // pgError is an error that reaches the client as an ErrorResponse.

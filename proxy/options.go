@@ -2,16 +2,16 @@ package proxy
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/pgsplit/pgsplit/pool"
 )
 
 // startupSettings turns the client's startup parameters (other than user
-// and database) and its "options" into one statement that applies them on
-// the upstream connection, as the server would have at login.
-func startupSettings(params map[string]string) (string, error) {
+// and database) and its "options" into the statements that apply them on an
+// upstream connection, as the server would have at login: lower-case name →
+// set_config statement.
+func startupSettings(params map[string]string) (map[string]string, error) {
 	set := map[string]string{}
 	for k, v := range params {
 		switch k {
@@ -19,7 +19,7 @@ func startupSettings(params map[string]string) (string, error) {
 		case "options":
 			opts, err := parseOptions(v)
 			if err != nil {
-				return "", err
+				return nil, err
 			}
 			for ok, ov := range opts {
 				set[ok] = ov
@@ -28,23 +28,12 @@ func startupSettings(params map[string]string) (string, error) {
 			set[k] = v
 		}
 	}
-	if len(set) == 0 {
-		return "", nil
+	out := make(map[string]string, len(set))
+	for k, v := range set {
+		k = strings.ToLower(k)
+		out[k] = fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", pool.QuoteLiteral(k), pool.QuoteLiteral(v))
 	}
-	names := make([]string, 0, len(set))
-	for k := range set {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	b.WriteString("SELECT ")
-	for i, k := range names {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "pg_catalog.set_config(%s, %s, false)", pool.QuoteLiteral(k), pool.QuoteLiteral(set[k]))
-	}
-	return b.String(), nil
+	return out, nil
 }
 
 // parseOptions reads libpq's "options" parameter: command-line switches

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/internal/wire"
@@ -28,20 +29,19 @@ func (s *session) relayClient() string {
 			}
 			return "client connection closed"
 		}
-		switch typ {
-		case 'X':
+		s.claim()
+		switch {
+		case typ == 'X':
 			return "client terminated"
-		case 'Q':
-			err = s.relayQuery()
-		case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
-			err = s.relayExtended(typ)
-		case 'F':
-			err = s.relayFunctionCall()
+		case s.skipSync && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'E' || typ == 'C' || typ == 'H' || typ == 'S'):
+			err = s.skipToSync(typ)
 		default:
-			// COPY data and anything else belong to the statement running
-			// on the active connection.
-			err = s.forwardToActive()
+			err = s.relayMessage(typ)
 		}
+		if pe, ok := recoverable(err); ok {
+			err = s.answerError(pe, typ)
+		}
+		s.settle()
 		if err != nil {
 			var pe *pgError
 			if errors.As(err, &pe) && pe.severity == "FATAL" {
@@ -55,6 +55,21 @@ func (s *session) relayClient() string {
 			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 		}
 	}
+}
+
+// relayMessage routes one client message.
+func (s *session) relayMessage(typ byte) error {
+	switch typ {
+	case 'Q':
+		return s.relayQuery()
+	case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
+		return s.relayExtended(typ)
+	case 'F':
+		return s.relayFunctionCall()
+	}
+	// COPY data and anything else belong to the statement running on the
+	// active connection.
+	return s.forwardToActive()
 }
 
 // relayFunctionCall forwards a FunctionCall (a server function by OID,
@@ -94,6 +109,14 @@ func (s *session) relayQuery() error {
 	}
 	sql := string(bytes.TrimRight(body, "\x00"))
 	st := s.cls.Classify(sql)
+	if st.Kind == router.KindDeallocate && st.Statements == 1 {
+		if cs, ok := s.stmts[st.PreparedName]; ok && cs.server != "" {
+			// A statement the client prepared with Parse: pgsplit keeps it
+			// under another name on the servers, so DEALLOCATE is its own.
+			delete(s.stmts, st.PreparedName)
+			return s.answerLocally([]pgproto3.BackendMessage{&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}})
+		}
+	}
 	s.settleSplit()
 	d, err := s.decide(st)
 	if err != nil {
@@ -122,7 +145,7 @@ func (s *session) relayQuery() error {
 		u.watch.Store(watchWaiting)
 	}
 	u.pending.Add(1)
-	delete(u.prepared, "") // a simple Query destroys the unnamed statement
+	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
 	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
 		return err
 	}
@@ -141,7 +164,7 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	p.pending.Add(1)
-	delete(p.prepared, "")
+	p.conn.State.Unnamed = nil
 	if err := s.cr.WriteBodyAfterHeader(p.conn.W, body); err != nil {
 		return err
 	}
@@ -219,7 +242,10 @@ func (s *session) switchTo(t router.Target) (*upstream, error) {
 		if err != nil {
 			if t == router.Primary {
 				var pe *pgError
-				if errors.As(err, &pe) {
+				if errors.As(err, &pe) && !(pe.code == codeTooManyConnections && s.txPooling && s.split == nil && byte(s.txStatus.Load()) == 'I') {
+					// Without a server the session cannot go on, unless
+					// transaction pooling lets the next statement try
+					// again.
 					pe.severity = "FATAL"
 				}
 				return nil, err
@@ -268,26 +294,35 @@ func (s *session) waitUntil(u *upstream, done func() bool) error {
 	return nil
 }
 
-// syncSettings replays the client's session settings (SET of harmless
-// parameters) on u where they differ, as one injected statement.
+// syncSettings brings u's session settings in line with the client's (its
+// startup parameters and the harmless SETs it ran), as one injected
+// statement: what differs is set, what the client does not have (another
+// client's, under transaction pooling) is reset to the server default.
 func (s *session) syncSettings(u *upstream) error {
-	var q bytes.Buffer
-	for name, val := range s.settings {
-		if u.settings[name] != val {
-			fmt.Fprintf(&q, "SET %s TO %s;", quoteIdent(name), val)
-			u.settings[name] = val
+	if q := s.settingsDiff(u.conn.State.Settings); q != "" {
+		return s.inject(u, q)
+	}
+	return nil
+}
+
+// settingsDiff returns the statements that turn the settings in have into
+// the client's, and records them in have.
+func (s *session) settingsDiff(have map[string]string) string {
+	var q strings.Builder
+	for name, stmt := range s.settings {
+		if have[name] != stmt {
+			q.WriteString(stmt)
+			q.WriteByte(';')
+			have[name] = stmt
 		}
 	}
-	for name := range u.settings {
+	for name := range have {
 		if _, ok := s.settings[name]; !ok {
 			fmt.Fprintf(&q, "RESET %s;", quoteIdent(name))
-			delete(u.settings, name)
+			delete(have, name)
 		}
 	}
-	if q.Len() == 0 {
-		return nil
-	}
-	return s.inject(u, q.String())
+	return q.String()
 }
 
 // inject sends sql to u as a simple Query whose answers the pump drops.
@@ -298,7 +333,7 @@ func (s *session) inject(u *upstream, sql string) error {
 	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
 	u.dropZ.Add(1)
 	u.pending.Add(1)
-	delete(u.prepared, "")
+	u.conn.State.Unnamed = nil
 	_, err := u.conn.W.Write(msg)
 	return err
 }

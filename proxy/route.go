@@ -96,33 +96,66 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 	if before > 0 && s.route.Pins() == 0 {
 		s.log.Debug("session state released: reads may leave the primary again", zap.Strings("released", st.Unpins))
 	}
+	have := u.conn.State.Settings
 	switch st.Kind {
 	case router.KindSet:
-		if st.SetLocal || st.SetName == "" || len(st.Pins) > 0 {
-			break
+		if st.SetLocal || st.SetName == "" || st.SetName == "role" || st.SetName == "session_authorization" ||
+			st.SetName == router.RouteSetting {
+			break // role and session_authorization pin (connPin)
 		}
 		if st.SetValueSQL == "" {
-			s.route.Pin("set " + st.SetName)
+			s.route.Pin(pinUnreplayable + st.SetName)
 			break
 		}
-		s.settings[st.SetName] = st.SetValueSQL
-		u.settings[st.SetName] = st.SetValueSQL
+		stmt := "SET " + quoteIdent(st.SetName) + " TO " + st.SetValueSQL
+		s.settings[st.SetName] = stmt
+		have[st.SetName] = stmt
+		if byte(u.txStatus.Load()) != 'I' || u.pending.Load() > 1 || st.Statements > 1 {
+			// Inside a transaction, which may still roll the SET back:
+			// what the connection has is known again once set anew.
+			have[st.SetName] = unknownSetting
+		}
 	case router.KindReset:
 		if st.SetName == "all" {
-			clear(s.settings)
-			clear(u.settings)
+			s.resetSettings()
+			clear(have)
+			break
+		}
+		delete(have, st.SetName)
+		if v, ok := s.startup[st.SetName]; ok {
+			s.settings[st.SetName] = v // RESET goes back to the startup value, applied before the next statement
 		} else {
 			delete(s.settings, st.SetName)
-			delete(u.settings, st.SetName)
 		}
-	case router.KindDiscard, router.KindDeallocate:
-		// The server dropped prepared statements (maybe all): prepare
-		// again before the next use rather than trust the registry.
-		clear(u.prepared)
+	case router.KindDiscard:
 		if slices.Contains(st.Unpins, "all") {
-			clear(s.settings)
-			clear(u.settings)
+			// The server dropped every statement and setting.
+			u.conn.State.Clear()
+			u.unconfirmed = u.unconfirmed[:0]
+			s.resetSettings()
+			clear(s.stmts)
 		}
+	case router.KindDeallocate:
+		if st.PreparedName == "" {
+			// DEALLOCATE ALL: the server dropped every statement, the
+			// client's and (under transaction pooling) other clients'.
+			u.conn.State.Prepared.Clear()
+			u.conn.State.Unnamed = nil
+			u.unconfirmed = u.unconfirmed[:0]
+			clear(s.stmts)
+		}
+	}
+}
+
+// unknownSetting marks, in a connection's State.Settings, a setting whose
+// value there is not known: syncSettings sets or resets it.
+const unknownSetting = "\x00unknown"
+
+// resetSettings takes the client's settings back to its startup parameters.
+func (s *session) resetSettings() {
+	clear(s.settings)
+	for k, v := range s.startup {
+		s.settings[k] = v
 	}
 }
 
@@ -165,6 +198,20 @@ func (s *session) answerLocally(msgs []pgproto3.BackendMessage) error {
 		return err
 	}
 	return s.cw.Flush()
+}
+
+// clientName maps a statement name as the batch holds it (the servers'
+// name) back to the client's.
+func (s *session) clientName(wire string) string {
+	if _, ok := s.stmts[wire]; ok {
+		return wire
+	}
+	for name, cs := range s.stmts {
+		if cs.server == wire {
+			return name
+		}
+	}
+	return wire
 }
 
 // batchIsLocal reports whether the batch uses pgsplit's own setting
@@ -220,7 +267,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			out = append(out, &pgproto3.ParseComplete{})
 		case 'B':
 			portal, r, _ := cut(body)
-			portals[portal] = cstring(r)
+			portals[portal] = s.clientName(cstring(r))
 			out = append(out, &pgproto3.BindComplete{})
 		case 'D':
 			if len(body) < 2 {
@@ -232,6 +279,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			if body[0] == 'P' {
 				name = portals[name]
 			} else {
+				name = s.clientName(name)
 				out = append(out, &pgproto3.ParameterDescription{})
 			}
 			if cs, ok := s.stmts[name]; ok && cs.class.Kind == router.KindShow {

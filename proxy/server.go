@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -254,6 +255,13 @@ func weightedPick(rs []config.Server, n uint64) config.Server {
 		i -= r.Weight
 	}
 	return rs[0]
+}
+
+// servesDatabase reports whether clients may connect to database: any, when
+// the databases key is empty.
+func (s *Server) servesDatabase(database string) bool {
+	dbs := s.cfg.Load().Databases
+	return len(dbs) == 0 || slices.Contains(dbs, database)
 }
 
 // readsOffloaded reports whether reads may go to replicas at all.

@@ -53,17 +53,28 @@ type session struct {
 	upMu sync.Mutex   // guards ups for readers on other goroutines (cancel)
 	ups  [2]*upstream // server connections by router.Target
 
-	zSignal  chan struct{} // nudged by pumps after each ReadyForQuery
-	setupSQL string        // the client's startup settings, for every new upstream
+	zSignal chan struct{} // nudged by pumps after each ReadyForQuery
+
+	// Set at login, read-only after.
+	txPooling   bool              // pool.mode transaction: connections go back between transactions
+	maxPrepared int               // pool.max_prepared_statements
+	startup     map[string]string // the client's startup parameters: name → statement applying it
+
+	// pooling is whether the session's idle connections may go back to the
+	// pool now (transaction pooling, nothing pinned): written by the session
+	// goroutine, read by the pumps.
+	pooling atomic.Bool
 
 	// Routing state, session goroutine only.
-	active   *upstream              // where the last statement went
-	route    *router.Session        // pins and SET pgsplit.route
-	cls      *dbClassifier          // the database's statement classifier
-	settings map[string]string      // harmless SETs to replay on every server: name → value as SQL
-	stmts    map[string]*clientStmt // the client's prepared statements by name
-	batch    batch                  // extended-protocol batch being collected
-	split    *splitTx               // open transaction under routing.transactions: split
+	active    *upstream              // where the last statement went
+	route     *router.Session        // pins and SET pgsplit.route
+	cls       *dbClassifier          // the database's statement classifier
+	settings  map[string]string      // session settings every server connection must have: name → statement
+	stmts     map[string]*clientStmt // the client's prepared statements by name
+	batch     batch                  // extended-protocol batch being collected
+	split     *splitTx               // open transaction under routing.transactions: split
+	skipSync  bool                   // a batch failed in pgsplit: ignore messages until Sync
+	connPins  []string               // what pins the session to its server connections (logged once)
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
@@ -121,15 +132,31 @@ func (s *session) serve() {
 		s.failStartup(fatal(codeAdminShutdown, "the database system is shutting down"), user, database)
 		return
 	}
+	if !s.srv.servesDatabase(database) {
+		s.failStartup(fatal(codeInvalidCatalogName, fmt.Sprintf("database %q is not served by pgsplit (not listed in databases)", database)), user, database)
+		return
+	}
 	setup, err := startupSettings(st.params)
 	if err != nil {
 		s.failStartup(err, user, database)
 		return
 	}
-	s.user, s.database, s.setupSQL = u, database, setup
+	cfg := s.srv.cfg.Load()
+	s.user, s.database, s.startup = u, database, setup
+	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
+	for k, v := range setup {
+		s.settings[k] = v
+	}
 	s.route = router.NewSession(s.srv.readsOffloaded())
 	up, err := s.acquire(router.Primary)
+	if err == nil {
+		err = s.applyStartup(up)
+	}
 	if err != nil {
+		var pe *pgError
+		if errors.As(err, &pe) {
+			pe.severity = "FATAL" // no session without a first server connection
+		}
 		s.failStartup(err, user, database)
 		return
 	}
@@ -148,6 +175,7 @@ func (s *session) serve() {
 		s.drain()
 	}
 	s.startPump(up)
+	s.settle() // under transaction pooling the connection goes back now
 	reason := s.relayClient()
 	s.ready.Store(false)
 	// A client that left without reading its answers must not hold a pump
@@ -206,26 +234,39 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &te):
-			return nil, fatal(codeTooManyConnections, te.Error())
+			// An ERROR: under transaction pooling the session goes on
+			// (switchTo makes it FATAL where it cannot).
+			return nil, &pgError{severity: "ERROR", code: codeTooManyConnections, msg: te.Error()}
 		case errors.As(err, &pgErr):
 			return nil, &pgError{severity: "FATAL", code: pgErr.Code, msg: pgErr.Message, detail: pgErr.Detail}
 		}
 		return nil, fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
 	}
 	u := newUpstream(t, c, p)
-	if s.setupSQL != "" {
-		if _, err := c.Exec(ctx, s.setupSQL); err != nil {
-			p.Discard(c)
-			if se, ok := pool.IsServerError(err); ok {
-				return nil, &pgError{severity: "FATAL", code: se.Msg.Code, msg: se.Msg.Message, detail: se.Msg.Detail}
-			}
-			return nil, fatal(codeConnectionFailure, "pgsplit: applying startup parameters: "+err.Error())
-		}
-	}
 	s.upMu.Lock()
 	s.ups[t] = u
 	s.upMu.Unlock()
 	return u, nil
+}
+
+// applyStartup applies the client's startup parameters on its first server
+// connection and waits for the answer, so a bad one fails the login with
+// the server's own error.
+func (s *session) applyStartup(u *upstream) error {
+	q := s.settingsDiff(u.conn.State.Settings)
+	if q == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Load().Pool.ConnectTimeout)
+	defer cancel()
+	if _, err := u.conn.Exec(ctx, q); err != nil {
+		s.discard(u)
+		if se, ok := pool.IsServerError(err); ok {
+			return &pgError{severity: "FATAL", code: se.Msg.Code, msg: se.Msg.Message, detail: se.Msg.Detail}
+		}
+		return fatal(codeConnectionFailure, "pgsplit: applying startup parameters: "+err.Error())
+	}
+	return nil
 }
 
 // greet completes the login: AuthenticationOk, the server's parameters,
@@ -342,6 +383,7 @@ func (s *session) sendFatal(e *pgError) {
 
 // finish gives back every server connection once the client is gone.
 func (s *session) finish(reason string) {
+	s.claim()
 	fields := []zap.Field{zap.String("reason", reason)}
 	for _, u := range s.ups {
 		if u != nil {

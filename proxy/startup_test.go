@@ -132,15 +132,15 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestStartupSettingsQuoting(t *testing.T) {
-	sql, err := startupSettings(map[string]string{"user": "u", "database": "d", "application_name": `it's \ x`})
+	set, err := startupSettings(map[string]string{"user": "u", "database": "d", "Application_Name": `it's \ x`})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `SELECT pg_catalog.set_config(E'application_name', E'it''s \\ x', false)`; sql != want {
-		t.Fatalf("got  %s\nwant %s", sql, want)
+	if want := `SELECT pg_catalog.set_config(E'application_name', E'it''s \\ x', false)`; len(set) != 1 || set["application_name"] != want {
+		t.Fatalf("got  %v\nwant application_name: %s", set, want)
 	}
-	if sql, _ := startupSettings(map[string]string{"user": "u"}); sql != "" {
-		t.Fatalf("nothing to set, got %q", sql)
+	if set, _ := startupSettings(map[string]string{"user": "u"}); len(set) != 0 {
+		t.Fatalf("nothing to set, got %q", set)
 	}
 }
 

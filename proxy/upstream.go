@@ -52,9 +52,18 @@ type upstream struct {
 
 	unsynced atomic.Bool // extended-protocol messages sent since the last Sync
 
-	// session goroutine only:
-	prepared map[string]string // named statements prepared here: name → SQL text
-	settings map[string]string // session settings applied here: name → value as SQL
+	// hold says who may use the connection; see the hold* constants. Under
+	// transaction pooling the pump gives the connection back to the pool at
+	// a ReadyForQuery that leaves it idle, unless the session is using it.
+	hold atomic.Int32
+
+	// failed is set by the pump at every ErrorResponse: a statement
+	// prepared since the last check may not exist (see settleStatements).
+	failed atomic.Bool
+	// unconfirmed lists the statements prepared on the connection whose
+	// answers are not all in yet; used by whoever holds the connection
+	// (the session while claimed, the pump while deciding to release).
+	unconfirmed []string
 }
 
 // States of upstream.watch.
@@ -64,15 +73,55 @@ const (
 	watchAbandoned
 )
 
+// States of upstream.hold. The session goroutine claims its connections
+// (holdFree → holdSending) while it handles a client message and frees them
+// afterwards; the pump, or the session itself when it frees one, may give an
+// idle one back (holdFree → holdReleased). holdDeciding is the pump's short
+// look at whether it may.
+const (
+	holdFree int32 = iota
+	holdSending
+	holdDeciding
+	holdReleased
+)
+
+// errReleased ends a pump whose connection went back to the pool.
+var errReleased = errors.New("connection returned to the pool")
+
 func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
-	u := &upstream{target: t, conn: c, pool: p, done: make(chan error, 1), exited: make(chan struct{}), verdict: make(chan bool, 1),
-		prepared: map[string]string{}, settings: map[string]string{}}
+	u := &upstream{target: t, conn: c, pool: p, done: make(chan error, 1), exited: make(chan struct{}), verdict: make(chan bool, 1)}
 	u.txStatus.Store('I')
+	u.hold.Store(holdSending) // acquired by the session goroutine, which uses it now
 	return u
 }
 
 // owesAnswers reports whether a statement or batch is still running here.
 func (u *upstream) owesAnswers() bool { return u.pending.Load() > 0 || u.unsynced.Load() }
+
+// quietIdle reports whether the connection is idle between transactions:
+// nothing owed, nothing injected pending, no transaction open.
+func (u *upstream) quietIdle() bool {
+	return u.pending.Load() == 0 && u.dropZ.Load() == 0 && !u.unsynced.Load() &&
+		byte(u.txStatus.Load()) == 'I' && u.watch.Load() == watchOff
+}
+
+// tryRelease is the pump's decision, at a ReadyForQuery, to give the
+// connection back to the pool: only under transaction pooling, when the
+// session is not using the connection and nothing pins it.
+func (s *session) tryRelease(u *upstream) bool {
+	if !s.pooling.Load() || !u.quietIdle() || !u.hold.CompareAndSwap(holdFree, holdDeciding) {
+		return false
+	}
+	// The session stored pooling before it freed the connection, so this
+	// look is current.
+	if s.pooling.Load() && u.quietIdle() {
+		u.settleStatements()
+		u.hold.Store(holdReleased)
+		return true
+	}
+	u.hold.Store(holdFree)
+	return false
+}
 
 // pump relays the server's messages to the client until the server
 // connection fails or the session stops it with a read deadline. zSignal
@@ -83,6 +132,12 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 	for {
 		typ, _, err := u.conn.R.Next()
 		if err != nil {
+			var ne net.Error
+			if u.hold.Load() == holdReleased && errors.As(err, &ne) && ne.Timeout() && !u.conn.R.Broken() {
+				// The session gave the idle connection back and woke us.
+				_ = u.conn.Raw().SetReadDeadline(time.Time{})
+				return errReleased
+			}
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
 		if u.watch.Load() != watchOff && typ != 'A' && typ != 'N' && typ != 'S' {
@@ -97,6 +152,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				held = append(append(held[:0], 'T', 0, 0, 0, 0), b...)
 				binary.BigEndian.PutUint32(held[1:], uint32(len(b)+4))
 				continue
+			}
+			if typ == 'E' {
+				u.failed.Store(true)
 			}
 			retry := typ == 'E' && errorCode(b) == codeReadOnlyTransaction
 			if u.watch.CompareAndSwap(watchWaiting, watchOff) {
@@ -142,7 +200,11 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 					u.txStatus.Store(uint32(b[0]))
 				}
 				nudge(zSignal)
+				if s.tryRelease(u) {
+					return errReleased
+				}
 			case 'E':
+				u.failed.Store(true)
 				// A statement pgsplit sent for the client failed (a SET
 				// replayed, a statement prepared again): say so.
 				if b, err := u.conn.R.Body(); err == nil {
@@ -157,6 +219,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		}
 		if (typ == '1' && takeOne(&u.dropParse)) || (typ == '3' && takeOne(&u.dropClose)) {
 			continue
+		}
+		if typ == 'E' {
+			u.failed.Store(true)
 		}
 		s.wmu.Lock()
 		var status byte
@@ -189,6 +254,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			nudge(zSignal)
 			if status == 'I' && s.draining.Load() && s.idle() {
 				s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+			}
+			if s.tryRelease(u) {
+				return errReleased
 			}
 		}
 	}
@@ -255,6 +323,12 @@ func (s *session) startPump(u *upstream) {
 		err := s.pump(u, s.zSignal)
 		var cwe *clientWriteError
 		switch {
+		case errors.Is(err, errReleased):
+			// Under upMu: a cancel request being forwarded to this
+			// connection is delivered before anyone else can use it.
+			s.upMu.Lock()
+			u.pool.Release(u.conn)
+			s.upMu.Unlock()
 		case u.stopping.Load():
 		case errors.As(err, &cwe):
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
@@ -303,9 +377,21 @@ func (s *session) release(u *upstream) string {
 		return "closed: " + err.Error()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	err = u.conn.Reset(ctx, byte(u.txStatus.Load()))
-	cancel()
-	if err != nil {
+	defer cancel()
+	if s.txPooling && s.mayPoolAfterLeaving() {
+		// Nothing pinned: the settings and statements stay on the
+		// connection, recorded in its State for the next client.
+		if err := u.conn.Rollback(ctx, byte(u.txStatus.Load())); err != nil {
+			s.log.Info("upstream rollback failed; closing the connection", zap.Error(err))
+			s.discard(u)
+			return "closed: rollback failed"
+		}
+		u.settleStatements()
+		s.forgetUpstream(u)
+		u.pool.Release(u.conn)
+		return "returned to the pool"
+	}
+	if err := u.conn.Reset(ctx, byte(u.txStatus.Load())); err != nil {
 		s.log.Info("upstream reset failed; closing the connection", zap.Error(err))
 		s.discard(u)
 		return "closed: reset failed"

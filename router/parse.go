@@ -160,6 +160,8 @@ func (c *Classifier) classifyNode(n *pg_query.Node) Statement {
 		st := bySession(KindDeallocate, reasonPrepared, true)
 		if x.DeallocateStmt.Isall || x.DeallocateStmt.Name == "" {
 			st.Unpins = []string{"prepare"}
+		} else {
+			st.PreparedName = x.DeallocateStmt.Name
 		}
 		return st
 	case *pg_query.Node_DeclareCursorStmt:

@@ -117,6 +117,9 @@ type Statement struct {
 	// `SET name TO <SetValueSQL>` on another connection; empty when the value
 	// has a form the router does not render (SET TIME ZONE INTERVAL …).
 	SetValueSQL string
+	// PreparedName is the statement a DEALLOCATE names (empty for
+	// DEALLOCATE ALL).
+	PreparedName string
 	// SetLocal is true for SET LOCAL (and set_config(…, true) is not a SET).
 	SetLocal bool
 	// Funcs lists the functions named in the statement, as PostgreSQL folds

@@ -40,13 +40,14 @@ func baseConfig() *config.Config {
 			},
 		},
 		Pool: config.Pool{
-			Mode:           config.ModeSession,
-			PoolSize:       20,
-			MaxOverflow:    20,
-			PoolTimeout:    5 * time.Second,
-			PoolRecycle:    time.Hour,
-			PoolPrePing:    true,
-			ConnectTimeout: 5 * time.Second,
+			Mode:                  config.ModeSession,
+			PoolSize:              20,
+			MaxOverflow:           20,
+			PoolTimeout:           5 * time.Second,
+			PoolRecycle:           time.Hour,
+			PoolPrePing:           true,
+			ConnectTimeout:        5 * time.Second,
+			MaxPreparedStatements: 200,
 		},
 		// The foundation tests check behaviour on the primary's backends, so
 		// reads stay there; routing_test.go turns offloading on.

@@ -272,7 +272,9 @@ func TestRoutingSessionState(t *testing.T) {
 	if _, err := c.Exec(ctx, "DISCARD ALL"); err != nil {
 		t.Fatal(err)
 	}
-	if got := role(serverPort(t, c, "SELECT inet_server_port()")); got != "replica" {
+	// DISCARD ALL dropped pgx's cached statements, as on PostgreSQL: ask
+	// with a statement pgx has not prepared yet.
+	if got := role(serverPort(t, c, "SELECT inet_server_port() AS after_discard")); got != "replica" {
 		t.Errorf("after DISCARD ALL a read ran on the %s", got)
 	}
 }

@@ -1,0 +1,194 @@
+package proxy
+
+import (
+	"errors"
+	"runtime"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// This file is transaction pooling: a session holds a server connection only
+// while it owes the client answers or a transaction is open there, and gives
+// it back to the pool at the ReadyForQuery that leaves it idle ('I').
+//
+// The pump sees that ReadyForQuery, so the pump gives the connection back,
+// unless the session goroutine is using the connection at that moment
+// (upstream.hold): then the session gives it back when it is done with the
+// message (settle). Session state that a server connection carries (SETs,
+// prepared statements) lives on the pool.Conn and is brought in line with
+// the next client's when that client gets it (syncSettings,
+// injectStatements). State pgsplit cannot carry over pins the session to its
+// connections (connPin).
+
+// claim takes the session's server connections for the handling of one
+// client message: none can be given back meanwhile. A connection its pump
+// has given back already is forgotten; the next statement acquires one.
+func (s *session) claim() {
+	for _, u := range s.ups {
+		if u == nil {
+			continue
+		}
+		for {
+			if u.hold.CompareAndSwap(holdFree, holdSending) {
+				u.settleStatements()
+				break
+			}
+			h := u.hold.Load()
+			if h == holdSending {
+				break
+			}
+			if h == holdReleased {
+				<-u.exited
+				s.forgetUpstream(u)
+				if s.active == u {
+					s.active = nil
+				}
+				break
+			}
+			runtime.Gosched() // holdDeciding: the pump is looking
+		}
+	}
+}
+
+// settle ends the handling of a client message: it updates whether the
+// session may give connections back, frees its connections for the pumps,
+// and gives back those that are idle already (their ReadyForQuery came
+// while the session held them).
+func (s *session) settle() {
+	s.pooling.Store(s.mayPool())
+	for _, u := range s.ups {
+		if u == nil || u.hold.Load() != holdSending {
+			continue
+		}
+		if s.pooling.Load() && u.quietIdle() {
+			u.settleStatements()
+			u.hold.Store(holdReleased)
+			// Wake the pump, blocked reading the idle connection: it
+			// ends on the timeout and gives the connection back.
+			_ = u.conn.Raw().SetReadDeadline(time.Now())
+			continue
+		}
+		u.hold.Store(holdFree)
+	}
+}
+
+// mayPool reports whether the session's idle connections may go back to the
+// pool: under transaction pooling, outside a split transaction and an
+// extended-protocol batch that streams, and with nothing pinning the
+// session to its connections.
+func (s *session) mayPool() bool {
+	if !s.txPooling || s.split != nil || s.batch.large || s.skipSync {
+		return false
+	}
+	if s.route.Pins() == 0 {
+		s.connPins = s.connPins[:0]
+		return true
+	}
+	var pins []string
+	for _, p := range s.route.Pinned() {
+		if connPin(p) {
+			pins = append(pins, p)
+		}
+	}
+	if len(pins) == 0 {
+		return true
+	}
+	if strings.Join(pins, ",") != strings.Join(s.connPins, ",") {
+		s.log.Info("client pinned to its server connection until it releases the state or leaves", zap.Strings("pinned_by", pins))
+		s.connPins = pins
+	}
+	return false
+}
+
+// mayPoolAfterLeaving reports whether a connection of a session that ended
+// can go back with its State as it is: nothing pins the session. A pinned
+// one is reset with DISCARD ALL (temporary tables, LISTEN, advisory locks…).
+func (s *session) mayPoolAfterLeaving() bool {
+	s.skipSync = false
+	s.batch.large = false
+	s.split = nil
+	return s.mayPool()
+}
+
+// connPin reports whether a pin (router.Statement.Pins) is state that lives
+// in one server backend and that pgsplit cannot carry to another: LISTEN,
+// session advisory locks, temporary objects, WITH HOLD cursors, SQL-level
+// PREPARE, session-level set_config, SET ROLE / SESSION AUTHORIZATION, and
+// SETs whose value pgsplit cannot replay. The other pins (search_path,
+// default_transaction_*, nextval) only keep reads on the primary: those
+// settings are replayed on whichever connection serves the client.
+func connPin(p string) bool {
+	switch p {
+	case "listen", "advisory lock", "temp table", "temp sequence", "temp function",
+		"cursor with hold", "prepare", "set_config", "set role", "set session_authorization":
+		return true
+	}
+	return strings.HasPrefix(p, pinUnreplayable)
+}
+
+// pinUnreplayable starts the pin of a SET whose value pgsplit cannot replay
+// on another connection (SET … FROM CURRENT, an expression).
+const pinUnreplayable = "session setting "
+
+// PinnedClients counts the sessions pinned to their server connections now.
+func (srv *Server) PinnedClients() int {
+	n := 0
+	for _, sess := range srv.snapshot() {
+		if sess.ready.Load() && sess.txPooling && !sess.pooling.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// answerError tells the client a statement failed in pgsplit itself (no
+// server connection within pool_timeout) and keeps the session: ERROR, then
+// ReadyForQuery once the client's batch is over.
+func (s *session) answerError(pe *pgError, typ byte) error {
+	s.batch.reset()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.cw.Write(pe.encode(nil)); err != nil {
+		return err
+	}
+	switch typ {
+	case 'Q', 'F', 'S':
+		if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+			return err
+		}
+	default:
+		// Inside an extended-protocol batch: like a server, ignore the
+		// rest of it until Sync.
+		s.skipSync = true
+	}
+	return s.cw.Flush()
+}
+
+// skipToSync consumes a message of a batch that failed in pgsplit; the
+// batch's Sync gets its ReadyForQuery.
+func (s *session) skipToSync(typ byte) error {
+	if _, err := s.cr.Body(); err != nil {
+		return err
+	}
+	if typ != 'S' {
+		return nil
+	}
+	s.skipSync = false
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+		return err
+	}
+	return s.cw.Flush()
+}
+
+// recoverable reports whether err is an ERROR the session survives.
+func recoverable(err error) (*pgError, bool) {
+	var pe *pgError
+	if errors.As(err, &pe) && pe.severity == "ERROR" {
+		return pe, true
+	}
+	return nil, false
+}
