@@ -66,15 +66,15 @@ type session struct {
 	pooling atomic.Bool
 
 	// Routing state, session goroutine only.
-	active    *upstream              // where the last statement went
-	route     *router.Session        // pins and SET pgsplit.route
-	cls       *dbClassifier          // the database's statement classifier
-	settings  map[string]string      // session settings every server connection must have: name → statement
-	stmts     map[string]*clientStmt // the client's prepared statements by name
-	batch     batch                  // extended-protocol batch being collected
-	split     *splitTx               // open transaction under routing.transactions: split
-	skipSync  bool                   // a batch failed in pgsplit: ignore messages until Sync
-	connPins  []string               // what pins the session to its server connections (logged once)
+	active   *upstream              // where the last statement went
+	route    *router.Session        // pins and SET pgsplit.route
+	cls      *dbClassifier          // the database's statement classifier
+	settings map[string]string      // session settings every server connection must have: name → statement
+	stmts    map[string]*clientStmt // the client's prepared statements by name
+	batch    batch                  // extended-protocol batch being collected
+	split    *splitTx               // open transaction under routing.transactions: split
+	skipSync bool                   // a batch failed in pgsplit: ignore messages until Sync
+	connPins []string               // what pins the session to its server connections (logged once)
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
