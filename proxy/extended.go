@@ -85,6 +85,11 @@ func (s *session) relayExtended(typ byte) error {
 	if !complete && len(b.buf) <= maxBatch && s.cr.Buffered() > 0 {
 		return nil // more of the batch is already here
 	}
+	if typ == 'S' && s.parseOnly() {
+		err := s.answerParseOnly()
+		b.reset()
+		return err
+	}
 	if local, mixed := s.batchIsLocal(); local || mixed {
 		err := s.answerBatchLocally(mixed)
 		b.reset()
@@ -266,6 +271,67 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 	}
 	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(b.buf)-start-1))
 	return nil
+}
+
+// parseOnly reports whether the batch only prepares statements (Parse,
+// Close of statements, Sync: libpq's PQprepare, pgbench -M prepared) while
+// the client is outside a transaction: pgsplit answers it itself and
+// prepares the statements on a server when they are first used. Under
+// transaction pooling that keeps a client that prepares from waiting for a
+// server connection (a client like pgbench prepares synchronously while
+// its other connections hold theirs: waiting could deadlock them). A
+// statement that is not valid SQL is sent to a server, for its error.
+func (s *session) parseOnly() bool {
+	b := &s.batch
+	if len(b.parses) == 0 || len(b.refs) > 0 || len(b.execs) > 0 || b.large ||
+		byte(s.txStatus.Load()) != 'I' || s.openTxOn() != router.HintNone {
+		return false
+	}
+	for _, name := range b.parses {
+		if cs := s.stmts[name]; cs == nil || cs.class.Statements == 0 || cs.class.SetName == router.RouteSetting {
+			return false
+		}
+	}
+	for rest := b.buf; len(rest) >= 5; {
+		switch rest[0] {
+		case 'P', 'S':
+		case 'C':
+			if len(rest) < 6 || rest[5] != 'S' {
+				return false
+			}
+		default:
+			return false
+		}
+		rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):]
+	}
+	return true
+}
+
+// answerParseOnly answers a parseOnly batch as the server would.
+func (s *session) answerParseOnly() error {
+	if u := s.active; u != nil {
+		if err := s.waitAnswered(u); err != nil {
+			return err
+		}
+	}
+	var out []byte
+	for rest := s.batch.buf; len(rest) >= 5; {
+		switch rest[0] {
+		case 'P':
+			out = append(out, '1', 0, 0, 0, 4)
+		case 'C':
+			out = append(out, '3', 0, 0, 0, 4)
+		case 'S':
+			out = append(out, readyForQuery(byte(s.txStatus.Load()))...)
+		}
+		rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):]
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if _, err := s.cw.Write(out); err != nil {
+		return err
+	}
+	return s.cw.Flush()
 }
 
 // serverName is the servers' name for the client's statement name: the

@@ -75,11 +75,12 @@ func (s *session) settle() {
 }
 
 // mayPool reports whether the session's idle connections may go back to the
-// pool: under transaction pooling, outside a split transaction and an
-// extended-protocol batch that streams, and with nothing pinning the
-// session to its connections.
+// pool: under transaction pooling, outside an extended-protocol batch that
+// streams, and with nothing pinning the session to its connections. (A
+// connection inside a transaction, split or not, is not idle; a split
+// transaction whose BEGIN is held back needs none yet.)
 func (s *session) mayPool() bool {
-	if !s.txPooling || s.split != nil || s.batch.large || s.skipSync {
+	if !s.txPooling || s.batch.large || s.skipSync {
 		return false
 	}
 	if s.route.Pins() == 0 {
@@ -108,7 +109,6 @@ func (s *session) mayPool() bool {
 func (s *session) mayPoolAfterLeaving() bool {
 	s.skipSync = false
 	s.batch.large = false
-	s.split = nil
 	return s.mayPool()
 }
 

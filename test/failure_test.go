@@ -71,7 +71,9 @@ func TestUpstreamTerminated(t *testing.T) {
 	// the next client connected is kept idle, not closed as overflow (the
 	// pool keeps idle connections most-recently-used first, so the
 	// terminated backend is the one the next client would get).
-	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
+	// Session pooling: a client keeps its backend (txpool_test.go has the
+	// same under transaction pooling).
+	p := startProxy(t, func(c *config.Config) { c.Pool.Mode, c.Pool.PoolSize, c.Pool.MaxOverflow = config.ModeSession, 2, 0 })
 	su := superConn(t)
 	ctx := testCtx(t, 30*time.Second)
 	terminate := func(t *testing.T, pid uint32) {

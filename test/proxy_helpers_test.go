@@ -40,7 +40,7 @@ func baseConfig() *config.Config {
 			},
 		},
 		Pool: config.Pool{
-			Mode:                  config.ModeSession,
+			Mode:                  config.ModeTransaction,
 			PoolSize:              20,
 			MaxOverflow:           20,
 			PoolTimeout:           5 * time.Second,

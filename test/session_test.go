@@ -324,8 +324,9 @@ func TestMaxClientConn(t *testing.T) {
 // max_overflow 0), a second client waits pool_timeout and is refused with
 // 53300; a client that waits while the first one leaves gets the connection.
 func TestPoolExhausted(t *testing.T) {
+	// Session pooling: a client holds its connection from login to logout.
 	p := startProxy(t, func(c *config.Config) {
-		c.Pool.PoolSize, c.Pool.MaxOverflow, c.Pool.PoolTimeout = 1, 0, time.Second
+		c.Pool.Mode, c.Pool.PoolSize, c.Pool.MaxOverflow, c.Pool.PoolTimeout = config.ModeSession, 1, 0, time.Second
 	})
 	ctx := testCtx(t, 30*time.Second)
 	c1 := connect(t, p.appDSN())
