@@ -122,3 +122,45 @@ func TestDefaultsNeedServersAndUsers(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// pool.profile fills pool_size and max_overflow with the guide's numbers;
+// keys set in the file or the environment win; transaction pooling is the
+// default.
+func TestPoolProfile(t *testing.T) {
+	for _, tc := range []struct {
+		name, body     string
+		env            []string
+		size, overflow int
+	}{
+		{"default is production", minimal, nil, 20, 40},
+		{"development", minimal + "pool: { profile: development }\n", nil, 5, 10},
+		{"staging", minimal + "pool: { profile: staging }\n", nil, 10, 20},
+		{"explicit pool_size wins", minimal + "pool: { profile: development, pool_size: 7 }\n", nil, 7, 10},
+		{"environment wins", minimal + "pool: { profile: staging }\n", []string{"PGSPLIT_POOL_MAX_OVERFLOW=3"}, 10, 3},
+		{"profile from the environment", minimal, []string{"PGSPLIT_POOL_PROFILE=development"}, 5, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Load(writeFile(t, tc.body), tc.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Pool.PoolSize != tc.size || cfg.Pool.MaxOverflow != tc.overflow {
+				t.Fatalf("pool_size %d max_overflow %d, want %d %d", cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, tc.size, tc.overflow)
+			}
+			if cfg.Pool.Mode != ModeTransaction || cfg.Pool.MaxPreparedStatements != 200 {
+				t.Fatalf("defaults: mode %q max_prepared_statements %d", cfg.Pool.Mode, cfg.Pool.MaxPreparedStatements)
+			}
+		})
+	}
+	_, err := Load(writeFile(t, minimal+"pool: { profile: huge, mode: statement, max_prepared_statements: 0 }\ndatabases: [app, app]\n"), nil)
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want a config error, got %v", err)
+	}
+	for _, want := range []string{`pool.profile: "huge" is not allowed: must be development`, `pool.mode: "statement" is not allowed: must be transaction or session`,
+		"pool.max_prepared_statements: 0 is not allowed", `databases[1]: "app" is not allowed`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}

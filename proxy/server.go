@@ -88,6 +88,9 @@ func (s *Server) Listen(ctx context.Context) error {
 			s.replicas = append(s.replicas, srv)
 		}
 	}
+	if err := s.checkLimits(ctx, cfg); err != nil {
+		return err
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
@@ -297,6 +300,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 		s.log.Warn("reload: servers changes need a restart; keeping the old list")
 		cfg.Servers = old.Servers
 	}
+	if err := s.checkLimits(context.Background(), cfg); err != nil {
+		return err
+	}
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
 	s.mu.Lock()
@@ -308,6 +314,25 @@ func (s *Server) Reload(cfg *config.Config) error {
 		s.refreshCatalogs(cfg.Auth.Users[0])
 	}
 	s.log.Info("configuration reloaded")
+	return nil
+}
+
+// checkLimits refuses cfg if its pools can open more connections on a
+// server than the server allows, and logs each server's numbers. A server
+// that cannot be asked is logged and not held against cfg: pgsplit starts
+// while a replica is down.
+func (s *Server) checkLimits(ctx context.Context, cfg *config.Config) error {
+	limits, err := CheckLimits(ctx, cfg, s.primary.Addr())
+	if err != nil {
+		return err
+	}
+	for _, l := range limits {
+		if l.Err != nil {
+			s.log.Warn("connection limits not checked", zap.String("server", l.Server.Addr()), zap.Error(l.Err))
+			continue
+		}
+		s.log.Info("connection limits", zap.String("server", l.Server.Addr()), zap.String("check", l.Formula()))
+	}
 	return nil
 }
 

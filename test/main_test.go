@@ -50,7 +50,7 @@ func runMain(m *testing.M) int {
 	began := time.Now()
 	// Interrupted while starting, Start removes what it started itself.
 	startCtx, stopSignals := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	c, err := pgcluster.Start(startCtx, pgcluster.Options{Replicas: 2, AppAuth: "scram-sha-256", MaxConnections: 300})
+	c, err := pgcluster.Start(startCtx, pgcluster.Options{Replicas: 2, AppAuth: "scram-sha-256", MaxConnections: 500})
 	stopSignals()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "test: start cluster:", err)

@@ -1,8 +1,8 @@
 package test
 
 import (
-	"context"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os/exec"
@@ -134,23 +134,30 @@ func TestTxPoolThousandClients(t *testing.T) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
-	var connected atomic.Int32
+	var arrived atomic.Int32
 	allIn := make(chan struct{})
+	arrive := func() {
+		if arrived.Add(1) == clients {
+			close(allIn)
+		}
+	}
+	logins := make(chan struct{}, 50) // logins in flight (SCRAM costs CPU on both sides)
 	for i := range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := pgx.Connect(ctx, p.dbDSN(db))
+			logins <- struct{}{}
+			c, err := pgx.Connect(ctx, p.dbDSN(db)+" connect_timeout=60")
+			<-logins
 			if err != nil {
+				arrive()
 				errs <- fmt.Errorf("client %d: connect: %w", i, err)
 				return
 			}
 			defer closeConn(c)
 			// Every client is connected before any runs a transaction:
 			// 1,000 sessions at once over 20 server connections.
-			if connected.Add(1) == clients {
-				close(allIn)
-			}
+			arrive()
 			select {
 			case <-allIn:
 			case <-ctx.Done():

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -58,9 +59,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "configuration %s is valid: listen %s, %d server(s), pool_size %d + max_overflow %d per pool\n",
-			*cfgPath, cfg.Listen, len(cfg.Servers), cfg.Pool.PoolSize, cfg.Pool.MaxOverflow)
-		return nil
+		return check(*cfgPath, cfg, stdout)
 	case "demo":
 		return demo(stdout, stderr)
 	case "classify":
@@ -70,6 +69,41 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	return fmt.Errorf("unknown command %q (use serve, check, demo or classify)", cmd)
+}
+
+// check validates the configuration, then asks every server for its
+// connection limits and prints, per server, what pgsplit may open there and
+// what remains for others. It fails when a server can be exceeded or
+// cannot be asked.
+func check(path string, cfg *config.Config, stdout io.Writer) error {
+	name := path
+	if name == "" {
+		name = "(defaults and environment)"
+	}
+	fmt.Fprintf(stdout, "configuration %s is valid: listen %s, %d server(s), pool.mode %s, pool_size %d + max_overflow %d per pool (profile %s)\n",
+		name, cfg.Listen, len(cfg.Servers), cfg.Pool.Mode, cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, cfg.Pool.Profile)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	primary := ""
+	if p, ok := cfg.Primary(); ok {
+		primary = p.Addr()
+	}
+	limits, err := proxy.CheckLimits(ctx, cfg, primary)
+	unreachable := 0
+	for _, l := range limits {
+		fmt.Fprintln(stdout, l.Formula())
+		if l.Err != nil {
+			unreachable++
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if unreachable > 0 {
+		return fmt.Errorf("%d server(s) could not be checked", unreachable)
+	}
+	fmt.Fprintln(stdout, "connection limits: ok")
+	return nil
 }
 
 // defaultConfigPath is ./config.yaml when it exists, else none (defaults
@@ -144,11 +178,12 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 				log.Error("reload refused; keeping the running configuration", zap.Error(err))
 				continue
 			}
-			if err := level.UnmarshalText([]byte(ncfg.Log.Level)); err != nil {
-				log.Error("reload: bad log.level", zap.Error(err))
-			}
 			if err := srv.Reload(ncfg); err != nil {
 				log.Error("reload refused; keeping the running configuration", zap.Error(err))
+				continue
+			}
+			if err := level.UnmarshalText([]byte(ncfg.Log.Level)); err != nil {
+				log.Error("reload: bad log.level", zap.Error(err))
 			}
 		case sig := <-stop:
 			log.Info("signal received", zap.String("signal", sig.String()))
