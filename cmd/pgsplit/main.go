@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -48,11 +49,23 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("config", defaultConfigPath(), "configuration file (YAML)")
 	sessionMode := fs.Bool("session", false, "classify: the lines are one session's statements in order")
 	database := fs.String("database", "", "classify: database whose pg_proc gives function volatility (default: the first auth user's name)")
+	cpuProfile := fs.String("cpuprofile", "", "serve: write a CPU profile (pprof) to this file until shutdown")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	switch cmd {
 	case "serve":
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+		}
 		return serve(*cfgPath, stderr)
 	case "check":
 		cfg, err := config.Load(*cfgPath, os.Environ())
