@@ -103,6 +103,39 @@ func (p *Pool) SetLimits(size, overflow int, timeout, recycle time.Duration, pre
 	p.mu.Unlock()
 }
 
+// TryAcquire returns an idle connection that passes the checks Acquire makes,
+// or nil without waiting or dialling (then call Acquire). The caller owns
+// the result.
+func (p *Pool) TryAcquire() *Conn {
+	for {
+		p.mu.Lock()
+		n := len(p.idle)
+		if n == 0 || p.closed {
+			p.mu.Unlock()
+			return nil
+		}
+		c := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		opts := p.opts
+		p.mu.Unlock()
+		if (opts.Recycle > 0 && c.Age() > opts.Recycle) || (opts.PrePing && time.Since(c.lastUsed) > PingAfter) {
+			// Recycling or a ping round trip: Acquire's path does it.
+			p.mu.Lock()
+			p.idle = append(p.idle, c)
+			p.mu.Unlock()
+			return nil
+		}
+		if opts.PrePing {
+			if err := c.checkIdle(); err != nil {
+				p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
+				p.Discard(c)
+				continue
+			}
+		}
+		return c
+	}
+}
+
 // Acquire returns a connection, opening one if the pool may, or waits up to
 // pool_timeout for one to come back. The caller owns the result.
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {

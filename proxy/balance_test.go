@@ -27,7 +27,7 @@ func TestWeightedPick(t *testing.T) {
 // the primary.
 func TestPickReplica(t *testing.T) {
 	cfg := &config.Config{Routing: config.DefaultRouting()}
-	s := &Server{pools: map[poolKey]*pool.Pool{}, downUntil: map[string]time.Time{}, log: zap.NewNop()}
+	s := &Server{pools: map[poolKey]*pool.Pool{}, downUntil: map[endpoint]time.Time{}, log: zap.NewNop()}
 	s.cfg.Store(cfg)
 	s.primary = config.Server{Host: "p", Port: 5432, Role: config.RolePrimary}
 	s.replicas = []config.Server{

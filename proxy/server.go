@@ -54,18 +54,30 @@ type Server struct {
 	rr       uint64 // round-robin position
 	// classifiers by database, each with its functions' volatility.
 	classifiers map[string]*dbClassifier
-	downUntil   map[string]time.Time // replicas that failed to connect, skipped until then
+	downUntil   map[endpoint]time.Time // replicas that failed to connect, skipped until then
 	bg          sync.WaitGroup       // background work (catalog loads)
 }
 
-type poolKey struct{ server, database, user string }
+// endpoint is a server's address as a map key (no string formatting on the
+// hot path).
+type endpoint struct {
+	host string
+	port int
+}
+
+func endpointOf(srv config.Server) endpoint { return endpoint{srv.Host, srv.Port} }
+
+type poolKey struct {
+	server         endpoint
+	database, user string
+}
 
 // New checks cfg and prepares a server; it opens no sockets.
 func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{}, downUntil: map[string]time.Time{}}
+	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{}, downUntil: map[endpoint]time.Time{}}
 	au, err := newAuthenticator(cfg.Auth)
 	if err != nil {
 		return nil, err
@@ -170,7 +182,7 @@ func (s *Server) poolFor(t router.Target, u config.User, database string) (*pool
 	if t == router.Replica {
 		srv = s.pickReplicaLocked(u.Name, database)
 	}
-	k := poolKey{srv.Addr(), database, u.Name}
+	k := poolKey{endpointOf(srv), database, u.Name}
 	if p, ok := s.pools[k]; ok {
 		return p, srv
 	}
@@ -192,10 +204,11 @@ func (s *Server) poolFor(t router.Target, u config.User, database string) (*pool
 func (s *Server) pickReplicaLocked(user, database string) config.Server {
 	var best config.Server
 	bestScore := -1.0
-	var eligible []config.Server
+	var buf [8]config.Server
+	eligible := buf[:0]
 	now := time.Now()
 	for _, r := range s.replicas {
-		if r.Weight > 0 && now.After(s.downUntil[r.Addr()]) {
+		if r.Weight > 0 && (len(s.downUntil) == 0 || now.After(s.downUntil[endpointOf(r)])) {
 			eligible = append(eligible, r)
 		}
 	}
@@ -218,7 +231,7 @@ func (s *Server) pickReplicaLocked(user, database string) config.Server {
 	}
 	for _, r := range eligible {
 		open := 0
-		if p, ok := s.pools[poolKey{r.Addr(), database, user}]; ok {
+		if p, ok := s.pools[poolKey{endpointOf(r), database, user}]; ok {
 			open = p.Stats().Open
 		}
 		score := float64(open+1) / float64(r.Weight)
@@ -239,7 +252,7 @@ func (s *Server) markDown(srv config.Server) {
 		return
 	}
 	s.mu.Lock()
-	s.downUntil[srv.Addr()] = time.Now().Add(ReplicaRetry)
+	s.downUntil[endpointOf(srv)] = time.Now().Add(ReplicaRetry)
 	s.mu.Unlock()
 	s.log.Warn("replica unreachable: out of rotation", zap.String("server", srv.Addr()), zap.Duration("retry_in", ReplicaRetry))
 }

@@ -219,10 +219,14 @@ func (s *session) failStartup(err error, user, database string) {
 // Errors are *pgError for the client.
 func (s *session) acquire(t router.Target) (*upstream, error) {
 	p, srv := s.srv.poolFor(t, s.user, s.database)
-	cfg := s.srv.cfg.Load()
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
-	defer cancel()
-	c, err := p.Acquire(ctx)
+	c := p.TryAcquire()
+	var err error
+	if c == nil {
+		cfg := s.srv.cfg.Load()
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
+		c, err = p.Acquire(ctx)
+		cancel()
+	}
 	if err != nil {
 		if t == router.Replica {
 			var te *pool.TimeoutError

@@ -186,6 +186,9 @@ func (s *session) skipToSync(typ byte) error {
 
 // recoverable reports whether err is an ERROR the session survives.
 func recoverable(err error) (*pgError, bool) {
+	if err == nil {
+		return nil, false
+	}
 	var pe *pgError
 	if errors.As(err, &pe) && pe.severity == "ERROR" {
 		return pe, true

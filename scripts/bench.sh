@@ -25,6 +25,7 @@ start_pgsplit() { # name port servers
   PGSPLIT_AUTH_USERS="app:app" \
   PGSPLIT_AUTH_METHOD=scram-sha-256 \
   PGSPLIT_LOG_LEVEL=warn \
+  PGSPLIT_POOL_MODE=${PGSPLIT_POOL_MODE:-transaction} \
     "$dir/pgsplit" serve --config "" >"$dir/$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do
@@ -39,5 +40,5 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null ||
 rw=$((port + 1))
 start_pgsplit pgsplit "$port" "127.0.0.1:$PRIMARY_PORT/primary"
 start_pgsplit pgsplit-rw "$rw" "127.0.0.1:$PRIMARY_PORT/primary,127.0.0.1:$REPLICA1_PORT/replica,127.0.0.1:$REPLICA2_PORT/replica"
-echo "pgsplit $(git -C "$root" rev-parse --short HEAD): pgsplit on $port (primary only), pgsplit-rw on $rw (reads to 2 replicas); session mode, scram-sha-256" >&2
+echo "pgsplit $(git -C "$root" rev-parse --short HEAD): pgsplit on $port (primary only), pgsplit-rw on $rw (reads to 2 replicas); pool.mode ${PGSPLIT_POOL_MODE:-transaction}, scram-sha-256" >&2
 EXTRA_TARGETS="pgsplit:$port pgsplit-rw:$rw" "$bench/compare.sh" "$dir"
