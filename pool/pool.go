@@ -23,6 +23,12 @@ import (
 // checks it: a connection used a moment ago is known to be alive.
 const PingAfter = 2 * time.Second
 
+// CheckAfter is how long a connection must have been idle before pool_pre_ping
+// looks at its socket on checkout. Under load a connection comes back and
+// goes out again within microseconds; a backend ended in that window is as
+// likely as one ended just after the look.
+const CheckAfter = time.Millisecond
+
 // ErrClosed is returned by Acquire after Close.
 var ErrClosed = errors.New("pool is closed")
 
@@ -125,7 +131,7 @@ func (p *Pool) TryAcquire() *Conn {
 			p.mu.Unlock()
 			return nil
 		}
-		if opts.PrePing {
+		if opts.PrePing && time.Since(c.lastUsed) > CheckAfter {
 			if err := c.checkIdle(); err != nil {
 				p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
 				p.Discard(c)
@@ -162,7 +168,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			// sat idle must not reach a client, whose first statement would
 			// fail with the server's FATAL. The ping below only runs after
 			// PingAfter; this check costs no round trip, so it runs always.
-			if opts.PrePing {
+			if opts.PrePing && time.Since(c.lastUsed) > CheckAfter {
 				if err := c.checkIdle(); err != nil {
 					p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
 					p.Discard(c)

@@ -106,6 +106,15 @@ func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, databa
 	if err != nil {
 		return nil, err
 	}
+	if len(c.State.Settings) > 0 {
+		// A client's settings (statement_timeout…) must not fail pgsplit's
+		// own query; the next client's SETs are replayed from scratch.
+		if _, err := c.Exec(ctx, "RESET ALL"); err != nil {
+			p.Discard(c)
+			return nil, err
+		}
+		clear(c.State.Settings)
+	}
 	rows, err := c.Query(ctx, volatilityQuery)
 	if err != nil {
 		if _, ok := pool.IsServerError(err); ok {
