@@ -55,7 +55,7 @@ type Server struct {
 	// classifiers by database, each with its functions' volatility.
 	classifiers map[string]*dbClassifier
 	downUntil   map[endpoint]time.Time // replicas that failed to connect, skipped until then
-	bg          sync.WaitGroup       // background work (catalog loads)
+	bg          sync.WaitGroup         // background work (catalog loads)
 }
 
 // endpoint is a server's address as a map key (no string formatting on the
