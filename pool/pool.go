@@ -127,7 +127,14 @@ func (p *Pool) TryAcquire() *Conn {
 		if (opts.Recycle > 0 && c.Age() > opts.Recycle) || (opts.PrePing && time.Since(c.lastUsed) > PingAfter) {
 			// Recycling or a ping round trip: Acquire's path does it.
 			p.mu.Lock()
+			if p.closed {
+				p.open--
+				p.mu.Unlock()
+				_ = c.raw.Close()
+				return nil
+			}
 			p.idle = append(p.idle, c)
+			p.wakeLocked()
 			p.mu.Unlock()
 			return nil
 		}

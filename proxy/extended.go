@@ -104,6 +104,12 @@ func (s *session) relayExtended(typ byte) error {
 		t = router.Primary
 		if s.active != nil {
 			t = s.active.target
+		} else if onlySyncFlush(b.buf) {
+			// No server connection is attached, so none owes anything:
+			// answer the Syncs, nothing to flush.
+			err := s.answerSyncs(b.buf)
+			b.reset()
+			return err
 		}
 	case typ == 'H' && !s.readOnlyReplicaTx():
 		// After a Flush the client may go on with the same unfinished
@@ -222,6 +228,14 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql)}
 		if name != "" {
 			cs.server = serverStmtName(rest)
+			for _, other := range b.parses {
+				if o := s.stmts[other]; o != nil && o.server == cs.server && other != name {
+					// Two client names for one statement in a batch: two
+					// Parses of one server name would fail (42P05).
+					cs.server = serverStmtName(append([]byte(name+"\x00"), rest...))
+					break
+				}
+			}
 		}
 		b.buf = append(append(append(b.buf, cs.server...), 0), rest...)
 		cs.parse = append([]byte(nil), b.buf[start:]...)
@@ -287,6 +301,11 @@ func (s *session) parseOnly() bool {
 		byte(s.txStatus.Load()) != 'I' || s.openTxOn() != router.HintNone {
 		return false
 	}
+	for _, u := range s.ups {
+		if u != nil && u.owesAnswers() {
+			return false // inside a batch the client continues, or behind one: the server's Sync must come
+		}
+	}
 	for _, name := range b.parses {
 		if cs := s.stmts[name]; cs == nil || cs.class.Statements == 0 || cs.class.SetName == router.RouteSetting {
 			return false
@@ -330,6 +349,30 @@ func (s *session) answerParseOnly() error {
 	defer s.wmu.Unlock()
 	if _, err := s.cw.Write(out); err != nil {
 		return err
+	}
+	return s.cw.Flush()
+}
+
+// onlySyncFlush reports whether buf holds only Sync and Flush messages.
+func onlySyncFlush(buf []byte) bool {
+	for rest := buf; len(rest) >= 5; rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):] {
+		if rest[0] != 'S' && rest[0] != 'H' {
+			return false
+		}
+	}
+	return true
+}
+
+// answerSyncs answers each Sync in buf with ReadyForQuery.
+func (s *session) answerSyncs(buf []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for rest := buf; len(rest) >= 5; rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):] {
+		if rest[0] == 'S' {
+			if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+				return err
+			}
+		}
 	}
 	return s.cw.Flush()
 }
@@ -424,9 +467,11 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 	if len(closes)+len(parses)+len(victims) == 0 {
 		return nil
 	}
-	if u.pending.Load() > 0 && !u.unsynced.Load() {
+	if u.pending.Load() > 0 {
 		// The drop counters count per connection: let earlier batches'
-		// answers through first so ours are the ones dropped.
+		// answers through first so ours are the ones dropped. (Answers
+		// of the unfinished batch itself, while streaming, are not
+		// counted: see "Known limits".)
 		if err := s.waitAnswered(u); err != nil {
 			return err
 		}
@@ -482,6 +527,11 @@ func (s *session) noteStatement(u *upstream, cs *clientStmt) {
 // everything without one, they are known to exist. Called by whoever holds
 // the connection.
 func (u *upstream) settleStatements() {
+	if u.pending.Load() > 0 || u.unsynced.Load() {
+		// Answers still to come: a Parse sent after an error in the same
+		// batch is skipped without an error of its own.
+		return
+	}
 	if u.failed.Swap(false) {
 		for _, name := range u.unconfirmed {
 			u.conn.State.Prepared.Remove(name)

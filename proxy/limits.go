@@ -83,6 +83,9 @@ func CheckLimits(ctx context.Context, cfg *config.Config, primary string) ([]Ser
 	var out []ServerLimit
 	var bad bool
 	for _, srv := range cfg.Servers {
+		if primary != "" && srv.Addr() != primary && (srv.Weight == 0 || cfg.Routing.ReadFrom == config.ReadFromPrimary) {
+			continue // a replica that takes no reads gets no pool
+		}
 		l := ServerLimit{Server: srv, Role: srv.Role, Users: len(cfg.Auth.Users),
 			PoolSize: cfg.Pool.PoolSize, MaxOverflow: cfg.Pool.MaxOverflow, Own: OwnConnections}
 		if primary != "" {

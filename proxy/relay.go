@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -69,7 +68,7 @@ func (s *session) relayMessage(typ byte) error {
 	}
 	// COPY data and anything else belong to the statement running on the
 	// active connection.
-	return s.forwardToActive()
+	return s.forwardToActive(typ)
 }
 
 // relayFunctionCall forwards a FunctionCall (a server function by OID,
@@ -95,6 +94,7 @@ func (s *session) relayFunctionCall() error {
 		return err
 	}
 	u.pending.Add(1)
+	u.unsynced.Store(false) // a FunctionCall ends an unfinished batch, as a Query does
 	if err := s.cr.Forward(u.conn.W); err != nil {
 		return err
 	}
@@ -145,6 +145,7 @@ func (s *session) relayQuery() error {
 		u.watch.Store(watchWaiting)
 	}
 	u.pending.Add(1)
+	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
 	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
 	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
 		return err
@@ -164,6 +165,7 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	p.pending.Add(1)
+	p.unsynced.Store(false)
 	p.conn.State.Unnamed = nil
 	if err := s.cr.WriteBodyAfterHeader(p.conn.W, body); err != nil {
 		return err
@@ -203,8 +205,14 @@ func (s *session) awaitVerdict(u *upstream) bool {
 
 // forwardToActive forwards the current message unchanged to the active
 // connection (the primary when there is none yet).
-func (s *session) forwardToActive() error {
+func (s *session) forwardToActive(typ byte) error {
 	u := s.active
+	if u == nil && (typ == 'd' || typ == 'c' || typ == 'f') {
+		// COPY data with no COPY running (it failed, and its connection
+		// went back to the pool): ignored, as PostgreSQL ignores it.
+		_, err := s.cr.Body()
+		return err
+	}
 	if u == nil {
 		var err error
 		if u, err = s.switchTo(router.Primary); err != nil {
@@ -295,34 +303,68 @@ func (s *session) waitUntil(u *upstream, done func() bool) error {
 }
 
 // syncSettings brings u's session settings in line with the client's (its
-// startup parameters and the harmless SETs it ran), as one injected
-// statement: what differs is set, what the client does not have (another
-// client's, under transaction pooling) is reset to the server default.
+// startup parameters and the harmless SETs it ran): what differs is set,
+// what the client does not have (another client's, under transaction
+// pooling) is reset to the server default. Each is its own injected
+// statement, so one that fails does not stop the others. Inside a
+// transaction or an unfinished extended-protocol batch nothing is injected
+// (a Query would end the batch); the next statement after it catches up.
 func (s *session) syncSettings(u *upstream) error {
-	if q := s.settingsDiff(u.conn.State.Settings); q != "" {
-		return s.inject(u, q)
+	if u.unsynced.Load() || !s.settingsDiffer(u.conn.State.Settings) {
+		return nil
+	}
+	if u.pending.Load() > 0 {
+		// The pump drops everything up to an injected statement's
+		// ReadyForQuery: earlier answers must be through first (and the
+		// transaction status known).
+		if err := s.waitAnswered(u); err != nil {
+			return err
+		}
+	}
+	if byte(u.txStatus.Load()) != 'I' {
+		// Inside a transaction the connection has the settings it was
+		// given when the transaction began, plus the client's own
+		// changes, which a rollback may still undo: nothing to replay.
+		return nil
+	}
+	for _, q := range s.settingsDiff(u.conn.State.Settings) {
+		if err := s.inject(u, q); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// settingsDiff returns the statements that turn the settings in have into
-// the client's, and records them in have.
-func (s *session) settingsDiff(have map[string]string) string {
-	var q strings.Builder
+// settingsDiffer reports whether have differs from the client's settings.
+func (s *session) settingsDiffer(have map[string]string) bool {
+	if len(have) != len(s.settings) {
+		return true
+	}
 	for name, stmt := range s.settings {
 		if have[name] != stmt {
-			q.WriteString(stmt)
-			q.WriteByte(';')
+			return true
+		}
+	}
+	return false
+}
+
+// settingsDiff returns the statements that turn the settings in have into
+// the client's, and records them in have.
+func (s *session) settingsDiff(have map[string]string) []string {
+	var q []string
+	for name, stmt := range s.settings {
+		if have[name] != stmt {
+			q = append(q, stmt)
 			have[name] = stmt
 		}
 	}
 	for name := range have {
 		if _, ok := s.settings[name]; !ok {
-			fmt.Fprintf(&q, "RESET %s;", quoteIdent(name))
+			q = append(q, "RESET "+quoteIdent(name))
 			delete(have, name)
 		}
 	}
-	return q.String()
+	return q
 }
 
 // inject sends sql to u as a simple Query whose answers the pump drops.

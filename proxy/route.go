@@ -96,32 +96,42 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 	if before > 0 && s.route.Pins() == 0 {
 		s.log.Debug("session state released: reads may leave the primary again", zap.Strings("released", st.Unpins))
 	}
+	s.observeSessionState(u, st)
+}
+
+// observeSessionState records what a statement just sent to u does to the
+// client's session settings and prepared statements. The change is taken
+// as done at once but kept tentative (see tentative) until u shows whether
+// the statement, or its transaction, failed; the server connection's own
+// record marks each setting touched as unknown, so the next client that
+// uses it sets or resets it explicitly.
+func (s *session) observeSessionState(u *upstream, st router.Statement) {
 	have := u.conn.State.Settings
-	switch st.Kind {
+	kind := st.Kind
+	if kind == router.KindSet && st.SetDefault {
+		kind = router.KindReset
+	}
+	switch kind {
 	case router.KindSet:
 		if st.SetLocal || st.SetName == "" || st.SetName == "role" || st.SetName == "session_authorization" ||
 			st.SetName == router.RouteSetting {
-			break // role and session_authorization pin (connPin)
+			return // role and session_authorization pin (connPin)
 		}
 		if st.SetValueSQL == "" {
 			s.route.Pin(pinUnreplayable + st.SetName)
-			break
+			return
 		}
-		stmt := "SET " + quoteIdent(st.SetName) + " TO " + st.SetValueSQL
-		s.settings[st.SetName] = stmt
-		have[st.SetName] = stmt
-		if byte(u.txStatus.Load()) != 'I' || u.pending.Load() > 1 || st.Statements > 1 {
-			// Inside a transaction, which may still roll the SET back:
-			// what the connection has is known again once set anew.
-			have[st.SetName] = unknownSetting
-		}
+		s.openTentative(u, st, false)
+		s.settings[st.SetName] = "SET " + quoteIdent(st.SetName) + " TO " + st.SetValueSQL
+		have[st.SetName] = unknownSetting
 	case router.KindReset:
+		s.openTentative(u, st, false)
 		if st.SetName == "all" {
 			s.resetSettings()
-			clear(have)
-			break
+			markUnknown(have)
+			return
 		}
-		delete(have, st.SetName)
+		have[st.SetName] = unknownSetting
 		if v, ok := s.startup[st.SetName]; ok {
 			s.settings[st.SetName] = v // RESET goes back to the startup value, applied before the next statement
 		} else {
@@ -129,8 +139,13 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 		}
 	case router.KindDiscard:
 		if slices.Contains(st.Unpins, "all") {
-			// The server dropped every statement and setting.
-			u.conn.State.Clear()
+			// The server dropped every statement and setting (unless it
+			// refused, inside a transaction: then pgsplit prepares again
+			// and sets again, which is harmless).
+			s.openTentative(u, st, true)
+			markUnknown(have)
+			u.conn.State.Prepared.Clear()
+			u.conn.State.Unnamed = nil
 			u.unconfirmed = u.unconfirmed[:0]
 			s.resetSettings()
 			clear(s.stmts)
@@ -139,11 +154,90 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 		if st.PreparedName == "" {
 			// DEALLOCATE ALL: the server dropped every statement, the
 			// client's and (under transaction pooling) other clients'.
+			s.openTentative(u, st, true)
 			u.conn.State.Prepared.Clear()
 			u.conn.State.Unnamed = nil
 			u.unconfirmed = u.unconfirmed[:0]
 			clear(s.stmts)
 		}
+	case router.KindSetSessionCharacteristics:
+		s.route.Pin(pinUnreplayable + "session characteristics")
+	case router.KindMulti:
+		for _, k := range st.Kinds {
+			switch k {
+			case router.KindSet, router.KindReset, router.KindDiscard, router.KindDeallocate, router.KindSetSessionCharacteristics:
+				// Which part did what, and whether it ran, pgsplit cannot
+				// follow: keep the client on its connections.
+				s.route.Pin(pinUnreplayable + "in a multi-statement string")
+				return
+			}
+		}
+	}
+}
+
+// tentative is the client's session state as it was before statements
+// whose outcome is not known yet: a SET the server may refuse, or one
+// inside a transaction that may roll back. settleTentative restores it if
+// they failed.
+type tentative struct {
+	u         *upstream
+	settings  map[string]string
+	stmts     map[string]*clientStmt // nil unless the statements changed
+	errs      int64                  // u.errs when the first change was sent
+	rollbacks int64                  // u.rollbacks then
+	inTx      bool
+}
+
+// openTentative keeps the state before st's change, unless an earlier
+// unsettled change already did.
+func (s *session) openTentative(u *upstream, st router.Statement, stmts bool) {
+	t := s.tent
+	if t == nil || t.u != u {
+		// The statement is written but not flushed yet: its answer cannot
+		// have been counted.
+		t = &tentative{u: u, settings: make(map[string]string, len(s.settings)),
+			errs: u.errs.Load(), rollbacks: u.rollbacks.Load(),
+			inTx: byte(u.txStatus.Load()) != 'I' || s.split != nil || u.pending.Load() > 1 || st.Statements > 1}
+		for k, v := range s.settings {
+			t.settings[k] = v
+		}
+		s.tent = t
+	}
+	if stmts && t.stmts == nil {
+		t.stmts = make(map[string]*clientStmt, len(s.stmts))
+		for k, v := range s.stmts {
+			t.stmts[k] = v
+		}
+	}
+}
+
+// settleTentative decides an open tentative change once its connection has
+// answered everything and no transaction is open there: kept if no error
+// (outside a transaction) and no rollback (inside one) followed; otherwise
+// the client's settings and statements go back to what they were.
+func (s *session) settleTentative() {
+	t := s.tent
+	if t == nil {
+		return
+	}
+	u := t.u
+	if u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != 'I' {
+		return
+	}
+	failed := u.rollbacks.Load() > t.rollbacks || (!t.inTx && u.errs.Load() > t.errs)
+	if failed {
+		s.settings = t.settings
+		if t.stmts != nil {
+			s.stmts = t.stmts
+		}
+		s.log.Debug("session settings change undone: the statement failed or its transaction rolled back")
+	}
+	s.tent = nil
+}
+
+func markUnknown(have map[string]string) {
+	for k := range have {
+		have[k] = unknownSetting
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +76,7 @@ type session struct {
 	split    *splitTx               // open transaction under routing.transactions: split
 	skipSync bool                   // a batch failed in pgsplit: ignore messages until Sync
 	connPins []string               // what pins the session to its server connections (logged once)
+	tent     *tentative             // settings changes whose outcome is not known yet
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
@@ -257,10 +259,11 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 // connection and waits for the answer, so a bad one fails the login with
 // the server's own error.
 func (s *session) applyStartup(u *upstream) error {
-	q := s.settingsDiff(u.conn.State.Settings)
-	if q == "" {
+	stmts := s.settingsDiff(u.conn.State.Settings)
+	if len(stmts) == 0 {
 		return nil
 	}
+	q := strings.Join(stmts, ";")
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.Load().Pool.ConnectTimeout)
 	defer cancel()
 	if _, err := u.conn.Exec(ctx, q); err != nil {

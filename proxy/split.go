@@ -143,6 +143,7 @@ func (s *session) readsInSplit(st router.Statement) bool {
 // sendQuery forwards the client's current Query (body) to u.
 func (s *session) sendQuery(u *upstream, body []byte, st router.Statement) error {
 	u.pending.Add(1)
+	u.unsynced.Store(false)
 	u.conn.State.Unnamed = nil
 	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
 		return err

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/pool"
 )
 
 // This file is transaction pooling: a session holds a server connection only
@@ -26,6 +28,7 @@ import (
 // client message: none can be given back meanwhile. A connection its pump
 // has given back already is forgotten; the next statement acquires one.
 func (s *session) claim() {
+	s.settleTentative()
 	for _, u := range s.ups {
 		if u == nil {
 			continue
@@ -143,6 +146,17 @@ func (srv *Server) PinnedClients() int {
 	return n
 }
 
+// PoolStats is a snapshot of every pool's counts.
+func (srv *Server) PoolStats() []pool.Stats {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	out := make([]pool.Stats, 0, len(srv.pools))
+	for _, p := range srv.pools {
+		out = append(out, p.Stats())
+	}
+	return out
+}
+
 // answerError tells the client a statement failed in pgsplit itself (no
 // server connection within pool_timeout) and keeps the session: ERROR, then
 // ReadyForQuery once the client's batch is over.
@@ -154,14 +168,14 @@ func (s *session) answerError(pe *pgError, typ byte) error {
 		return err
 	}
 	switch typ {
-	case 'Q', 'F', 'S':
-		if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
-			return err
-		}
-	default:
+	case 'P', 'B', 'D', 'E', 'C', 'H':
 		// Inside an extended-protocol batch: like a server, ignore the
 		// rest of it until Sync.
 		s.skipSync = true
+	default:
+		if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+			return err
+		}
 	}
 	return s.cw.Flush()
 }

@@ -57,6 +57,11 @@ type upstream struct {
 	// a ReadyForQuery that leaves it idle, unless the session is using it.
 	hold atomic.Int32
 
+	// errs and rollbacks count the ErrorResponses and the "ROLLBACK"
+	// CommandCompletes relayed to the client (see tentative).
+	errs      atomic.Int64
+	rollbacks atomic.Int64
+
 	// failed is set by the pump at every ErrorResponse: a statement
 	// prepared since the last check may not exist (see settleStatements).
 	failed atomic.Bool
@@ -155,6 +160,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			if typ == 'E' {
 				u.failed.Store(true)
+				u.errs.Add(1) // counted even if retried: harmless (see tentative)
 			}
 			retry := typ == 'E' && errorCode(b) == codeReadOnlyTransaction
 			if u.watch.CompareAndSwap(watchWaiting, watchOff) {
@@ -222,10 +228,21 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		}
 		if typ == 'E' {
 			u.failed.Store(true)
+			u.errs.Add(1)
 		}
 		s.wmu.Lock()
 		var status byte
-		if typ == 'Z' {
+		if typ == 'C' {
+			var b []byte
+			if b, err = u.conn.R.Body(); err == nil {
+				if string(b) == "ROLLBACK\x00" {
+					u.rollbacks.Add(1)
+				}
+				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
+					err = &clientWriteError{werr}
+				}
+			}
+		} else if typ == 'Z' {
 			var b []byte
 			b, err = u.conn.R.Body()
 			if err == nil && len(b) != 1 {
@@ -329,6 +346,16 @@ func (s *session) startPump(u *upstream) {
 			s.upMu.Lock()
 			u.pool.Release(u.conn)
 			s.upMu.Unlock()
+		case u.hold.Load() == holdReleased:
+			// The session gave the connection up (it owed nothing) but the
+			// pump failed before it could hand it back: writing the last
+			// answer to a client that left, or a server that closed. The
+			// session has nothing running here, so only the connection is
+			// lost; the session learns of a gone client on its own.
+			s.upMu.Lock()
+			u.pool.Discard(u.conn)
+			s.upMu.Unlock()
+			s.log.Info("pooled connection closed after a failure", zap.Stringer("role", u.target), zap.Error(err))
 		case u.stopping.Load():
 		case errors.As(err, &cwe):
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))

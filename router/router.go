@@ -117,6 +117,8 @@ type Statement struct {
 	// `SET name TO <SetValueSQL>` on another connection; empty when the value
 	// has a form the router does not render (SET TIME ZONE INTERVAL …).
 	SetValueSQL string
+	// SetDefault is true for SET … TO DEFAULT, which acts as RESET.
+	SetDefault bool
 	// PreparedName is the statement a DEALLOCATE names (empty for
 	// DEALLOCATE ALL).
 	PreparedName string

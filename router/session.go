@@ -126,6 +126,8 @@ func classifySet(s *pg_query.VariableSetStmt) Statement {
 	case pg_query.VariableSetKind_VAR_RESET, pg_query.VariableSetKind_VAR_SET_DEFAULT:
 		if s.Kind == pg_query.VariableSetKind_VAR_RESET {
 			st.Kind = KindReset
+		} else {
+			st.SetDefault = true
 		}
 		if pin := settingPin(name, ""); pin != "" && !s.IsLocal {
 			st.Unpins = []string{pin}

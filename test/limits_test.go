@@ -23,6 +23,7 @@ import (
 // same configuration with smaller pools is accepted.
 func TestLimitsRefused(t *testing.T) {
 	cfg := baseConfig()
+	cfg.Routing = config.DefaultRouting() // replicas take reads, so they have pools to count
 	cfg.Databases = []string{appDatabase, "postgres"}
 	cfg.Pool.PoolSize, cfg.Pool.MaxOverflow = 100, 25 // 2 users × 2 databases × 125 + 1 = 501 > 497
 	_, err := launchProxy(cfg)
@@ -44,6 +45,7 @@ func TestLimitsRefused(t *testing.T) {
 
 	// One connection less per pool fits: the check is not a blanket no.
 	p := startProxy(t, func(c *config.Config) {
+		c.Routing = config.DefaultRouting()
 		c.Databases = []string{appDatabase, "postgres"}
 		c.Pool.PoolSize, c.Pool.MaxOverflow = 100, 24 // 2 × 2 × 124 + 1 = 497
 	})
@@ -59,6 +61,14 @@ func TestLimitsRefused(t *testing.T) {
 	small.Pool.MaxOverflow = 10
 	if err := p.srv.Reload(&small); err != nil {
 		t.Fatalf("reload within the limits: %v", err)
+	}
+
+	// A replica that takes no reads has no pool and is not counted: with
+	// reads kept on the primary, the same pools pass on the replicas'
+	// account (their line is gone from the refusal).
+	cfg.Routing.ReadFrom = config.ReadFromPrimary
+	if _, err := launchProxy(cfg); !errors.As(err, &le) || strings.Contains(err.Error(), "(replica)") {
+		t.Fatalf("read_from primary: want a refusal naming only the primary, got %v", err)
 	}
 
 	// A database not listed in databases is refused at login.

@@ -19,11 +19,11 @@ func rawFrontend(t *testing.T, p *testProxy) *pgproto3.Frontend {
 }
 
 // rawConn is rawFrontend that also returns the connection, to write bytes
-// no well-behaved frontend would.
-func rawConn(t *testing.T, p *testProxy) (*pgproto3.Frontend, net.Conn) {
+// no well-behaved frontend would. extra adds connection settings.
+func rawConn(t *testing.T, p *testProxy, extra ...string) (*pgproto3.Frontend, net.Conn) {
 	t.Helper()
 	ctx := testCtx(t, 5*time.Second)
-	c := connect(t, p.appDSN())
+	c := connect(t, p.appDSN(extra...))
 	if err := c.PgConn().SyncConn(ctx); err != nil {
 		t.Fatal(err)
 	}
