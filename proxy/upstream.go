@@ -57,8 +57,8 @@ type upstream struct {
 	// a ReadyForQuery that leaves it idle, unless the session is using it.
 	hold atomic.Int32
 
-	// errs and rollbacks count the ErrorResponses and the "ROLLBACK"
-	// CommandCompletes relayed to the client (see tentative).
+	// errs counts the ErrorResponses relayed to the client, rollbacks the
+	// transactions that ended rolled back (see tentative).
 	errs      atomic.Int64
 	rollbacks atomic.Int64
 
@@ -133,7 +133,8 @@ func (s *session) tryRelease(u *upstream) bool {
 // is nudged after every ReadyForQuery so the session can wait for a quiet
 // connection before switching servers.
 func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
-	var held []byte // a RowDescription held back by the safety net
+	var held []byte       // a RowDescription held back by the safety net
+	var lastRollback bool // the last CommandComplete relayed was "ROLLBACK"
 	for {
 		typ, _, err := u.conn.R.Next()
 		if err != nil {
@@ -235,9 +236,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		if typ == 'C' {
 			var b []byte
 			if b, err = u.conn.R.Body(); err == nil {
-				if string(b) == "ROLLBACK\x00" {
-					u.rollbacks.Add(1)
-				}
+				// ROLLBACK, ROLLBACK TO SAVEPOINT, and COMMIT of a failed
+				// transaction all answer "ROLLBACK"; only one that ends the
+				// transaction (the next ReadyForQuery says I) counts.
+				lastRollback = string(b) == "ROLLBACK\x00"
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
 					err = &clientWriteError{werr}
 				}
@@ -250,6 +252,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			if err == nil {
 				status = b[0]
+				if status == 'I' && byte(u.txStatus.Load()) != 'I' && lastRollback {
+					u.rollbacks.Add(1)
+				}
+				lastRollback = false
 				s.readyForQuery(u, status)
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
 					err = &clientWriteError{werr}

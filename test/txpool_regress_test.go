@@ -433,3 +433,27 @@ func TestTxPoolRegressFlushThenSimple(t *testing.T) {
 		t.Errorf("connection still held by an idle client")
 	}
 }
+
+// A SET before a savepoint that is rolled back to, in a transaction that
+// commits, stays: ROLLBACK TO SAVEPOINT answers "ROLLBACK" too, but does
+// not end the transaction. Checked on the same connection and on another.
+func TestTxPoolRegressSavepointKeepsSet(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
+	a := connect(t, p.appDSN())
+	x := connect(t, p.appDSN())
+	for _, q := range []string{"BEGIN", "SET work_mem = '55MB'", "SAVEPOINT s", "SELECT 1/0", "ROLLBACK TO SAVEPOINT s", "COMMIT"} {
+		simple(t, a, q)
+	}
+	if got := simple(t, a, "SHOW work_mem"); got != "55MB" {
+		t.Errorf("A after COMMIT: work_mem %s, want 55MB", got)
+	}
+	simple(t, x, "BEGIN") // takes the connection A just gave back
+	simple(t, x, "SELECT 1")
+	if got := simple(t, a, "SHOW work_mem"); got != "55MB" {
+		t.Errorf("A on another connection: work_mem %s, want 55MB", got)
+	}
+	simple(t, x, "COMMIT")
+	if got := simple(t, x, "SHOW work_mem"); got == "55MB" {
+		t.Errorf("LEAK: x sees A's work_mem")
+	}
+}
