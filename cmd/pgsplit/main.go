@@ -6,6 +6,7 @@
 //	pgsplit check   [--config FILE]   load and validate the configuration
 //	pgsplit demo                      throwaway primary + 2 replicas + proxy
 //	pgsplit classify [--session]      where statements from stdin would go
+//	pgsplit slowlog [FILE…]           digest of the JSON query log by fingerprint
 package main
 
 import (
@@ -44,6 +45,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd == "slowlog" {
+		return slowlog(args, os.Stdin, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("pgsplit "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfigPath(), "configuration file (YAML)")
@@ -78,10 +82,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "classify":
 		return classify(*cfgPath, *database, *sessionMode, os.Stdin, stdout, stderr)
 	case "help":
-		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo|classify [--session]] [--config FILE]")
+		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo|classify [--session]] [--config FILE]\n       pgsplit slowlog [--top N] [--since T] [--until T] [--min-duration D] [--format table|json|markdown] [FILE…]")
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (use serve, check, demo or classify)", cmd)
+	return fmt.Errorf("unknown command %q (use serve, check, demo, classify or slowlog)", cmd)
 }
 
 // check validates the configuration, then asks every server for its
