@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
+	"slices"
 
 	"go.uber.org/zap"
 
@@ -39,20 +41,27 @@ func serverStmtName(rest []byte) string {
 
 // batch is an extended-protocol batch being collected until Sync or Flush.
 type batch struct {
-	buf     []byte            // raw messages
-	parses  []string          // statement names parsed in the batch, in order
-	refs    []string          // statement names used by Bind or Describe
-	closes  []string          // statement names closed by the client
-	portals map[string]string // portal → statement name, from Bind
-	execs   []string          // statement names run by Execute
-	reason  string
-	primary bool // something in the batch needs the primary
-	large   bool // over maxBatch or incomplete: streaming to the primary
+	buf    []byte   // raw messages
+	parses []string // statement names parsed in the batch, in order
+	// The client's statements as each message saw them (a later Parse may
+	// reuse a name), and the server names parsed or used so far: a Parse
+	// must not reuse one of those (42P05, or a statement the batch needs).
+	parsed     []*clientStmt
+	referenced []*clientStmt
+	seen       []string
+	refs       []string          // statement names used by Bind or Describe
+	closes     []string          // statement names closed by the client
+	portals    map[string]string // portal → statement name, from Bind
+	execs      []string          // statement names run by Execute
+	reason     string
+	primary    bool // something in the batch needs the primary
+	large      bool // over maxBatch or incomplete: streaming to the primary
 }
 
 func (b *batch) reset() {
 	b.buf = b.buf[:0]
 	b.parses = b.parses[:0]
+	b.parsed, b.referenced, b.seen = b.parsed[:0], b.referenced[:0], b.seen[:0]
 	b.refs = b.refs[:0]
 	b.closes = b.closes[:0]
 	b.execs = b.execs[:0]
@@ -146,6 +155,7 @@ func (s *session) relayExtended(typ byte) error {
 	if err := s.injectStatements(u, b); err != nil {
 		return err
 	}
+	u.markSend()
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
@@ -182,7 +192,7 @@ func (s *session) streamExtended(typ byte) error {
 	} else {
 		u.unsynced.Store(true)
 	}
-	if typ != 'P' && typ != 'C' && typ != 'B' && typ != 'D' {
+	if typ != 'P' && typ != 'C' && typ != 'B' && typ != 'D' && typ != 'E' {
 		if err := s.cr.Forward(u.conn.W); err != nil {
 			return err
 		}
@@ -202,12 +212,22 @@ func (s *session) streamExtended(typ byte) error {
 	if err := s.injectStatements(u, b); err != nil {
 		return err
 	}
+	u.markSend()
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
 	s.noteParsed(u, b)
-	// This message is handled: only the streaming flag outlives it.
+	for _, name := range b.execs {
+		// Pins, SETs to replay, DISCARD/DEALLOCATE: as in a whole batch.
+		if cs, ok := s.stmts[name]; ok {
+			s.afterStatement(u, s.cls.Classify(cs.sql))
+		}
+	}
+	// This message is handled: only the streaming flag (and the portals)
+	// outlive it.
 	b.buf, b.parses, b.refs, b.closes, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], b.closes[:0], false
+	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0] // seen lasts to the Sync
+	b.execs = b.execs[:0]
 	return s.flushIfIdle(u)
 }
 
@@ -228,15 +248,15 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql)}
 		if name != "" {
 			cs.server = serverStmtName(rest)
-			for _, other := range b.parses {
-				if o := s.stmts[other]; o != nil && o.server == cs.server && other != name {
-					// Two client names for one statement in a batch: two
-					// Parses of one server name would fail (42P05).
-					cs.server = serverStmtName(append([]byte(name+"\x00"), rest...))
-					break
-				}
+			for k := 1; slices.Contains(b.seen, cs.server); k++ {
+				// The batch parsed or uses that name already (the same
+				// statement under two client names, or a name parsed
+				// again after the client closed it): another name.
+				cs.server = serverStmtName(append(append([]byte(nil), rest...), fmt.Sprintf("\x00%d", k)...))
 			}
+			b.seen = append(b.seen, cs.server)
 		}
+		b.parsed = append(b.parsed, cs)
 		b.buf = append(append(append(b.buf, cs.server...), 0), rest...)
 		cs.parse = append([]byte(nil), b.buf[start:]...)
 		binary.BigEndian.PutUint32(cs.parse[1:], uint32(len(cs.parse)-1))
@@ -397,6 +417,10 @@ func (s *session) noteRef(name string) {
 	}
 	b.refs = append(b.refs, name)
 	if cs, ok := s.stmts[name]; ok {
+		b.referenced = append(b.referenced, cs)
+		if cs.server != "" {
+			b.seen = append(b.seen, cs.server)
+		}
 		// Classified again at each use (a cache hit): the catalog or the
 		// configuration may have changed since the Parse.
 		s.noteClass(s.cls.Classify(cs.sql))
@@ -436,16 +460,14 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 	var closes []string
 	var parses []*clientStmt
 	used := map[string]bool{}
-	for _, name := range b.parses {
-		if cs := s.stmts[name]; cs != nil && cs.server != "" {
+	for _, cs := range b.parsed {
+		if cs.server != "" {
 			closes = append(closes, cs.server)
 			used[cs.server] = true
 		}
 	}
-	for _, name := range b.refs {
-		cs, ok := s.stmts[name]
+	for _, cs := range b.referenced {
 		switch {
-		case !ok:
 		case cs.server == "":
 			if !bytes.Equal(st.Unnamed, cs.parse) {
 				parses = append(parses, cs)
@@ -503,10 +525,8 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 
 // noteParsed records on u the statements a batch just sent to it parses.
 func (s *session) noteParsed(u *upstream, b *batch) {
-	for _, name := range b.parses {
-		if cs, ok := s.stmts[name]; ok {
-			s.noteStatement(u, cs)
-		}
+	for _, cs := range b.parsed {
+		s.noteStatement(u, cs)
 	}
 }
 
@@ -527,6 +547,9 @@ func (s *session) noteStatement(u *upstream, cs *clientStmt) {
 // everything without one, they are known to exist. Called by whoever holds
 // the connection.
 func (u *upstream) settleStatements() {
+	if u.syncFailed.Swap(false) {
+		markUnknown(u.conn.State.Settings)
+	}
 	if u.pending.Load() > 0 || u.unsynced.Load() {
 		// Answers still to come: a Parse sent after an error in the same
 		// batch is skipped without an error of its own.

@@ -144,6 +144,7 @@ func (s *session) relayQuery() error {
 	if watch {
 		u.watch.Store(watchWaiting)
 	}
+	u.markSend()
 	u.pending.Add(1)
 	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
 	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement

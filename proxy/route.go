@@ -82,7 +82,9 @@ func (s *session) openTxOn() router.Target {
 // inTx reports, without waiting, whether the client may be inside a
 // transaction or a pipeline (for the safety net and split decisions).
 func (s *session) inTx() bool {
-	return (s.active != nil && s.active.owesAnswers()) || s.openTxOn() != router.HintNone
+	// pgsplit's own injected statements (dropZ) do not count.
+	a := s.active
+	return (a != nil && (a.pending.Load()-a.dropZ.Load() > 0 || a.unsynced.Load())) || s.openTxOn() != router.HintNone
 }
 
 // afterStatement updates the session's routing state for a statement just
@@ -160,6 +162,15 @@ func (s *session) observeSessionState(u *upstream, st router.Statement) {
 			u.unconfirmed = u.unconfirmed[:0]
 			clear(s.stmts)
 		}
+	case router.KindRollbackTo:
+		for _, t := range s.tents {
+			if t.u == u {
+				// pgsplit does not follow savepoints: the transaction's
+				// setting changes count as rolled back (the connection's
+				// record already says unknown, so it is set explicitly).
+				t.undo = true
+			}
+		}
 	case router.KindSetSessionCharacteristics:
 		s.route.Pin(pinUnreplayable + "session characteristics")
 	case router.KindMulti:
@@ -186,22 +197,26 @@ type tentative struct {
 	errs      int64                  // u.errs when the first change was sent
 	rollbacks int64                  // u.rollbacks then
 	inTx      bool
+	undo      bool // a savepoint was rolled back to: undo whatever the end
 }
 
 // openTentative keeps the state before st's change, unless an earlier
 // unsettled change already did.
 func (s *session) openTentative(u *upstream, st router.Statement, stmts bool) {
-	t := s.tent
-	if t == nil || t.u != u {
-		// The statement is written but not flushed yet: its answer cannot
-		// have been counted.
+	var t *tentative
+	for _, x := range s.tents {
+		if x.u == u {
+			t = x
+		}
+	}
+	if t == nil {
 		t = &tentative{u: u, settings: make(map[string]string, len(s.settings)),
-			errs: u.errs.Load(), rollbacks: u.rollbacks.Load(),
-			inTx: byte(u.txStatus.Load()) != 'I' || s.split != nil || u.pending.Load() > 1 || st.Statements > 1}
+			errs: u.errsMark, rollbacks: u.rollbacksMark,
+			inTx: byte(u.txStatus.Load()) != 'I' || s.split != nil || u.pending.Load()-u.dropZ.Load() > 1 || st.Statements > 1}
 		for k, v := range s.settings {
 			t.settings[k] = v
 		}
-		s.tent = t
+		s.tents = append(s.tents, t)
 	}
 	if stmts && t.stmts == nil {
 		t.stmts = make(map[string]*clientStmt, len(s.stmts))
@@ -216,23 +231,24 @@ func (s *session) openTentative(u *upstream, st router.Statement, stmts bool) {
 // (outside a transaction) and no rollback (inside one) followed; otherwise
 // the client's settings and statements go back to what they were.
 func (s *session) settleTentative() {
-	t := s.tent
-	if t == nil {
-		return
-	}
-	u := t.u
-	if u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != 'I' {
-		return
-	}
-	failed := u.rollbacks.Load() > t.rollbacks || (!t.inTx && u.errs.Load() > t.errs)
-	if failed {
-		s.settings = t.settings
-		if t.stmts != nil {
-			s.stmts = t.stmts
+	kept := s.tents[:0]
+	for _, t := range s.tents {
+		u := t.u
+		if u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != 'I' {
+			kept = append(kept, t)
+			continue
 		}
-		s.log.Debug("session settings change undone: the statement failed or its transaction rolled back")
+		failed := t.undo || u.rollbacks.Load() > t.rollbacks || (!t.inTx && u.errs.Load() > t.errs)
+		if failed {
+			s.settings = t.settings
+			if t.stmts != nil {
+				s.stmts = t.stmts
+			}
+			s.log.Debug("session settings change undone: the statement failed or its transaction rolled back")
+		}
 	}
-	s.tent = nil
+	clear(s.tents[len(kept):])
+	s.tents = kept
 }
 
 func markUnknown(have map[string]string) {

@@ -76,7 +76,7 @@ type session struct {
 	split    *splitTx               // open transaction under routing.transactions: split
 	skipSync bool                   // a batch failed in pgsplit: ignore messages until Sync
 	connPins []string               // what pins the session to its server connections (logged once)
-	tent     *tentative             // settings changes whose outcome is not known yet
+	tents    []*tentative           // settings changes whose outcome is not known yet, per connection
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw

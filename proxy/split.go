@@ -142,6 +142,7 @@ func (s *session) readsInSplit(st router.Statement) bool {
 
 // sendQuery forwards the client's current Query (body) to u.
 func (s *session) sendQuery(u *upstream, body []byte, st router.Statement) error {
+	u.markSend()
 	u.pending.Add(1)
 	u.unsynced.Store(false)
 	u.conn.State.Unnamed = nil

@@ -86,17 +86,29 @@ func (s *session) mayPool() bool {
 	if !s.txPooling || s.batch.large || s.skipSync {
 		return false
 	}
-	if s.route.Pins() == 0 {
-		s.connPins = s.connPins[:0]
-		return true
-	}
 	var pins []string
-	for _, p := range s.route.Pinned() {
-		if connPin(p) {
-			pins = append(pins, p)
+	if s.route.Pins() > 0 {
+		for _, p := range s.route.Pinned() {
+			if connPin(p) {
+				pins = append(pins, p)
+			}
 		}
 	}
 	if len(pins) == 0 {
+		if len(s.connPins) > 0 {
+			// The state that pinned the session was released, or so the
+			// statements say: they may have failed or been rolled back.
+			// The connections are reset before anyone else gets them
+			// (the client's settings and statements are applied again
+			// where needed).
+			for _, u := range s.ups {
+				if u != nil {
+					u.resetOnRelease.Store(true)
+				}
+			}
+			s.log.Info("client no longer pinned to its server connection")
+			s.connPins = s.connPins[:0]
+		}
 		return true
 	}
 	if strings.Join(pins, ",") != strings.Join(s.connPins, ",") {

@@ -52,6 +52,12 @@ type upstream struct {
 
 	unsynced atomic.Bool // extended-protocol messages sent since the last Sync
 
+	// resetOnRelease: the session was pinned to this connection and let go
+	// of the state (UNLISTEN, DISCARD TEMP…); whether that worked is not
+	// known here, so the connection is reset with DISCARD ALL before it
+	// serves anyone else.
+	resetOnRelease atomic.Bool
+
 	// hold says who may use the connection; see the hold* constants. Under
 	// transaction pooling the pump gives the connection back to the pool at
 	// a ReadyForQuery that leaves it idle, unless the session is using it.
@@ -61,6 +67,12 @@ type upstream struct {
 	// transactions that ended rolled back (see tentative).
 	errs      atomic.Int64
 	rollbacks atomic.Int64
+	// errsMark and rollbacksMark are errs and rollbacks just before the
+	// session sent its latest statement (session goroutine only).
+	errsMark, rollbacksMark int64
+	// syncFailed: a statement pgsplit sent to replay settings failed, so
+	// the connection's record of its settings cannot be trusted.
+	syncFailed atomic.Bool
 
 	// failed is set by the pump at every ErrorResponse: a statement
 	// prepared since the last check may not exist (see settleStatements).
@@ -100,6 +112,10 @@ func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
 	return u
 }
 
+// markSend notes the error and rollback counts before a client statement is
+// written (see tentative).
+func (u *upstream) markSend() { u.errsMark, u.rollbacksMark = u.errs.Load(), u.rollbacks.Load() }
+
 // owesAnswers reports whether a statement or batch is still running here.
 func (u *upstream) owesAnswers() bool { return u.pending.Load() > 0 || u.unsynced.Load() }
 
@@ -134,7 +150,7 @@ func (s *session) tryRelease(u *upstream) bool {
 // connection before switching servers.
 func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 	var held []byte       // a RowDescription held back by the safety net
-	var lastRollback bool // the last CommandComplete relayed was "ROLLBACK"
+	var lastRollback bool // since the last ReadyForQuery, the last COMMIT or ROLLBACK tag was ROLLBACK
 	for {
 		typ, _, err := u.conn.R.Next()
 		if err != nil {
@@ -145,6 +161,38 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				return errReleased
 			}
 			return fmt.Errorf("relay server→client: read: %w", err)
+		}
+		if u.dropZ.Load() > 0 && typ != 'A' {
+			// An answer to a statement pgsplit injected: consume it.
+			switch typ {
+			case 'Z':
+				u.dropZ.Add(-1)
+				u.pending.Add(-1)
+				b, err := u.conn.R.Body()
+				if err != nil {
+					return fmt.Errorf("relay server→client: read: %w", err)
+				}
+				if len(b) == 1 {
+					u.txStatus.Store(uint32(b[0]))
+				}
+				nudge(zSignal)
+				if s.tryRelease(u) {
+					return errReleased
+				}
+			case 'E':
+				u.failed.Store(true)
+				u.syncFailed.Store(true)
+				// A statement pgsplit sent for the client failed (a SET
+				// replayed, a statement prepared again): say so.
+				if b, err := u.conn.R.Body(); err == nil {
+					var e pgproto3.ErrorResponse
+					if e.Decode(b) == nil {
+						s.log.Warn("a statement pgsplit sent on the client's behalf failed",
+							zap.Stringer("role", u.target), zap.String("sqlstate", e.Code), zap.String("message", e.Message))
+					}
+				}
+			}
+			continue
 		}
 		if u.watch.Load() != watchOff && typ != 'A' && typ != 'N' && typ != 'S' {
 			// The first answer to a watched statement: a RowDescription
@@ -193,37 +241,6 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			continue
 		}
-		if u.dropZ.Load() > 0 && typ != 'A' {
-			// An answer to a statement pgsplit injected: consume it.
-			switch typ {
-			case 'Z':
-				u.dropZ.Add(-1)
-				u.pending.Add(-1)
-				b, err := u.conn.R.Body()
-				if err != nil {
-					return fmt.Errorf("relay server→client: read: %w", err)
-				}
-				if len(b) == 1 {
-					u.txStatus.Store(uint32(b[0]))
-				}
-				nudge(zSignal)
-				if s.tryRelease(u) {
-					return errReleased
-				}
-			case 'E':
-				u.failed.Store(true)
-				// A statement pgsplit sent for the client failed (a SET
-				// replayed, a statement prepared again): say so.
-				if b, err := u.conn.R.Body(); err == nil {
-					var e pgproto3.ErrorResponse
-					if e.Decode(b) == nil {
-						s.log.Warn("a statement pgsplit sent on the client's behalf failed",
-							zap.Stringer("role", u.target), zap.String("sqlstate", e.Code), zap.String("message", e.Message))
-					}
-				}
-			}
-			continue
-		}
 		if (typ == '1' && takeOne(&u.dropParse)) || (typ == '3' && takeOne(&u.dropClose)) {
 			continue
 		}
@@ -237,9 +254,15 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			var b []byte
 			if b, err = u.conn.R.Body(); err == nil {
 				// ROLLBACK, ROLLBACK TO SAVEPOINT, and COMMIT of a failed
-				// transaction all answer "ROLLBACK"; only one that ends the
-				// transaction (the next ReadyForQuery says I) counts.
-				lastRollback = string(b) == "ROLLBACK\x00"
+				// transaction all answer "ROLLBACK"; it counts when the
+				// ReadyForQuery that follows says I (no transaction) and
+				// no COMMIT came after it.
+				switch string(b) {
+				case "ROLLBACK\x00":
+					lastRollback = true
+				case "COMMIT\x00":
+					lastRollback = false
+				}
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
 					err = &clientWriteError{werr}
 				}
@@ -252,7 +275,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			if err == nil {
 				status = b[0]
-				if status == 'I' && byte(u.txStatus.Load()) != 'I' && lastRollback {
+				if status == 'I' && lastRollback {
 					u.rollbacks.Add(1)
 				}
 				lastRollback = false
@@ -347,6 +370,18 @@ func (s *session) startPump(u *upstream) {
 		var cwe *clientWriteError
 		switch {
 		case errors.Is(err, errReleased):
+			if u.resetOnRelease.Load() {
+				ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+				rerr := u.conn.Reset(ctx, 'I')
+				cancel()
+				if rerr != nil {
+					s.log.Info("reset of a formerly pinned connection failed; closing it", zap.Error(rerr))
+					s.upMu.Lock()
+					u.pool.Discard(u.conn)
+					s.upMu.Unlock()
+					break
+				}
+			}
 			// Under upMu: a cancel request being forwarded to this
 			// connection is delivered before anyone else can use it.
 			s.upMu.Lock()
@@ -411,7 +446,7 @@ func (s *session) release(u *upstream) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	if s.txPooling && s.mayPoolAfterLeaving() {
+	if s.txPooling && !u.resetOnRelease.Load() && s.mayPoolAfterLeaving() {
 		// Nothing pinned: the settings and statements stay on the
 		// connection, recorded in its State for the next client.
 		if err := u.conn.Rollback(ctx, byte(u.txStatus.Load())); err != nil {

@@ -337,24 +337,7 @@ func TestRoutingReplicaDown(t *testing.T) {
 // 25006; pgsplit runs it again on the primary and the client sees only the
 // result. The misroute counter proves the retry path ran.
 func TestRoutingSafetyNet(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
-	su := superConn(t)
-	if _, err := su.Exec(ctx, `CREATE OR REPLACE FUNCTION public.rt_write() RETURNS int LANGUAGE sql VOLATILE AS
-		$$ INSERT INTO kv VALUES ('rt-fn-' || clock_timestamp()::text, 1) RETURNING inet_server_port() $$`); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range cluster.Replicas {
-		rc, err := pgx.Connect(ctx, cluster.SuperuserDSN(r, appDatabase))
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 10*time.Second, "function replicated", func() (bool, string) {
-			var n int
-			err := rc.QueryRow(ctx, "SELECT count(*) FROM pg_proc WHERE proname = 'rt_write'").Scan(&n)
-			return err == nil && n == 1, fmt.Sprint(n, err)
-		})
-		_ = rc.Close(ctx)
-	}
+	writingFunction(t, "rt_write")
 	p := routingProxy(t, func(c *config.Config) { c.Routing.ReadFunctions = []string{"rt_write"} })
 	c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
 	before := p.srv.Misroutes()
@@ -434,5 +417,30 @@ func TestRoutingCatalogVolatility(t *testing.T) {
 	})
 	if got := role(serverPort(t, c, "SELECT inet_server_port() WHERE rt_volatile() = 1")); got != "primary" {
 		t.Errorf("a VOLATILE user function ran on the %s", got)
+	}
+}
+
+// writingFunction creates public.name(), a VOLATILE function that inserts
+// into kv and returns the server's port, and waits until both replicas
+// have it.
+func writingFunction(t *testing.T, name string) {
+	t.Helper()
+	ctx := testCtx(t, 30*time.Second)
+	su := superConn(t)
+	if _, err := su.Exec(ctx, fmt.Sprintf(`CREATE OR REPLACE FUNCTION public.%s() RETURNS int LANGUAGE sql VOLATILE AS
+		$$ INSERT INTO kv VALUES ('%s-' || clock_timestamp()::text, 1) RETURNING inet_server_port() $$`, name, name)); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range cluster.Replicas {
+		rc, err := pgx.Connect(ctx, cluster.SuperuserDSN(r, appDatabase))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "function replicated", func() (bool, string) {
+			var n int
+			err := rc.QueryRow(ctx, "SELECT count(*) FROM pg_proc WHERE proname = $1", name).Scan(&n)
+			return err == nil && n == 1, fmt.Sprint(n, err)
+		})
+		_ = rc.Close(ctx)
 	}
 }
