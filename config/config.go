@@ -151,7 +151,28 @@ type Routing struct {
 type Log struct {
 	Level  string `mapstructure:"level"`
 	Format string `mapstructure:"format"`
+	// Queries says which statements get a query-log record: all, slow (the
+	// default: those over SlowQueryThreshold) or off.
+	Queries            string        `mapstructure:"queries"`
+	SlowQueryThreshold time.Duration `mapstructure:"slow_query_threshold"`
+	// SampleRate is the share (0..1) of statements under the threshold that
+	// are logged when Queries is all.
+	SampleRate float64 `mapstructure:"sample_rate"`
+	// Redact logs statements normalized (literals as $n); false keeps them.
+	Redact bool `mapstructure:"redact"`
+	// File, when set, receives the query log (rotated by size); process
+	// logs stay on stderr.
+	File           string `mapstructure:"file"`
+	FileMaxSizeMB  int    `mapstructure:"file_max_size_mb"`
+	FileMaxBackups int    `mapstructure:"file_max_backups"`
 }
+
+// Query-log settings.
+const (
+	QueriesAll  = "all"
+	QueriesSlow = "slow"
+	QueriesOff  = "off"
+)
 
 // Primary returns the first server configured with role primary, if any.
 func (c *Config) Primary() (Server, bool) {

@@ -44,6 +44,13 @@ func defaults() map[string]any {
 		"routing.read_functions":       []string{},
 		"log.level":                    "info",
 		"log.format":                   "json",
+		"log.queries":                  QueriesSlow,
+		"log.slow_query_threshold":     "1s",
+		"log.sample_rate":              1.0,
+		"log.redact":                   true,
+		"log.file":                     "",
+		"log.file_max_size_mb":         100,
+		"log.file_max_backups":         5,
 		"shutdown_timeout":             "30s",
 	}
 }
@@ -52,6 +59,13 @@ func defaults() map[string]any {
 // built in code.
 func DefaultRouting() Routing {
 	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxSplit, LoadBalance: BalanceLeastConn}
+}
+
+// DefaultLog is the log section's defaults, for configurations built in
+// code.
+func DefaultLog() Log {
+	return Log{Level: "info", Format: "json", Queries: QueriesSlow, SlowQueryThreshold: time.Second, SampleRate: 1,
+		Redact: true, FileMaxSizeMB: 100, FileMaxBackups: 5}
 }
 
 // Keys lists every configuration key in dotted form, sorted.

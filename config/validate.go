@@ -132,6 +132,21 @@ func (c *Config) Validate() []string {
 	default:
 		bad("log.level", c.Log.Level, "must be debug, info, warn or error")
 	}
+	switch c.Log.Queries {
+	case QueriesAll, QueriesSlow, QueriesOff:
+	default:
+		bad("log.queries", c.Log.Queries, "must be all, slow or off")
+	}
+	positive("log.slow_query_threshold", c.Log.SlowQueryThreshold)
+	if c.Log.SampleRate < 0 || c.Log.SampleRate > 1 {
+		bad("log.sample_rate", c.Log.SampleRate, "must be between 0 and 1 (the share of statements under the threshold logged when log.queries is all)")
+	}
+	if c.Log.FileMaxSizeMB < 1 {
+		bad("log.file_max_size_mb", c.Log.FileMaxSizeMB, "must be at least 1")
+	}
+	if c.Log.FileMaxBackups < 0 {
+		bad("log.file_max_backups", c.Log.FileMaxBackups, "must be 0 or more")
+	}
 	switch c.Log.Format {
 	case "json", "console":
 	default:

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -53,6 +54,7 @@ type batch struct {
 	closes     []string          // statement names closed by the client
 	portals    map[string]string // portal → statement name, from Bind
 	execs      []string          // statement names run by Execute
+	execAt     []time.Time       // when each Execute arrived
 	reason     string
 	primary    bool // something in the batch needs the primary
 	large      bool // over maxBatch or incomplete: streaming to the primary
@@ -64,7 +66,7 @@ func (b *batch) reset() {
 	b.parsed, b.referenced, b.seen = b.parsed[:0], b.referenced[:0], b.seen[:0]
 	b.refs = b.refs[:0]
 	b.closes = b.closes[:0]
-	b.execs = b.execs[:0]
+	b.execs, b.execAt = b.execs[:0], b.execAt[:0]
 	clear(b.portals)
 	b.primary, b.large = false, false
 	b.reason = ""
@@ -156,6 +158,11 @@ func (s *session) relayExtended(typ byte) error {
 		return err
 	}
 	u.markSend()
+	for i, name := range b.execs {
+		if cs, ok := s.stmts[name]; ok {
+			s.startRecord(u, cs.sql, true, d.reason, b.execAt[i], u.sent+1)
+		}
+	}
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
@@ -163,6 +170,7 @@ func (s *session) relayExtended(typ byte) error {
 		ce.Write(zap.Stringer("to", u.target), zap.String("reason", d.reason))
 	}
 	if typ == 'S' {
+		u.expectReady()
 		u.pending.Add(1)
 		u.unsynced.Store(false)
 	} else {
@@ -186,6 +194,7 @@ func (s *session) relayExtended(typ byte) error {
 func (s *session) streamExtended(typ byte) error {
 	u := s.active
 	if typ == 'S' {
+		u.expectReady()
 		u.pending.Add(1)
 		u.unsynced.Store(false)
 		s.batch.reset() // the streamed batch is over
@@ -213,6 +222,11 @@ func (s *session) streamExtended(typ byte) error {
 		return err
 	}
 	u.markSend()
+	for i, name := range b.execs {
+		if cs, ok := s.stmts[name]; ok {
+			s.startRecord(u, cs.sql, true, "incomplete or large batch", b.execAt[i], u.sent+1)
+		}
+	}
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
@@ -227,7 +241,7 @@ func (s *session) streamExtended(typ byte) error {
 	// outlive it.
 	b.buf, b.parses, b.refs, b.closes, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], b.closes[:0], false
 	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0] // seen lasts to the Sync
-	b.execs = b.execs[:0]
+	b.execs, b.execAt = b.execs[:0], b.execAt[:0]
 	return s.flushIfIdle(u)
 }
 
@@ -288,6 +302,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 	case 'E':
 		if name, ok := b.portals[cstring(body)]; ok {
 			b.execs = append(b.execs, name)
+			b.execAt = append(b.execAt, s.msgAt)
 		}
 		b.buf = append(b.buf, body...)
 	case 'C':

@@ -28,6 +28,7 @@ func (s *session) relayClient() string {
 			}
 			return "client connection closed"
 		}
+		s.msgAt, s.waited = time.Now(), 0
 		s.claim()
 		switch {
 		case typ == 'X':
@@ -94,6 +95,7 @@ func (s *session) relayFunctionCall() error {
 		return err
 	}
 	u.pending.Add(1)
+	u.expectReady()         // no query record: nothing to show but an OID
 	u.unsynced.Store(false) // a FunctionCall ends an unfinished batch, as a Query does
 	if err := s.cr.Forward(u.conn.W); err != nil {
 		return err
@@ -145,6 +147,7 @@ func (s *session) relayQuery() error {
 		u.watch.Store(watchWaiting)
 	}
 	u.markSend()
+	rec := s.startRecord(u, sql, false, d.reason, s.msgAt, u.expectReady())
 	u.pending.Add(1)
 	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
 	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
@@ -158,6 +161,7 @@ func (s *session) relayQuery() error {
 	if !s.awaitVerdict(u) {
 		return nil
 	}
+	u.dropRecord(rec) // the refused answer is dropped; the primary answers
 	s.srv.misroutes.Add(1)
 	s.log.Warn("misroute: a replica refused the statement as a write (25006); running it on the primary",
 		zap.String("reason", d.reason))
@@ -165,6 +169,7 @@ func (s *session) relayQuery() error {
 	if err != nil {
 		return err
 	}
+	s.startRecord(p, sql, false, "misroute: re-run on the primary", s.msgAt, p.expectReady())
 	p.pending.Add(1)
 	p.unsynced.Store(false)
 	p.conn.State.Unnamed = nil

@@ -46,6 +46,8 @@ type Server struct {
 	draining  atomic.Bool
 	clients   atomic.Int64 // logged-in and logging-in clients, for max_client_conn
 	misroutes atomic.Int64 // statements a replica refused as writes, re-run on the primary
+	qlog      *queryLog
+	qlogOn    bool // the query log's writer runs (Listen started it)
 	wg        sync.WaitGroup
 
 	mu       sync.Mutex
@@ -84,6 +86,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	}
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
+	s.qlog = newQueryLog(cfg.Log, log)
 	return s, nil
 }
 
@@ -109,9 +112,17 @@ func (s *Server) Listen(ctx context.Context) error {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
 	s.ln = ln
+	s.qlog.start()
+	s.qlogOn = true
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
 		zap.String("pool_mode", cfg.Pool.Mode))
 	return nil
+}
+
+// QueryLogStats counts the query-log records written and dropped (the
+// writer fell behind).
+func (s *Server) QueryLogStats() QueryLogStats {
+	return QueryLogStats{Logged: s.qlog.logged.Load(), Dropped: s.qlog.dropped.Load()}
 }
 
 // Misroutes counts statements a replica refused as writes (SQLSTATE 25006)
@@ -318,6 +329,10 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
+	if cfg.Log.File != old.Log.File {
+		s.log.Warn("reload: log.file changes need a restart; keeping the old file", zap.String("log.file", old.Log.File))
+	}
+	s.qlog.cfg.Store(&cfg.Log)
 	s.mu.Lock()
 	for _, p := range s.pools {
 		p.SetLimits(cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, cfg.Pool.PoolTimeout, cfg.Pool.PoolRecycle, cfg.Pool.PoolPrePing)
@@ -390,6 +405,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	s.bg.Wait()
+	if s.qlogOn {
+		s.qlog.stop()
+	}
 	s.log.Info("shutdown complete")
 }
 

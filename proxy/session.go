@@ -40,6 +40,7 @@ type session struct {
 
 	user     config.User // set at login
 	database string
+	appName  string // application_name at login, for the query log
 
 	pid    uint32  // BackendKeyData given to the client
 	secret [4]byte // (set before the session is shared, read-only after)
@@ -77,6 +78,8 @@ type session struct {
 	skipSync bool                   // a batch failed in pgsplit: ignore messages until Sync
 	connPins []string               // what pins the session to its server connections (logged once)
 	tents    []*tentative           // settings changes whose outcome is not known yet, per connection
+	msgAt    time.Time              // when the client message being handled arrived
+	waited   time.Duration          // how long it waited for server connections
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
@@ -112,6 +115,7 @@ func (s *session) serve() {
 	user, database := st.params["user"], st.params["database"]
 	s.log = s.log.With(zap.String("user", user), zap.String("database", database),
 		zap.String("application_name", st.params["application_name"]))
+	s.appName = st.params["application_name"]
 
 	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.Load().MaxClientConn) {
 		s.srv.clients.Add(-1)
@@ -226,7 +230,9 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 	if c == nil {
 		cfg := s.srv.cfg.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
+		began := time.Now()
 		c, err = p.Acquire(ctx)
+		s.waited += time.Since(began)
 		cancel()
 	}
 	if err != nil {

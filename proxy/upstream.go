@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,15 @@ type upstream struct {
 	// known here, so the connection is reset with DISCARD ALL before it
 	// serves anyone else.
 	resetOnRelease atomic.Bool
+
+	// Query-log records of statements sent here whose answers are not all
+	// relayed yet, in order (recMu: the session appends, the pump
+	// completes). sent counts the ReadyForQuery messages the client will
+	// get from here (session goroutine only); zSeen those relayed (pump).
+	recMu sync.Mutex
+	recs  []*queryRecord
+	sent  int64
+	zSeen int64
 
 	// hold says who may use the connection; see the hold* constants. Under
 	// transaction pooling the pump gives the connection back to the pool at
@@ -234,6 +244,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			if err != nil {
 				return fmt.Errorf("relay server→client: %w", &clientWriteError{err})
 			}
+			if typ == 'C' || typ == 'E' || typ == 'Z' || typ == 'I' || typ == 's' {
+				s.noteAnswer(u, typ, b)
+			}
 			if typ == 'Z' && len(b) == 1 {
 				// Not expected first, but keep the books right.
 				s.readyForQuery(u, b[0])
@@ -250,9 +263,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		}
 		s.wmu.Lock()
 		var status byte
-		if typ == 'C' {
-			var b []byte
-			if b, err = u.conn.R.Body(); err == nil {
+		var body []byte // of C, E and Z, for the query log
+		if typ == 'C' || typ == 'E' {
+			if body, err = u.conn.R.Body(); err == nil {
+				b := body
 				// ROLLBACK, ROLLBACK TO SAVEPOINT, and COMMIT of a failed
 				// transaction all answer "ROLLBACK"; it counts when the
 				// ReadyForQuery that follows says I (no transaction) and
@@ -270,6 +284,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		} else if typ == 'Z' {
 			var b []byte
 			b, err = u.conn.R.Body()
+			body = b
 			if err == nil && len(b) != 1 {
 				err = fmt.Errorf("ReadyForQuery with %d bytes", len(b))
 			}
@@ -295,6 +310,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		s.wmu.Unlock()
 		if err != nil {
 			return fmt.Errorf("relay server→client: %w", err)
+		}
+		switch typ {
+		case 'C', 'E', 'Z', 'I', 's':
+			s.noteAnswer(u, typ, body)
 		}
 		if typ == 'Z' {
 			nudge(zSignal)

@@ -52,7 +52,7 @@ func baseConfig() *config.Config {
 		// The foundation tests check behaviour on the primary's backends, so
 		// reads stay there; routing_test.go turns offloading on.
 		Routing:         config.Routing{ReadFrom: config.ReadFromPrimary, Transactions: config.TxPrimary, LoadBalance: config.BalanceLeastConn},
-		Log:             config.Log{Level: "info", Format: "json"},
+		Log:             config.DefaultLog(),
 		ShutdownTimeout: 5 * time.Second,
 	}
 }

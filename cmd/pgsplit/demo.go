@@ -60,7 +60,7 @@ func demo(stdout, stderr io.Writer) error {
 			PoolTimeout: 30 * time.Second, PoolRecycle: time.Hour, PoolPrePing: true, ConnectTimeout: 5 * time.Second,
 			MaxPreparedStatements: 200},
 		Routing:         config.DefaultRouting(),
-		Log:             config.Log{Level: "info", Format: "console"},
+		Log:             demoLog(),
 		ShutdownTimeout: 5 * time.Second,
 	}
 	if problems := cfg.Validate(); len(problems) > 0 {
@@ -99,4 +99,11 @@ func replicaList(cl *pgcluster.Cluster) string {
 		s += fmt.Sprintf("127.0.0.1:%d", r.Port)
 	}
 	return s
+}
+
+// demoLog logs for a human at a terminal.
+func demoLog() config.Log {
+	l := config.DefaultLog()
+	l.Format = "console"
+	return l
 }
