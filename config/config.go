@@ -43,6 +43,7 @@ type Config struct {
 	Pool            Pool          `mapstructure:"pool"`
 	Routing         Routing       `mapstructure:"routing"`
 	Log             Log           `mapstructure:"log"`
+	Metrics         Metrics       `mapstructure:"metrics"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 }
 
@@ -165,6 +166,12 @@ type Log struct {
 	File           string `mapstructure:"file"`
 	FileMaxSizeMB  int    `mapstructure:"file_max_size_mb"`
 	FileMaxBackups int    `mapstructure:"file_max_backups"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Listen is the address of /metrics, /healthz and /readyz; empty: off.
+	Listen string `mapstructure:"listen"`
 }
 
 // Query-log settings.

@@ -51,6 +51,7 @@ func defaults() map[string]any {
 		"log.file":                     "",
 		"log.file_max_size_mb":         100,
 		"log.file_max_backups":         5,
+		"metrics.listen":               "",
 		"shutdown_timeout":             "30s",
 	}
 }

@@ -132,6 +132,13 @@ func (c *Config) Validate() []string {
 	default:
 		bad("log.level", c.Log.Level, "must be debug, info, warn or error")
 	}
+	if c.Metrics.Listen != "" {
+		if host, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || host == "" {
+			bad("metrics.listen", c.Metrics.Listen, "must be host:port, e.g. 127.0.0.1:9930, or empty for no metrics")
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad("metrics.listen", c.Metrics.Listen, "port must be 0-65535")
+		}
+	}
 	switch c.Log.Queries {
 	case QueriesAll, QueriesSlow, QueriesOff:
 	default:

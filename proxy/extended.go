@@ -160,7 +160,7 @@ func (s *session) relayExtended(typ byte) error {
 	u.markSend()
 	for i, name := range b.execs {
 		if cs, ok := s.stmts[name]; ok {
-			s.startRecord(u, cs.sql, true, d.reason, b.execAt[i], u.sent+1)
+			s.startRecord(u, cs.sql, cs.class.Kind, true, d.reason, b.execAt[i], u.sent+1)
 		}
 	}
 	if _, err := u.conn.W.Write(b.buf); err != nil {
@@ -224,7 +224,7 @@ func (s *session) streamExtended(typ byte) error {
 	u.markSend()
 	for i, name := range b.execs {
 		if cs, ok := s.stmts[name]; ok {
-			s.startRecord(u, cs.sql, true, "incomplete or large batch", b.execAt[i], u.sent+1)
+			s.startRecord(u, cs.sql, cs.class.Kind, true, "incomplete or large batch", b.execAt[i], u.sent+1)
 		}
 	}
 	if _, err := u.conn.W.Write(b.buf); err != nil {

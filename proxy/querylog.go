@@ -25,7 +25,8 @@ type queryRecord struct {
 	start    time.Time
 	wait     time.Duration // waiting for a server connection
 	sql      string
-	execute  bool // extended protocol (else a simple Query)
+	kind     string // the statement's router.Kind
+	execute  bool   // extended protocol (else a simple Query)
 	role     router.Target
 	server   string
 	reason   string
@@ -204,11 +205,11 @@ func (u *upstream) expectReady() int64 {
 // startRecord queues the query-log record of a statement about to be sent
 // to u; seq is the ReadyForQuery that ends its batch. It returns nil when
 // the query log is off.
-func (s *session) startRecord(u *upstream, sql string, execute bool, reason string, start time.Time, seq int64) *queryRecord {
-	if s.srv.qlog.cfg.Load().Queries == config.QueriesOff {
+func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, reason string, start time.Time, seq int64) *queryRecord {
+	if s.srv.qlog.cfg.Load().Queries == config.QueriesOff && s.srv.metrics.srv == nil {
 		return nil
 	}
-	r := &queryRecord{start: start, wait: s.waited, sql: sql, execute: execute, role: u.target, server: u.conn.Addr,
+	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind.String(), execute: execute, role: u.target, server: u.conn.Addr,
 		reason: reason, inTx: byte(s.txStatus.Load()) != 'I' || s.split != nil, seq: seq, client: s}
 	u.recMu.Lock()
 	u.recs = append(u.recs, r)
@@ -277,7 +278,9 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 		u.recs = u.recs[i:]
 	}
 	u.recMu.Unlock()
+	threshold := s.srv.qlog.cfg.Load().SlowQueryThreshold
 	for _, r := range done {
+		s.srv.metrics.observe(r, r.end.Sub(r.start) >= threshold)
 		s.srv.qlog.record(r)
 	}
 }

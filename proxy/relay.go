@@ -147,7 +147,7 @@ func (s *session) relayQuery() error {
 		u.watch.Store(watchWaiting)
 	}
 	u.markSend()
-	rec := s.startRecord(u, sql, false, d.reason, s.msgAt, u.expectReady())
+	rec := s.startRecord(u, sql, st.Kind, false, d.reason, s.msgAt, u.expectReady())
 	u.pending.Add(1)
 	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
 	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
@@ -169,7 +169,7 @@ func (s *session) relayQuery() error {
 	if err != nil {
 		return err
 	}
-	s.startRecord(p, sql, false, "misroute: re-run on the primary", s.msgAt, p.expectReady())
+	s.startRecord(p, sql, st.Kind, false, "misroute: re-run on the primary", s.msgAt, p.expectReady())
 	p.pending.Add(1)
 	p.unsynced.Store(false)
 	p.conn.State.Unnamed = nil

@@ -47,6 +47,7 @@ type Server struct {
 	clients   atomic.Int64 // logged-in and logging-in clients, for max_client_conn
 	misroutes atomic.Int64 // statements a replica refused as writes, re-run on the primary
 	qlog      *queryLog
+	metrics   *metrics
 	qlogOn    bool // the query log's writer runs (Listen started it)
 	wg        sync.WaitGroup
 
@@ -87,6 +88,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
 	s.qlog = newQueryLog(cfg.Log, log)
+	s.metrics = newMetrics(s)
 	return s, nil
 }
 
@@ -111,12 +113,26 @@ func (s *Server) Listen(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
+	if cfg.Metrics.Listen != "" {
+		if err := s.metrics.serve(ctx, cfg.Metrics.Listen, s, s.log); err != nil {
+			_ = ln.Close()
+			return err
+		}
+	}
 	s.ln = ln
 	s.qlog.start()
 	s.qlogOn = true
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
 		zap.String("pool_mode", cfg.Pool.Mode))
 	return nil
+}
+
+// MetricsAddr is the address of the metrics endpoint, nil when off.
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metrics.ln == nil {
+		return nil
+	}
+	return s.metrics.ln.Addr()
 }
 
 // QueryLogStats counts the query-log records written and dropped (the
@@ -408,6 +424,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 	if s.qlogOn {
 		s.qlog.stop()
 	}
+	s.metrics.stop()
 	s.log.Info("shutdown complete")
 }
 

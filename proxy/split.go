@@ -145,7 +145,7 @@ func (s *session) readsInSplit(st router.Statement) bool {
 // sendQuery forwards the client's current Query (body) to u.
 func (s *session) sendQuery(u *upstream, body []byte, st router.Statement) error {
 	u.markSend()
-	s.startRecord(u, string(bytes.TrimRight(body, "\x00")), false, "split transaction", s.msgAt, u.expectReady())
+	s.startRecord(u, string(bytes.TrimRight(body, "\x00")), st.Kind, false, "split transaction", s.msgAt, u.expectReady())
 	u.pending.Add(1)
 	u.unsynced.Store(false)
 	u.conn.State.Unnamed = nil

@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// metrics holds pgsplit's Prometheus metrics, on a registry of its own (no
+// package-level state). Query metrics are fed from the query records as
+// statements finish; pool, client and misroute figures are read from the
+// Server when scraped.
+type metrics struct {
+	reg      *prometheus.Registry
+	queries  *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	slow     prometheus.Counter
+	errors   *prometheus.CounterVec
+	wait     prometheus.Histogram
+
+	srv  *http.Server
+	ln   net.Listener
+	done chan error
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.queries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgsplit_queries_total", Help: "Statements relayed, by the role and server they ran on and their kind.",
+	}, []string{"role", "server", "kind"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "pgsplit_query_duration_seconds", Help: "Statement duration, client message to CommandComplete/ErrorResponse relayed.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"role"})
+	m.slow = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgsplit_slow_queries_total", Help: "Statements over log.slow_query_threshold.",
+	})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgsplit_query_errors_total", Help: "Statements that failed, by SQLSTATE class (first two characters).",
+	}, []string{"class"})
+	m.wait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "pgsplit_pool_wait_seconds", Help: "Time statements waited for a server connection.",
+		Buckets: []float64{.0001, .001, .01, .1, .5, 1, 5, 30},
+	})
+	m.reg.MustRegister(m.queries, m.duration, m.slow, m.errors, m.wait,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_client_connections", Help: "Client connections (logged in or logging in)."},
+			func() float64 { return float64(s.clients.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_pinned_clients", Help: "Clients pinned to their server connections."},
+			func() float64 { return float64(s.PinnedClients()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgsplit_misroutes_total", Help: "Statements a replica refused as writes (25006), run again on the primary."},
+			func() float64 { return float64(s.Misroutes()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgsplit_query_log_dropped_total", Help: "Query-log records dropped because the writer fell behind."},
+			func() float64 { return float64(s.qlog.dropped.Load()) }),
+		newPoolCollector(s),
+	)
+	return m
+}
+
+// observe counts a finished statement.
+func (m *metrics) observe(r *queryRecord, slow bool) {
+	role := r.role.String()
+	m.queries.WithLabelValues(role, r.server, r.kind).Inc()
+	m.duration.WithLabelValues(role).Observe(r.end.Sub(r.start).Seconds())
+	m.wait.Observe(r.wait.Seconds())
+	if slow {
+		m.slow.Inc()
+	}
+	if len(r.sqlstate) >= 2 {
+		m.errors.WithLabelValues(r.sqlstate[:2]).Inc()
+	}
+}
+
+// poolCollector reports each pool's counts when scraped.
+type poolCollector struct {
+	s                            *Server
+	active, idle, waiting, limit *prometheus.Desc
+}
+
+func newPoolCollector(s *Server) *poolCollector {
+	return &poolCollector{s: s,
+		active:  prometheus.NewDesc("pgsplit_pool_connections_active", "Server connections handed out.", []string{"pool"}, nil),
+		idle:    prometheus.NewDesc("pgsplit_pool_connections_idle", "Server connections idle in the pool.", []string{"pool"}, nil),
+		waiting: prometheus.NewDesc("pgsplit_pool_clients_waiting", "Clients waiting for a server connection.", []string{"pool"}, nil),
+		limit:   prometheus.NewDesc("pgsplit_pool_connections_max", "pool_size + max_overflow.", []string{"pool"}, nil),
+	}
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.active
+	ch <- c.idle
+	ch <- c.waiting
+	ch <- c.limit
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	for k, p := range c.s.pools {
+		st := p.Stats()
+		name := fmt.Sprintf("%s@%s/%s:%d", k.user, k.database, k.server.host, k.server.port)
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(st.Open-st.Idle), name)
+		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(st.Idle), name)
+		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(st.Waiting), name)
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(st.Max), name)
+	}
+}
+
+// serve starts the HTTP endpoint: /metrics, /healthz (the process is up),
+// /readyz (the primary accepts TCP connections within a second).
+func (m *metrics) serve(ctx context.Context, addr string, s *Server, log *zap.Logger) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics.listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		d := net.Dialer{Timeout: time.Second}
+		c, err := d.DialContext(r.Context(), "tcp", s.primary.Addr())
+		if err != nil {
+			http.Error(w, "primary "+s.primary.Addr()+" unreachable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_ = c.Close()
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	m.ln = ln
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	m.done = make(chan error, 1)
+	go func() {
+		err := m.srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		m.done <- err
+	}()
+	log.Info("metrics listening", zap.String("addr", ln.Addr().String()),
+		zap.String("endpoints", strings.Join([]string{"/metrics", "/healthz", "/readyz"}, " ")))
+	return nil
+}
+
+// stop shuts the HTTP endpoint down, if it was started.
+func (m *metrics) stop() {
+	if m.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = m.srv.Shutdown(ctx)
+	<-m.done
+}
