@@ -166,6 +166,9 @@ type Log struct {
 	File           string `mapstructure:"file"`
 	FileMaxSizeMB  int    `mapstructure:"file_max_size_mb"`
 	FileMaxBackups int    `mapstructure:"file_max_backups"`
+	// ExplainSlow runs EXPLAIN (FORMAT JSON) of slow reads on a replica in
+	// the background and logs a plan summary.
+	ExplainSlow bool `mapstructure:"explain_slow"`
 }
 
 // Metrics configures the Prometheus endpoint.

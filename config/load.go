@@ -52,6 +52,7 @@ func defaults() map[string]any {
 		"log.file_max_size_mb":         100,
 		"log.file_max_backups":         5,
 		"metrics.listen":               "",
+		"log.explain_slow":             false,
 		"shutdown_timeout":             "30s",
 	}
 }

@@ -58,6 +58,7 @@ type queryLog struct {
 	closer  func() error
 	logged  atomic.Int64
 	dropped atomic.Int64
+	explain *explainer // slow reads to EXPLAIN (log.explain_slow)
 	wg      sync.WaitGroup
 
 	// writer goroutine only:
@@ -157,6 +158,9 @@ func (q *queryLog) write(r *queryRecord) {
 	}
 	if slow {
 		q.out.Warn("query", fields...)
+		if cfg.ExplainSlow && q.explain != nil {
+			q.explain.offer(r, n.fingerprint)
+		}
 	} else {
 		q.out.Info("query", fields...)
 	}

@@ -88,6 +88,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.auth.Store(au)
 	s.cfg.Store(cfg)
 	s.qlog = newQueryLog(cfg.Log, log)
+	s.qlog.explain = newExplainer(s)
 	s.metrics = newMetrics(s)
 	return s, nil
 }
@@ -120,6 +121,7 @@ func (s *Server) Listen(ctx context.Context) error {
 		}
 	}
 	s.ln = ln
+	s.qlog.explain.start()
 	s.qlog.start()
 	s.qlogOn = true
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
@@ -415,15 +417,18 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		<-done
 	}
+	// Every session has ended, so no more query records: write the last
+	// ones (and let a running EXPLAIN finish) before the pools close.
+	if s.qlogOn {
+		s.qlog.stop() // no more offers to the explainer
+		s.qlog.explain.stop()
+	}
 	s.mu.Lock()
 	for _, p := range s.pools {
 		p.Close()
 	}
 	s.mu.Unlock()
 	s.bg.Wait()
-	if s.qlogOn {
-		s.qlog.stop()
-	}
 	s.metrics.stop()
 	s.log.Info("shutdown complete")
 }

@@ -135,3 +135,64 @@ func TestQueryLogAll(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestExplainSlow: with log.explain_slow, a slow read that scans a large
+// table sequentially gets a plan summary naming the table, explained on a
+// replica in the background.
+func TestExplainSlow(t *testing.T) {
+	ctx := testCtx(t, 60*time.Second)
+	su := superConn(t)
+	for _, q := range []string{
+		"DROP TABLE IF EXISTS explain_big",
+		"CREATE TABLE explain_big (id int, v int)",
+		"INSERT INTO explain_big SELECT i, i % 100 FROM generate_series(1, 20000) i",
+		"ALTER TABLE explain_big OWNER TO app",
+		"ANALYZE explain_big",
+	} {
+		if _, err := su.Exec(ctx, q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	if err := waitReplicated(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p := routingProxy(t, func(c *config.Config) { c.Log.ExplainSlow = true })
+	c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
+	mark := p.logs.mark()
+	if _, err := c.Exec(ctx, "SELECT count(*), pg_sleep(1.1) FROM explain_big WHERE v = 5"); err != nil {
+		t.Fatal(err)
+	}
+	slow := p.logs.waitEntry(t, mark, 10*time.Second, "slow query record", func(e logEntry) bool { return e.str("msg") == "query" })
+	plan := p.logs.waitEntry(t, mark, 10*time.Second, "plan summary", func(e logEntry) bool { return e.str("msg") == "slow query plan" })
+	if !strings.Contains(plan.str("flags"), "sequential scan on public.explain_big (about 20000 rows in the table") || plan.str("fingerprint") != slow.str("fingerprint") {
+		t.Fatalf("plan summary %v for record %v", plan, slow)
+	}
+	if role(portOf(t, plan.str("server"))) != "replica" {
+		t.Errorf("explained on %s, want a replica", plan.str("server"))
+	}
+	t.Logf("plan summary: %v", plan)
+
+	// Off (the default): no plan.
+	off := routingProxy(t, nil)
+	c2 := connect(t, off.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
+	if _, err := c2.Exec(ctx, "SELECT count(*), pg_sleep(1.1) FROM explain_big WHERE v = 5"); err != nil {
+		t.Fatal(err)
+	}
+	off.logs.waitEntry(t, 0, 10*time.Second, "slow query record", func(e logEntry) bool { return e.str("msg") == "query" })
+	time.Sleep(time.Second)
+	for _, e := range off.logs.entries(0) {
+		if e.str("msg") == "slow query plan" {
+			t.Fatalf("a plan was logged with log.explain_slow off: %v", e)
+		}
+	}
+}
+
+func portOf(t *testing.T, addr string) int {
+	t.Helper()
+	i := strings.LastIndexByte(addr, ':')
+	n, err := strconv.Atoi(addr[i+1:])
+	if err != nil {
+		t.Fatalf("address %q: %v", addr, err)
+	}
+	return n
+}
