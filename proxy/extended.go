@@ -50,11 +50,10 @@ type batch struct {
 	parsed     []*clientStmt
 	referenced []*clientStmt
 	seen       []string
-	refs       []string          // statement names used by Bind or Describe
-	closes     []string          // statement names closed by the client
-	portals    map[string]string // portal → statement name, from Bind
-	execs      []string          // statement names run by Execute
-	execAt     []time.Time       // when each Execute arrived
+	refs       []string               // statement names used by Bind or Describe
+	closes     []string               // statement names closed by the client
+	portals    map[string]*clientStmt // portal → the statement Bind bound (nil: unknown)
+	execs      []execution            // what the batch's Executes run
 	reason     string
 	primary    bool // something in the batch needs the primary
 	large      bool // over maxBatch or incomplete: streaming to the primary
@@ -66,7 +65,7 @@ func (b *batch) reset() {
 	b.parsed, b.referenced, b.seen = b.parsed[:0], b.referenced[:0], b.seen[:0]
 	b.refs = b.refs[:0]
 	b.closes = b.closes[:0]
-	b.execs, b.execAt = b.execs[:0], b.execAt[:0]
+	b.execs = b.execs[:0]
 	clear(b.portals)
 	b.primary, b.large = false, false
 	b.reason = ""
@@ -154,34 +153,11 @@ func (s *session) relayExtended(typ byte) error {
 		b.reset()
 		return err
 	}
-	if err := s.injectStatements(u, b); err != nil {
-		return err
-	}
-	u.markSend()
-	for i, name := range b.execs {
-		if cs, ok := s.stmts[name]; ok {
-			s.startRecord(u, cs.sql, cs.class.Kind, true, d.reason, b.execAt[i], u.sent+1)
-		}
-	}
-	if _, err := u.conn.W.Write(b.buf); err != nil {
+	if err := s.sendBatch(u, typ, d.reason); err != nil {
 		return err
 	}
 	if ce := s.log.Check(zap.DebugLevel, "route batch"); ce != nil { // no field allocation when off
 		ce.Write(zap.Stringer("to", u.target), zap.String("reason", d.reason))
-	}
-	if typ == 'S' {
-		u.expectReady()
-		u.pending.Add(1)
-		u.unsynced.Store(false)
-	} else {
-		u.unsynced.Store(true)
-	}
-	s.noteParsed(u, b)
-	for _, name := range b.execs {
-		// Pins, SETs to replay, DISCARD/DEALLOCATE: as for a Query.
-		if cs, ok := s.stmts[name]; ok {
-			s.afterStatement(u, s.cls.Classify(cs.sql))
-		}
 	}
 	large := b.large
 	b.reset()
@@ -218,31 +194,56 @@ func (s *session) streamExtended(typ byte) error {
 	if err := s.appendExtended(typ, body); err != nil {
 		return err
 	}
-	if err := s.injectStatements(u, b); err != nil {
+	if err := s.sendBatch(u, typ, "incomplete or large batch"); err != nil {
 		return err
-	}
-	u.markSend()
-	for i, name := range b.execs {
-		if cs, ok := s.stmts[name]; ok {
-			s.startRecord(u, cs.sql, cs.class.Kind, true, "incomplete or large batch", b.execAt[i], u.sent+1)
-		}
-	}
-	if _, err := u.conn.W.Write(b.buf); err != nil {
-		return err
-	}
-	s.noteParsed(u, b)
-	for _, name := range b.execs {
-		// Pins, SETs to replay, DISCARD/DEALLOCATE: as in a whole batch.
-		if cs, ok := s.stmts[name]; ok {
-			s.afterStatement(u, s.cls.Classify(cs.sql))
-		}
 	}
 	// This message is handled: only the streaming flag (and the portals)
 	// outlive it.
 	b.buf, b.parses, b.refs, b.closes, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], b.closes[:0], false
 	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0] // seen lasts to the Sync
-	b.execs, b.execAt = b.execs[:0], b.execAt[:0]
+	b.execs = b.execs[:0]
 	return s.flushIfIdle(u)
+}
+
+// execution is an Execute of the batch: the statement its portal was bound
+// to, and when it arrived.
+type execution struct {
+	stmt *clientStmt
+	at   time.Time
+}
+
+// sendBatch writes the collected messages to u, preceded by what u lacks
+// for them (injectStatements), and keeps the books: a query record per
+// Execute, the statements now prepared on u, and for each Execute what its
+// statement does to the session (pins, SETs to replay, DISCARD/DEALLOCATE),
+// as for a Query. last is the type of the batch's last message: a Sync
+// makes u owe a ReadyForQuery, anything else leaves the batch unfinished.
+func (s *session) sendBatch(u *upstream, last byte, reason string) error {
+	b := &s.batch
+	if err := s.injectStatements(u, b); err != nil {
+		return err
+	}
+	u.markSend()
+	for _, x := range b.execs {
+		s.startRecord(u, x.stmt.sql, x.stmt.class.Kind, true, reason, x.at, u.sent+1)
+	}
+	if _, err := u.conn.W.Write(b.buf); err != nil {
+		return err
+	}
+	if last == 'S' {
+		u.expectReady()
+		u.pending.Add(1)
+		u.unsynced.Store(false)
+	} else {
+		u.unsynced.Store(true)
+	}
+	s.noteParsed(u, b)
+	for _, x := range b.execs {
+		// Classified again (a cache hit): the catalog or the configuration
+		// may have changed since the Parse.
+		s.afterStatement(u, s.cls.Classify(x.stmt.sql))
+	}
+	return nil
 }
 
 // appendExtended adds one client message to the batch, with statement
@@ -285,9 +286,9 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		s.noteRef(name)
 		if b.portals == nil {
-			b.portals = map[string]string{}
+			b.portals = map[string]*clientStmt{}
 		}
-		b.portals[portal] = name
+		b.portals[portal] = s.stmts[name]
 		b.buf = append(append(b.buf, portal...), 0)
 		b.buf = append(append(b.buf, s.serverName(name)...), 0)
 		b.buf = append(b.buf, params...)
@@ -300,9 +301,8 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		b.buf = append(b.buf, body...)
 	case 'E':
-		if name, ok := b.portals[cstring(body)]; ok {
-			b.execs = append(b.execs, name)
-			b.execAt = append(b.execAt, s.msgAt)
+		if cs := b.portals[cstring(body)]; cs != nil {
+			b.execs = append(b.execs, execution{cs, s.msgAt})
 		}
 		b.buf = append(b.buf, body...)
 	case 'C':

@@ -146,12 +146,8 @@ func (s *session) relayQuery() error {
 	if watch {
 		u.watch.Store(watchWaiting)
 	}
-	u.markSend()
-	rec := s.startRecord(u, sql, st.Kind, false, d.reason, s.msgAt, u.expectReady())
-	u.pending.Add(1)
-	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
-	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
-	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
+	rec, err := s.writeQuery(u, body, sql, st.Kind, d.reason)
+	if err != nil {
 		return err
 	}
 	s.afterStatement(u, st)
@@ -169,14 +165,23 @@ func (s *session) relayQuery() error {
 	if err != nil {
 		return err
 	}
-	s.startRecord(p, sql, st.Kind, false, "misroute: re-run on the primary", s.msgAt, p.expectReady())
-	p.pending.Add(1)
-	p.unsynced.Store(false)
-	p.conn.State.Unnamed = nil
-	if err := s.cr.WriteBodyAfterHeader(p.conn.W, body); err != nil {
+	if _, err := s.writeQuery(p, body, sql, st.Kind, "misroute: re-run on the primary"); err != nil {
 		return err
 	}
 	return p.conn.W.Flush()
+}
+
+// writeQuery writes the client's current Query (body, whose text is sql) to
+// u, with the books every client Query keeps: the counts the tentative
+// settings and the query log go by, the ReadyForQuery u now owes, the end of
+// any unfinished extended-protocol batch and of the unnamed statement.
+func (s *session) writeQuery(u *upstream, body []byte, sql string, kind router.Kind, reason string) (*queryRecord, error) {
+	u.markSend()
+	rec := s.startRecord(u, sql, kind, false, reason, s.msgAt, u.expectReady())
+	u.pending.Add(1)
+	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
+	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
+	return rec, s.cr.WriteBodyAfterHeader(u.conn.W, body)
 }
 
 // verdictWait bounds how long the safety net holds the session for the

@@ -77,6 +77,7 @@ type session struct {
 	split    *splitTx               // open transaction under routing.transactions: split
 	skipSync bool                   // a batch failed in pgsplit: ignore messages until Sync
 	connPins []string               // what pins the session to its server connections (logged once)
+	pinGen   uint64                 // route.Generation() when connPins was computed
 	tents    []*tentative           // settings changes whose outcome is not known yet, per connection
 	msgAt    time.Time              // when the client message being handled arrived
 	waited   time.Duration          // how long it waited for server connections

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bytes"
-
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -91,7 +89,7 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 		}
 		tx.on = u.target
 		s.log.Debug("split transaction opened", zap.Stringer("on", u.target))
-		return s.sendQuery(u, body, st)
+		return s.sendQuery(u, body, sql, st)
 	case router.Replica:
 		r := s.ups[router.Replica]
 		read := s.readsInSplit(st)
@@ -112,14 +110,14 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 			if err != nil {
 				return err
 			}
-			return s.sendQuery(u, body, st)
+			return s.sendQuery(u, body, sql, st)
 		}
 		// The first statement that needs the primary: move.
 		u, err := s.moveSplitToPrimary(r, st.Reason)
 		if err != nil {
 			return err
 		}
-		return s.sendQuery(u, body, st)
+		return s.sendQuery(u, body, sql, st)
 	}
 	// Open on the primary: everything stays there.
 	if end {
@@ -129,7 +127,7 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 	if err != nil {
 		return err
 	}
-	return s.sendQuery(u, body, st)
+	return s.sendQuery(u, body, sql, st)
 }
 
 // readsInSplit reports whether st may run in the replica part of a split
@@ -143,13 +141,8 @@ func (s *session) readsInSplit(st router.Statement) bool {
 }
 
 // sendQuery forwards the client's current Query (body) to u.
-func (s *session) sendQuery(u *upstream, body []byte, st router.Statement) error {
-	u.markSend()
-	s.startRecord(u, string(bytes.TrimRight(body, "\x00")), st.Kind, false, "split transaction", s.msgAt, u.expectReady())
-	u.pending.Add(1)
-	u.unsynced.Store(false)
-	u.conn.State.Unnamed = nil
-	if err := s.cr.WriteBodyAfterHeader(u.conn.W, body); err != nil {
+func (s *session) sendQuery(u *upstream, body []byte, sql string, st router.Statement) error {
+	if _, err := s.writeQuery(u, body, sql, st.Kind, "split transaction"); err != nil {
 		return err
 	}
 	s.afterStatement(u, st)

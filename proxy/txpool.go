@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -86,36 +87,40 @@ func (s *session) mayPool() bool {
 	if !s.txPooling || s.batch.large || s.skipSync {
 		return false
 	}
+	if g := s.route.Generation(); g != s.pinGen {
+		// Only when the pins changed: this runs after every message.
+		s.pinGen = g
+		s.updateConnPins()
+	}
+	return len(s.connPins) == 0
+}
+
+// updateConnPins recomputes which of the session's pins hold it to its
+// connections, and logs the change.
+func (s *session) updateConnPins() {
 	var pins []string
-	if s.route.Pins() > 0 {
-		for _, p := range s.route.Pinned() {
-			if connPin(p) {
-				pins = append(pins, p)
-			}
+	for _, p := range s.route.Pinned() {
+		if connPin(p) {
+			pins = append(pins, p)
 		}
 	}
-	if len(pins) == 0 {
-		if len(s.connPins) > 0 {
-			// The state that pinned the session was released, or so the
-			// statements say: they may have failed or been rolled back.
-			// The connections are reset before anyone else gets them
-			// (the client's settings and statements are applied again
-			// where needed).
-			for _, u := range s.ups {
-				if u != nil {
-					u.resetOnRelease.Store(true)
-				}
+	switch {
+	case len(pins) == 0 && len(s.connPins) > 0:
+		// The state that pinned the session was released, or so the
+		// statements say: they may have failed or been rolled back. The
+		// connections are reset before anyone else gets them (the
+		// client's settings and statements are applied again where
+		// needed).
+		for _, u := range s.ups {
+			if u != nil {
+				u.resetOnRelease.Store(true)
 			}
-			s.log.Info("client no longer pinned to its server connection")
-			s.connPins = s.connPins[:0]
 		}
-		return true
-	}
-	if strings.Join(pins, ",") != strings.Join(s.connPins, ",") {
+		s.log.Info("client no longer pinned to its server connection")
+	case len(pins) > 0 && !slices.Equal(pins, s.connPins):
 		s.log.Info("client pinned to its server connection until it releases the state or leaves", zap.Strings("pinned_by", pins))
-		s.connPins = pins
 	}
-	return false
+	s.connPins = pins
 }
 
 // mayPoolAfterLeaving reports whether a connection of a session that ended

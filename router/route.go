@@ -21,6 +21,7 @@ type Session struct {
 	// HintNone (auto).
 	Override Target
 	pins     map[string]bool
+	gen      uint64 // changes whenever pins does
 }
 
 // NewSession returns the state of a fresh session.
@@ -90,23 +91,39 @@ func (s *Session) offload() bool { return s.OffloadReads && s.Override != Primar
 func (s *Session) Observe(st Statement) (added []string) {
 	for _, p := range st.Unpins {
 		if p == "all" {
-			clear(s.pins)
+			if len(s.pins) > 0 {
+				clear(s.pins)
+				s.gen++
+			}
 			continue
 		}
-		delete(s.pins, p)
+		if s.pins[p] {
+			delete(s.pins, p)
+			s.gen++
+		}
 	}
 	for _, p := range st.Pins {
 		if !s.pins[p] {
 			added = append(added, p)
+			s.pins[p] = true
+			s.gen++
 		}
-		s.pins[p] = true
 	}
 	return added
 }
 
 // Pin keeps the session on the primary for reason (e.g. a SET the proxy
 // cannot replay elsewhere).
-func (s *Session) Pin(reason string) { s.pins[reason] = true }
+func (s *Session) Pin(reason string) {
+	if !s.pins[reason] {
+		s.pins[reason] = true
+		s.gen++
+	}
+}
+
+// Generation changes whenever the set of pins does, so that a caller can
+// look at Pinned only then.
+func (s *Session) Generation() uint64 { return s.gen }
 
 // Pins is how many kinds of session state pin the session.
 func (s *Session) Pins() int { return len(s.pins) }

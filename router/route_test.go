@@ -62,3 +62,26 @@ func TestSessionOverride(t *testing.T) {
 		t.Fatalf("offloading off: got %v", d.Target)
 	}
 }
+
+// Generation moves exactly when the set of pins changes (the proxy
+// recomputes its connection pins only then).
+func TestSessionGeneration(t *testing.T) {
+	s := NewSession(true)
+	g := s.Generation()
+	step := func(what string, changed bool, f func()) {
+		t.Helper()
+		f()
+		if moved := s.Generation() != g; moved != changed {
+			t.Fatalf("%s: generation moved %v, want %v", what, moved, changed)
+		}
+		g = s.Generation()
+	}
+	step("pin", true, func() { s.Observe(Statement{Pins: []string{"listen"}}) })
+	step("same pin again", false, func() { s.Observe(Statement{Pins: []string{"listen"}}) })
+	step("Pin", true, func() { s.Pin("x") })
+	step("Pin again", false, func() { s.Pin("x") })
+	step("unpin absent", false, func() { s.Observe(Statement{Unpins: []string{"temp table"}}) })
+	step("unpin", true, func() { s.Observe(Statement{Unpins: []string{"listen"}}) })
+	step("unpin all", true, func() { s.Observe(Statement{Unpins: []string{"all"}}) })
+	step("unpin all when empty", false, func() { s.Observe(Statement{Unpins: []string{"all"}}) })
+}
