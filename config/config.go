@@ -9,7 +9,8 @@
 package config
 
 import (
-	"fmt"
+	"net"
+	"strconv"
 	"time"
 )
 
@@ -56,7 +57,7 @@ type Server struct {
 }
 
 // Addr returns host:port.
-func (s Server) Addr() string { return fmt.Sprintf("%s:%d", s.Host, s.Port) }
+func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.Port)) }
 
 // Auth says how clients log in to pgsplit. The same users and passwords are
 // used by pgsplit to log in to the servers.
@@ -73,16 +74,6 @@ type User struct {
 
 // String never shows the password, so a User can be logged safely.
 func (u User) String() string { return u.Name + ":***" }
-
-// Lookup returns the user with that name.
-func (a Auth) Lookup(name string) (User, bool) {
-	for _, u := range a.Users {
-		if u.Name == name {
-			return u, true
-		}
-	}
-	return User{}, false
-}
 
 // Pool holds the pool knobs. Names and meanings follow SQLAlchemy's QueuePool
 // as the team's guide uses them: at most PoolSize+MaxOverflow connections per
@@ -121,9 +112,6 @@ func ProfileSizes(profile string) (size, overflow int, ok bool) {
 	}
 	return 0, 0, false
 }
-
-// Max is the most connections one pool may hold open: pool_size + max_overflow.
-func (p Pool) Max() int { return p.PoolSize + p.MaxOverflow }
 
 // Routing values.
 const (

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"regexp"
 	"sort"
@@ -315,16 +316,15 @@ func parseServersEnv(s string) ([]any, error) {
 		if len(parts) < 2 || len(parts) > 3 {
 			return nil, fmt.Errorf("entry %q must be host:port/role[/weight]", item)
 		}
-		hostport := parts[0]
-		i := strings.LastIndexByte(hostport, ':')
-		if i <= 0 {
-			return nil, fmt.Errorf("entry %q must be host:port/role[/weight]", item)
+		host, portText, err := net.SplitHostPort(parts[0])
+		if err != nil || host == "" {
+			return nil, fmt.Errorf("entry %q must be host:port/role[/weight] ([::1]:5432 for an IPv6 address)", item)
 		}
-		port, err := strconv.Atoi(hostport[i+1:])
+		port, err := strconv.Atoi(portText)
 		if err != nil {
-			return nil, fmt.Errorf("entry %q: port %q is not a number", item, hostport[i+1:])
+			return nil, fmt.Errorf("entry %q: port %q is not a number", item, portText)
 		}
-		m := map[string]any{"host": hostport[:i], "port": port, "role": parts[1]}
+		m := map[string]any{"host": host, "port": port, "role": parts[1]}
 		if len(parts) == 3 {
 			w, err := strconv.Atoi(parts[2])
 			if err != nil {

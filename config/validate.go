@@ -14,12 +14,15 @@ func (c *Config) Validate() []string {
 	bad := func(key string, val any, allowed string) {
 		p = append(p, fmt.Sprintf("%s: %v is not allowed: %s", key, fmtVal(val), allowed))
 	}
-
-	if host, port, err := net.SplitHostPort(c.Listen); err != nil || host == "" {
-		bad("listen", c.Listen, "must be host:port, e.g. 127.0.0.1:6432")
-	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		bad("listen", c.Listen, "port must be 0-65535")
+	listenAddr := func(key, val, example string) {
+		if host, port, err := net.SplitHostPort(val); err != nil || host == "" {
+			bad(key, val, "must be host:port, e.g. "+example)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad(key, val, "port must be 0-65535")
+		}
 	}
+
+	listenAddr("listen", c.Listen, "127.0.0.1:6432")
 	if c.MaxClientConn < 1 {
 		bad("max_client_conn", c.MaxClientConn, "must be at least 1")
 	}
@@ -133,11 +136,7 @@ func (c *Config) Validate() []string {
 		bad("log.level", c.Log.Level, "must be debug, info, warn or error")
 	}
 	if c.Metrics.Listen != "" {
-		if host, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || host == "" {
-			bad("metrics.listen", c.Metrics.Listen, "must be host:port, e.g. 127.0.0.1:9930, or empty for no metrics")
-		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			bad("metrics.listen", c.Metrics.Listen, "port must be 0-65535")
-		}
+		listenAddr("metrics.listen", c.Metrics.Listen, "127.0.0.1:9930, or empty for no metrics")
 	}
 	switch c.Log.Queries {
 	case QueriesAll, QueriesSlow, QueriesOff:

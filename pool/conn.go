@@ -111,6 +111,30 @@ func (e *ServerError) Error() string {
 // *ServerError. ParameterStatus messages update c.Params; notices and
 // notifications are dropped. The connection must be idle (no reader running).
 func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) {
+	return c.run(ctx, sql, nil)
+}
+
+// Query is Exec that also returns the rows, as text (NULL as nil).
+func (c *Conn) Query(ctx context.Context, sql string) ([][][]byte, error) {
+	var rows [][][]byte
+	_, err := c.run(ctx, sql, func(values [][]byte) {
+		row := make([][]byte, len(values))
+		for i, v := range values {
+			if v != nil {
+				row[i] = append([]byte{}, v...)
+			}
+		}
+		rows = append(rows, row)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rows, nil
+}
+
+// run sends sql as a simple Query and reads up to its ReadyForQuery, handing
+// each DataRow's values (valid only during the call) to onRow if not nil.
+func (c *Conn) run(ctx context.Context, sql string, onRow func([][]byte)) (byte, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = c.raw.SetDeadline(dl)
 		defer func() { _ = c.raw.SetDeadline(time.Time{}) }()
@@ -132,12 +156,15 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 		if err != nil {
 			return 0, err
 		}
+		if typ != 'Z' && typ != 'E' && typ != 'S' && (typ != 'D' || onRow == nil) {
+			continue
+		}
+		b, err := c.R.Body()
+		if err != nil {
+			return 0, err
+		}
 		switch typ {
 		case 'Z':
-			b, err := c.R.Body()
-			if err != nil {
-				return 0, err
-			}
 			if len(b) != 1 {
 				return 0, fmt.Errorf("ReadyForQuery of %d bytes", len(b))
 			}
@@ -146,10 +173,6 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 			}
 			return b[0], nil
 		case 'E':
-			b, err := c.R.Body()
-			if err != nil {
-				return 0, err
-			}
 			var m pgproto3.ErrorResponse
 			if err := m.Decode(b); err != nil {
 				return 0, err
@@ -158,14 +181,16 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 				serr = &ServerError{Msg: m}
 			}
 		case 'S':
-			b, err := c.R.Body()
-			if err != nil {
-				return 0, err
-			}
 			var m pgproto3.ParameterStatus
 			if err := m.Decode(b); err == nil {
 				c.Params[m.Name] = m.Value
 			}
+		case 'D':
+			var m pgproto3.DataRow
+			if err := m.Decode(b); err != nil {
+				return 0, err
+			}
+			onRow(m.Values)
 		}
 	}
 }
@@ -173,14 +198,8 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 // Reset brings the connection back to a clean session state: it rolls back
 // an open transaction (txStatus 'T' or 'E') and runs DISCARD ALL.
 func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
-	if txStatus != 'I' {
-		st, err := c.Exec(ctx, "ROLLBACK")
-		if err != nil {
-			return fmt.Errorf("reset rollback: %w", err)
-		}
-		if st != 'I' {
-			return fmt.Errorf("reset rollback: transaction status %q", st)
-		}
+	if err := c.Rollback(ctx, txStatus); err != nil {
+		return fmt.Errorf("reset: %w", err)
 	}
 	st, err := c.Exec(ctx, "DISCARD ALL")
 	if err != nil {
@@ -190,6 +209,21 @@ func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
 		return fmt.Errorf("reset discard all: transaction status %q", st)
 	}
 	c.State.Clear()
+	return nil
+}
+
+// ResetSettings puts the connection's settings back to the server defaults
+// if a client left any (State.Settings), so that pgsplit's own statements
+// (catalog reads, EXPLAIN) run as on a fresh connection; the next client's
+// settings are then replayed from scratch.
+func (c *Conn) ResetSettings(ctx context.Context) error {
+	if len(c.State.Settings) == 0 {
+		return nil
+	}
+	if _, err := c.Exec(ctx, "RESET ALL"); err != nil {
+		return err
+	}
+	clear(c.State.Settings)
 	return nil
 }
 
@@ -207,68 +241,6 @@ func (c *Conn) Rollback(ctx context.Context, txStatus byte) error {
 		return fmt.Errorf("rollback: transaction status %q", st)
 	}
 	return nil
-}
-
-// Query runs sql with the simple query protocol and returns its rows as
-// text (NULL as nil). The connection must be idle (no reader running).
-func (c *Conn) Query(ctx context.Context, sql string) ([][][]byte, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.raw.SetDeadline(dl)
-		defer func() { _ = c.raw.SetDeadline(time.Time{}) }()
-	}
-	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := c.W.Write(buf); err != nil {
-		return nil, err
-	}
-	if err := c.W.Flush(); err != nil {
-		return nil, err
-	}
-	c.State.Unnamed = nil
-	var rows [][][]byte
-	var serr *ServerError
-	for {
-		typ, _, err := c.R.Next()
-		if err != nil {
-			return nil, err
-		}
-		if typ != 'D' && typ != 'E' && typ != 'Z' {
-			continue
-		}
-		b, err := c.R.Body()
-		if err != nil {
-			return nil, err
-		}
-		switch typ {
-		case 'D':
-			var m pgproto3.DataRow
-			if err := m.Decode(b); err != nil {
-				return nil, err
-			}
-			row := make([][]byte, len(m.Values))
-			for i, v := range m.Values {
-				if v != nil {
-					row[i] = append([]byte{}, v...)
-				}
-			}
-			rows = append(rows, row)
-		case 'E':
-			var m pgproto3.ErrorResponse
-			if err := m.Decode(b); err != nil {
-				return nil, err
-			}
-			if serr == nil {
-				serr = &ServerError{Msg: m}
-			}
-		case 'Z':
-			if serr != nil {
-				return nil, serr
-			}
-			return rows, nil
-		}
-	}
 }
 
 // errUnexpectedData is what checkIdle reports for bytes sent by the server

@@ -120,33 +120,53 @@ func (p *Pool) TryAcquire() *Conn {
 			p.mu.Unlock()
 			return nil
 		}
-		c := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		opts := p.opts
-		p.mu.Unlock()
-		if (opts.Recycle > 0 && c.Age() > opts.Recycle) || (opts.PrePing && time.Since(c.lastUsed) > PingAfter) {
-			// Recycling or a ping round trip: Acquire's path does it.
-			p.mu.Lock()
-			if p.closed {
-				p.open--
-				p.mu.Unlock()
-				_ = c.raw.Close()
-				return nil
-			}
-			p.idle = append(p.idle, c)
-			p.wakeLocked()
+		c, opts := p.idle[n-1], p.opts
+		if opts.PrePing && time.Since(c.lastUsed) > PingAfter {
 			p.mu.Unlock()
-			return nil
+			return nil // a ping round trip: Acquire's path does it
 		}
-		if opts.PrePing && time.Since(c.lastUsed) > CheckAfter {
-			if err := c.checkIdle(); err != nil {
-				p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
-				p.Discard(c)
-				continue
-			}
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		if p.checkout(context.Background(), c, opts) {
+			return c
 		}
-		return c
 	}
+}
+
+// checkout vets an idle connection just taken from the pool, and closes it
+// (returning false) when it is past pool_recycle or, with pool_pre_ping,
+// when the server ended it: a look at its socket (no round trip) if it sat
+// idle over CheckAfter, an empty query if over PingAfter. A connection the
+// server ended while it sat idle must not reach a client, whose first
+// statement would fail with the server's FATAL.
+func (p *Pool) checkout(ctx context.Context, c *Conn, opts Options) bool {
+	if opts.Recycle > 0 && c.Age() > opts.Recycle {
+		p.log.Debug("recycling old connection", zap.Duration("age", c.Age()))
+		p.Discard(c)
+		return false
+	}
+	if !opts.PrePing {
+		return true
+	}
+	idle := time.Since(c.lastUsed)
+	if idle > CheckAfter {
+		if err := c.checkIdle(); err != nil {
+			p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
+			p.Discard(c)
+			return false
+		}
+	}
+	if idle > PingAfter {
+		pctx, cancel := context.WithTimeout(ctx, pingTimeout(opts))
+		err := c.Ping(pctx)
+		cancel()
+		if err != nil {
+			p.log.Info("pre-ping failed, replacing connection", zap.Error(err))
+			p.Discard(c)
+			return false
+		}
+	}
+	return true
 }
 
 // Acquire returns a connection, opening one if the pool may, or waits up to
@@ -165,34 +185,9 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.idle = p.idle[:n-1]
 			opts := p.opts
 			p.mu.Unlock()
-			if opts.Recycle > 0 && c.Age() > opts.Recycle {
-				p.log.Debug("recycling old connection", zap.Duration("age", c.Age()))
-				p.Discard(c)
+			if !p.checkout(ctx, c, opts) {
 				p.mu.Lock()
 				continue
-			}
-			// With pool_pre_ping, a connection the server ended while it
-			// sat idle must not reach a client, whose first statement would
-			// fail with the server's FATAL. The ping below only runs after
-			// PingAfter; this check costs no round trip, so it runs always.
-			if opts.PrePing && time.Since(c.lastUsed) > CheckAfter {
-				if err := c.checkIdle(); err != nil {
-					p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
-					p.Discard(c)
-					p.mu.Lock()
-					continue
-				}
-			}
-			if opts.PrePing && time.Since(c.lastUsed) > PingAfter {
-				pctx, cancel := context.WithTimeout(ctx, pingTimeout(opts))
-				err := c.Ping(pctx)
-				cancel()
-				if err != nil {
-					p.log.Info("pre-ping failed, replacing connection", zap.Error(err))
-					p.Discard(c)
-					p.mu.Lock()
-					continue
-				}
 			}
 			return c, nil
 		}

@@ -117,40 +117,54 @@ func TestLimitsTimeoutAndOverflow(t *testing.T) {
 
 // A connection killed on the server while idle is replaced by pre-ping, so
 // the caller never sees the dead one; with pre-ping off it is handed out.
+// Idle a minute, the empty-query ping catches it (Acquire); idle 100 ms,
+// under PingAfter, only the socket check can (TryAcquire, the sessions'
+// first try, as well as Acquire).
 func TestPrePingReplacesDeadConnection(t *testing.T) {
-	for _, prePing := range []bool{true, false} {
-		t.Run(fmt.Sprintf("pre_ping=%v", prePing), func(t *testing.T) {
-			p := newPool(1, 0, time.Second)
-			p.opts.PrePing = prePing
-			defer p.Close()
-			ctx := context.Background()
-			c, err := p.Acquire(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pid := c.PID
-			p.Release(c)
-			if _, err := cluster.Psql(ctx, cluster.Primary, "postgres", fmt.Sprintf("SELECT pg_terminate_backend(%d)", pid)); err != nil {
-				t.Fatal(err)
-			}
-			c.lastUsed = time.Now().Add(-time.Minute) // idle long enough to be pinged
-			c2, err := p.Acquire(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, execErr := c2.Exec(ctx, "SELECT 1")
-			if prePing {
-				if c2.PID == pid || execErr != nil {
-					t.Fatalf("pre-ping should have replaced backend %d: got %d, %v", pid, c2.PID, execErr)
+	for _, tc := range []struct {
+		idle time.Duration
+		try  bool
+	}{{time.Minute, false}, {100 * time.Millisecond, false}, {100 * time.Millisecond, true}} {
+		for _, prePing := range []bool{true, false} {
+			t.Run(fmt.Sprintf("idle=%s/try=%v/pre_ping=%v", tc.idle, tc.try, prePing), func(t *testing.T) {
+				p := newPool(1, 0, time.Second)
+				p.opts.PrePing = prePing
+				defer p.Close()
+				ctx := context.Background()
+				c, err := p.Acquire(ctx)
+				if err != nil {
+					t.Fatal(err)
 				}
-				p.Release(c2)
-			} else {
-				if c2.PID != pid || execErr == nil {
-					t.Fatalf("without pre-ping the dead connection is handed out: got pid %d err %v", c2.PID, execErr)
+				pid := c.PID
+				p.Release(c)
+				if _, err := cluster.Psql(ctx, cluster.Primary, "postgres", fmt.Sprintf("SELECT pg_terminate_backend(%d, 5000)", pid)); err != nil {
+					t.Fatal(err)
 				}
-				p.Discard(c2)
-			}
-		})
+				c.lastUsed = time.Now().Add(-tc.idle)
+				var c2 *Conn
+				if tc.try {
+					if c2 = p.TryAcquire(); c2 == nil {
+						if c2, err = p.Acquire(ctx); err != nil { // the dead one was closed: dial
+							t.Fatal(err)
+						}
+					}
+				} else if c2, err = p.Acquire(ctx); err != nil {
+					t.Fatal(err)
+				}
+				_, execErr := c2.Exec(ctx, "SELECT 1")
+				if prePing {
+					if c2.PID == pid || execErr != nil {
+						t.Fatalf("pre-ping should have replaced backend %d: got %d, %v", pid, c2.PID, execErr)
+					}
+					p.Release(c2)
+				} else {
+					if c2.PID != pid || execErr == nil {
+						t.Fatalf("without pre-ping the dead connection is handed out: got pid %d err %v", c2.PID, execErr)
+					}
+					p.Discard(c2)
+				}
+			})
+		}
 	}
 }
 

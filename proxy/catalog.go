@@ -101,51 +101,66 @@ func (s *Server) refreshCatalogs(u config.User) {
 // connection of the primary's pool for (database, u), so that pgsplit's own
 // work stays within the pool's limits.
 func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, database string) (map[string]bool, error) {
-	p, _ := s.poolFor(router.Primary, u, database)
+	var rows [][][]byte
+	_, err := s.withPooledConn(ctx, router.Primary, u, database, func(c *pool.Conn) (err error) {
+		rows, err = c.Query(ctx, volatilityQuery)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return volatilityMap(rows), nil
+}
+
+// withPooledConn runs fn, pgsplit's own work, on a connection of the pool
+// for (t, u, database), within the pool's limits. A client's settings left
+// on the connection (statement_timeout…) are reset first so they cannot
+// change or fail that work. The connection goes back afterwards unless it
+// failed (an error from the server leaves it usable).
+func (s *Server) withPooledConn(ctx context.Context, t router.Target, u config.User, database string, fn func(*pool.Conn) error) (config.Server, error) {
+	p, srv := s.poolFor(t, u, database)
 	c, err := p.Acquire(ctx)
 	if err != nil {
-		return nil, err
+		return srv, err
 	}
-	if len(c.State.Settings) > 0 {
-		// A client's settings (statement_timeout…) must not fail pgsplit's
-		// own query; the next client's SETs are replayed from scratch.
-		if _, err := c.Exec(ctx, "RESET ALL"); err != nil {
-			p.Discard(c)
-			return nil, err
-		}
-		clear(c.State.Settings)
+	err = c.ResetSettings(ctx)
+	if err == nil {
+		err = fn(c)
 	}
-	rows, err := c.Query(ctx, volatilityQuery)
-	if err != nil {
-		if _, ok := pool.IsServerError(err); ok {
-			p.Release(c)
-		} else {
-			p.Discard(c)
-		}
-		return nil, err
+	if _, serverErr := pool.IsServerError(err); err == nil || serverErr {
+		p.Release(c)
+	} else {
+		p.Discard(c)
 	}
-	p.Release(c)
-	return volatilityMap(rows), nil
+	return srv, err
 }
 
 // ReadVolatility reads, from pg_proc of database on srv, whether each user
 // function is VOLATILE (any overload), keyed by "name" and "schema.name".
 func ReadVolatility(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration) (map[string]bool, error) {
+	rows, err := queryOnce(ctx, srv, u, database, timeout, "pgsplit catalog", volatilityQuery)
+	if err != nil {
+		return nil, err
+	}
+	return volatilityMap(rows), nil
+}
+
+// queryOnce opens a connection of its own to srv (outside the pools: for
+// the CLI and for checks before the pools exist), runs one query and closes
+// the connection. application_name says what pgsplit is doing.
+func queryOnce(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration, appName, sql string) ([][][]byte, error) {
 	pc, err := pool.ConnConfig(srv.Host, srv.Port, u.Name, u.Password, database, timeout)
 	if err != nil {
 		return nil, err
 	}
-	pc.RuntimeParams["application_name"] = "pgsplit catalog"
+	pc.RuntimeParams["application_name"] = appName
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close(context.Background())
-	res := conn.ExecParams(ctx, volatilityQuery, nil, nil, nil, nil).Read()
-	if res.Err != nil {
-		return nil, res.Err
-	}
-	return volatilityMap(res.Rows), nil
+	res := conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+	return res.Rows, res.Err
 }
 
 // volatilityMap turns volatilityQuery's rows into the classifier's lookup.

@@ -67,7 +67,7 @@ type explainJob struct {
 
 // offer queues a slow read for EXPLAIN; it never blocks.
 func (e *explainer) offer(r *queryRecord, fingerprint string) {
-	if r.execute || r.kind != router.KindSelect.String() {
+	if r.execute || r.kind != router.KindSelect {
 		// An Execute's parameters are not kept; only plain SELECTs are
 		// explained (EXPLAIN of other statements means little here).
 		return
@@ -90,29 +90,14 @@ type planNode struct {
 
 func (e *explainer) explain(j explainJob) {
 	r, s := j.r, j.r.client
-	p, srv := e.srv.poolFor(router.Replica, s.user, s.database)
 	ctx, cancel := context.WithTimeout(context.Background(), explainTimeout)
 	defer cancel()
-	c, err := p.Acquire(ctx)
-	if err != nil {
-		e.srv.log.Info("EXPLAIN of a slow read skipped: no server connection", zap.Error(err))
-		return
-	}
-	if len(c.State.Settings) > 0 {
-		// Another client's settings must not change the plan; the next
-		// client's are replayed from scratch.
-		if _, err := c.Exec(ctx, "RESET ALL"); err != nil {
-			p.Discard(c)
-			return
-		}
-		clear(c.State.Settings)
-	}
-	root, flags, err := explainOn(ctx, c, r.sql)
-	if _, isServer := pool.IsServerError(err); err != nil && !isServer {
-		p.Discard(c)
-		return
-	}
-	p.Release(c)
+	var root planNode
+	var flags []string
+	srv, err := e.srv.withPooledConn(ctx, router.Replica, s.user, s.database, func(c *pool.Conn) (err error) {
+		root, flags, err = explainOn(ctx, c, r.sql)
+		return err
+	})
 	if err != nil {
 		e.srv.log.Info("EXPLAIN of a slow read failed", zap.Error(err))
 		return

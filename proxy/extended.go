@@ -29,7 +29,18 @@ type clientStmt struct {
 	sql    string
 	server string           // the statement's name on the servers; "" for the unnamed one
 	parse  []byte           // the Parse message as sent to a server (named server)
-	class  router.Statement // as classified at Parse time; see noteRef
+	class  router.Statement // see classOf
+	gen    uint64           // the classifier's Generation when class was made
+}
+
+// classOf is cs's class, classified again only when the classifier was
+// reset since (the catalog was reloaded): once per Parse, not per Bind or
+// Execute, even for statements too long for the classifier's cache.
+func (s *session) classOf(cs *clientStmt) router.Statement {
+	if g := s.cls.Generation(); g != cs.gen {
+		cs.class, cs.gen = s.cls.Classify(cs.sql), g
+	}
+	return cs.class
 }
 
 // serverStmtName is the name a statement with this Parse body after the
@@ -239,9 +250,7 @@ func (s *session) sendBatch(u *upstream, last byte, reason string) error {
 	}
 	s.noteParsed(u, b)
 	for _, x := range b.execs {
-		// Classified again (a cache hit): the catalog or the configuration
-		// may have changed since the Parse.
-		s.afterStatement(u, s.cls.Classify(x.stmt.sql))
+		s.afterStatement(u, s.classOf(x.stmt))
 	}
 	return nil
 }
@@ -260,7 +269,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Parse message")
 		}
-		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql)}
+		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql), gen: s.cls.Generation()}
 		if name != "" {
 			cs.server = serverStmtName(rest)
 			for k := 1; slices.Contains(b.seen, cs.server); k++ {
@@ -436,9 +445,7 @@ func (s *session) noteRef(name string) {
 		if cs.server != "" {
 			b.seen = append(b.seen, cs.server)
 		}
-		// Classified again at each use (a cache hit): the catalog or the
-		// configuration may have changed since the Parse.
-		s.noteClass(s.cls.Classify(cs.sql))
+		s.noteClass(s.classOf(cs))
 	} else {
 		b.primary = true // unknown statement: let the primary report the error
 		b.reason = "unknown prepared statement"

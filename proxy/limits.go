@@ -8,10 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/pgsplit/pgsplit/config"
-	"github.com/pgsplit/pgsplit/pool"
 )
 
 // OwnConnections is how many connections pgsplit opens to a server outside
@@ -115,27 +112,17 @@ func readLimits(ctx context.Context, cfg *config.Config, srv config.Server, l *S
 	if len(cfg.Databases) > 0 {
 		db = cfg.Databases[0]
 	}
-	pc, err := pool.ConnConfig(srv.Host, srv.Port, u.Name, u.Password, db, cfg.Pool.ConnectTimeout)
-	if err != nil {
-		return err
-	}
-	pc.RuntimeParams["application_name"] = "pgsplit limits check"
 	ctx, cancel := context.WithTimeout(ctx, cfg.Pool.ConnectTimeout+5*time.Second)
 	defer cancel()
-	conn, err := pgconn.ConnectConfig(ctx, pc)
+	rows, err := queryOnce(ctx, srv, u, db, cfg.Pool.ConnectTimeout, "pgsplit limits check", limitsQuery)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
-	res := conn.ExecParams(ctx, limitsQuery, nil, nil, nil, nil).Read()
-	if res.Err != nil {
-		return res.Err
-	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 4 {
+	if len(rows) != 1 || len(rows[0]) != 4 {
 		return errors.New("unexpected answer to the limits query")
 	}
 	n := make([]int, 4)
-	for i, v := range res.Rows[0] {
+	for i, v := range rows[0] {
 		if n[i], err = strconv.Atoi(string(v)); err != nil {
 			return fmt.Errorf("limits query: %w", err)
 		}

@@ -67,7 +67,7 @@ func newMetrics(s *Server) *metrics {
 // observe counts a finished statement.
 func (m *metrics) observe(r *queryRecord, slow bool) {
 	role := r.role.String()
-	m.queries.WithLabelValues(role, r.server, r.kind).Inc()
+	m.queries.WithLabelValues(role, r.server, r.kind.String()).Inc()
 	m.duration.WithLabelValues(role).Observe(r.end.Sub(r.start).Seconds())
 	m.wait.Observe(r.wait.Seconds())
 	if slow {

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/pgsplit/pgsplit/pool"
@@ -12,27 +14,31 @@ import (
 // upstream connection, as the server would have at login: lower-case name →
 // set_config statement.
 func startupSettings(params map[string]string) (map[string]string, error) {
-	set := map[string]string{}
-	for k, v := range params {
-		switch k {
-		case "user", "database":
-		case "options":
-			opts, err := parseOptions(v)
-			if err != nil {
-				return nil, err
-			}
-			for ok, ov := range opts {
-				set[ok] = ov
-			}
-		default:
-			set[k] = v
+	out := map[string]string{}
+	put := func(set map[string]string) {
+		// In name order, so that names differing only in case settle the
+		// same way every time.
+		for _, k := range slices.Sorted(maps.Keys(set)) {
+			lk := strings.ToLower(k)
+			out[lk] = fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", pool.QuoteLiteral(lk), pool.QuoteLiteral(set[k]))
 		}
 	}
-	out := make(map[string]string, len(set))
-	for k, v := range set {
-		k = strings.ToLower(k)
-		out[k] = fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", pool.QuoteLiteral(k), pool.QuoteLiteral(v))
+	// As PostgreSQL does: the switches in "options" first, then the other
+	// startup parameters, which win over them.
+	if v, ok := params["options"]; ok {
+		opts, err := parseOptions(v)
+		if err != nil {
+			return nil, err
+		}
+		put(opts)
 	}
+	rest := make(map[string]string, len(params))
+	for k, v := range params {
+		if k != "user" && k != "database" && k != "options" {
+			rest[k] = v
+		}
+	}
+	put(rest)
 	return out, nil
 }
 

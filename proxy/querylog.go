@@ -25,8 +25,8 @@ type queryRecord struct {
 	start    time.Time
 	wait     time.Duration // waiting for a server connection
 	sql      string
-	kind     string // the statement's router.Kind
-	execute  bool   // extended protocol (else a simple Query)
+	kind     router.Kind
+	execute  bool // extended protocol (else a simple Query)
 	role     router.Target
 	server   string
 	reason   string
@@ -35,7 +35,6 @@ type queryRecord struct {
 	client   *session
 	rows     int64
 	sqlstate string
-	answered bool // CommandComplete or ErrorResponse seen
 	end      time.Time
 }
 
@@ -213,7 +212,7 @@ func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute
 	if s.srv.qlog.cfg.Load().Queries == config.QueriesOff && s.srv.metrics.srv == nil {
 		return nil
 	}
-	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind.String(), execute: execute, role: u.target, server: u.conn.Addr,
+	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, role: u.target, server: u.conn.Addr,
 		reason: reason, inTx: byte(s.txStatus.Load()) != 'I' || s.split != nil, seq: seq, client: s}
 	u.recMu.Lock()
 	u.recs = append(u.recs, r)
@@ -265,7 +264,6 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 				r.sqlstate = errorCode(body)
 			}
 		}
-		r.answered = true
 		if r.execute {
 			r.end = now
 			done = append(done, r)

@@ -42,7 +42,7 @@ func (s *session) decideBatch(t router.Target, reason string) (decision, error) 
 		return decision{}, err
 	}
 	if tx != router.HintNone {
-		return decision{target: tx, reason: "inside a transaction on the " + tx.String()}, nil
+		return decision{target: tx, reason: router.InTxReason(tx)}, nil
 	}
 	d := s.route.Read(t, router.HintNone, reason)
 	return decision{target: d.Target, reason: d.Reason}, nil

@@ -22,7 +22,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
@@ -467,21 +466,12 @@ func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error)
 }
 
 func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration) (bool, error) {
-	pc, err := pool.ConnConfig(srv.Host, srv.Port, u.Name, u.Password, "postgres", timeout)
+	rows, err := queryOnce(ctx, srv, u, "postgres", timeout, "pgsplit role probe", "SELECT pg_is_in_recovery()")
 	if err != nil {
 		return false, err
 	}
-	conn, err := pgconn.ConnectConfig(ctx, pc)
-	if err != nil {
-		return false, err
-	}
-	defer conn.Close(ctx)
-	res := conn.ExecParams(ctx, "SELECT pg_is_in_recovery()", nil, nil, nil, nil).Read()
-	if res.Err != nil {
-		return false, res.Err
-	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+	if len(rows) != 1 || len(rows[0]) != 1 {
 		return false, errors.New("unexpected answer to pg_is_in_recovery()")
 	}
-	return string(res.Rows[0][0]) == "t", nil
+	return string(rows[0][0]) == "t", nil
 }

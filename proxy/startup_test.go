@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -169,4 +170,18 @@ func FuzzParseStartup(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A startup parameter wins over the same setting in "options", as in
+// PostgreSQL, every time.
+func TestStartupSettingsPrecedence(t *testing.T) {
+	for range 20 {
+		set, err := startupSettings(map[string]string{"options": "-c search_path=from_options -c work_mem=8MB", "search_path": "from_packet"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(set["search_path"], "from_packet") || !strings.Contains(set["work_mem"], "8MB") {
+			t.Fatalf("got %v", set)
+		}
+	}
 }

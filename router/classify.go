@@ -3,6 +3,7 @@ package router
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultCacheSize is the number of classifications kept when
@@ -43,7 +44,8 @@ type Classifier struct {
 	writeFuncs map[string]struct{}
 	volatile   func(string) (bool, bool)
 	cache      *stmtCache
-	plans      sync.Map // reflect.Type → walkPlan, see walk.go
+	plans      sync.Map      // reflect.Type → walkPlan, see walk.go
+	gen        atomic.Uint64 // bumped by Reset: earlier answers may be stale
 }
 
 // NewClassifier returns a Classifier for opts. It copies what it needs, so
@@ -90,7 +92,14 @@ func (c *Classifier) Classify(sql string) Statement {
 // Reset drops every cached classification. Call it when the catalog behind
 // Options.Volatile is reloaded. (Options themselves are fixed: a new
 // configuration needs a new Classifier.)
-func (c *Classifier) Reset() { c.cache.reset() }
+func (c *Classifier) Reset() {
+	c.gen.Add(1)
+	c.cache.reset()
+}
+
+// Generation changes at every Reset, so a caller that keeps a Statement
+// (a prepared statement's class) knows when to classify again.
+func (c *Classifier) Generation() uint64 { return c.gen.Load() }
 
 // CacheLen returns the number of statements in the cache.
 func (c *Classifier) CacheLen() int { return c.cache.len() }

@@ -22,6 +22,19 @@ type Session struct {
 	Override Target
 	pins     map[string]bool
 	gen      uint64 // changes whenever pins does
+	// pinnedReason is the routing reason of a pinned session, built for
+	// pinnedGen (not for every statement).
+	pinnedReason string
+	pinnedGen    uint64
+}
+
+// InTxReason is the routing reason of a statement that follows its open
+// transaction to t.
+func InTxReason(t Target) string {
+	if t == Replica {
+		return "inside a transaction on the replica"
+	}
+	return "inside a transaction on the primary"
 }
 
 // NewSession returns the state of a fresh session.
@@ -47,7 +60,7 @@ func (s *Session) Route(st Statement, txOn Target) Decision {
 		return Decision{Target: Primary, Reason: "pgsplit setting (answered by the proxy)", Local: true}
 	}
 	if txOn != HintNone {
-		return Decision{Target: txOn, Reason: "inside a transaction on the " + txOn.String()}
+		return Decision{Target: txOn, Reason: InTxReason(txOn)}
 	}
 	switch st.Kind {
 	case KindBegin, KindStartTransaction:
@@ -71,7 +84,10 @@ func (s *Session) Read(t, hint Target, reason string) Decision {
 	case t != Replica:
 		return Decision{Target: Primary, Reason: reason}
 	case len(s.pins) > 0:
-		return Decision{Target: Primary, Reason: "session pinned to the primary (" + strings.Join(s.Pinned(), ", ") + ")"}
+		if s.pinnedReason == "" || s.pinnedGen != s.gen {
+			s.pinnedReason, s.pinnedGen = "session pinned to the primary ("+strings.Join(s.Pinned(), ", ")+")", s.gen
+		}
+		return Decision{Target: Primary, Reason: s.pinnedReason}
 	case hint == Primary:
 		return Decision{Target: Primary, Reason: "hint pgsplit:primary"}
 	case hint == Replica && s.OffloadReads:
@@ -79,7 +95,7 @@ func (s *Session) Read(t, hint Target, reason string) Decision {
 	case s.Override == Primary:
 		return Decision{Target: Primary, Reason: "SET pgsplit.route = primary"}
 	case !s.offload():
-		return Decision{Target: Primary, Reason: reason + "; reads stay on the primary"}
+		return Decision{Target: Primary, Reason: "reads stay on the primary (routing.read_from: primary, or no replica)"}
 	}
 	return Decision{Target: Replica, Reason: reason}
 }

@@ -30,12 +30,11 @@ import (
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "pgsplit:", err)
 		var ce *config.Error
 		if errors.As(err, &ce) {
-			fmt.Fprintln(os.Stderr, "pgsplit:", err)
-			os.Exit(2)
+			os.Exit(2) // the configuration is invalid
 		}
-		fmt.Fprintln(os.Stderr, "pgsplit:", err)
 		os.Exit(1)
 	}
 }

@@ -105,7 +105,7 @@ func slowlog(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 	}
 	fmt.Fprintf(stderr, "%d statements in %d fingerprints from %d lines (%d lines were not query records)\n",
-		d.Kept, len(d.Top(0)), d.Lines, d.Skipped)
+		d.Kept, d.Groups(), d.Lines, d.Skipped)
 	return nil
 }
 

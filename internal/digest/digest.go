@@ -170,6 +170,9 @@ func (d *Digest) Read(r io.Reader, progress func(bytes int64)) error {
 	}
 }
 
+// Groups is the number of fingerprints seen.
+func (d *Digest) Groups() int { return len(d.groups) }
+
 // Top returns the n groups with the most total time (all if n <= 0), with
 // their derived figures filled in.
 func (d *Digest) Top(n int) []Group {

@@ -152,7 +152,11 @@ func FuzzReader(f *testing.F) {
 				break
 			}
 			if typ%2 == 0 {
-				if _, err := r.Body(); err != nil {
+				b, err := r.Body()
+				if err != nil {
+					break
+				}
+				if err := r.WriteBodyAfterHeader(w, b); err != nil {
 					break
 				}
 			} else if err := r.Forward(w); err != nil {
@@ -160,6 +164,9 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 		_ = w.Flush()
+		if !bytes.HasPrefix(in, out.Bytes()) {
+			t.Fatalf("output is not a prefix of the input:\n in  %q\n out %q", in, out.Bytes())
+		}
 		_, _ = ReadStartup(bufio.NewReader(bytes.NewReader(in)))
 	})
 }
