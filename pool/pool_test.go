@@ -87,7 +87,9 @@ func TestLimitsTimeoutAndOverflow(t *testing.T) {
 		t.Fatalf("error must name the pool and its limit: %v", err)
 	}
 
-	// A waiter gets the connection that comes back.
+	// A waiter gets the connection that comes back, woken by Release: with
+	// a long pool_timeout, a lost wake-up would leave it asleep for 10 s.
+	p.SetLimits(2, 1, 10*time.Second, 0, true)
 	got := make(chan *Conn, 1)
 	go func() {
 		c, err := p.Acquire(ctx)
@@ -101,7 +103,7 @@ func TestLimitsTimeoutAndOverflow(t *testing.T) {
 	select {
 	case c := <-got:
 		held[0] = c
-	case <-time.After(2 * time.Second):
+	case <-time.After(time.Second):
 		t.Fatal("waiter not woken by Release")
 	}
 

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pgsplit/pgsplit/pool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -101,11 +103,18 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// Copy the pool list under the server's lock (taken by every
+	// connection checkout), then read and format without it.
 	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
+	keys := make([]poolKey, 0, len(c.s.pools))
+	pools := make([]*pool.Pool, 0, len(c.s.pools))
 	for k, p := range c.s.pools {
-		st := p.Stats()
-		name := fmt.Sprintf("%s@%s/%s:%d", k.user, k.database, k.server.host, k.server.port)
+		keys, pools = append(keys, k), append(pools, p)
+	}
+	c.s.mu.Unlock()
+	for i, p := range pools {
+		st, k := p.Stats(), keys[i]
+		name := fmt.Sprintf("%s@%s/%s", k.user, k.database, net.JoinHostPort(k.server.host, strconv.Itoa(k.server.port)))
 		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(st.Open-st.Idle), name)
 		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(st.Idle), name)
 		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(st.Waiting), name)
