@@ -45,6 +45,7 @@ type Config struct {
 	Routing         Routing       `mapstructure:"routing"`
 	Log             Log           `mapstructure:"log"`
 	Metrics         Metrics       `mapstructure:"metrics"`
+	Admin           Admin         `mapstructure:"admin"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 }
 
@@ -134,6 +135,9 @@ type Routing struct {
 	LoadBalance    string   `mapstructure:"load_balance"`
 	WriteFunctions []string `mapstructure:"write_functions"`
 	ReadFunctions  []string `mapstructure:"read_functions"`
+	// HealthCheckInterval is how often pgsplit asks every server whether it
+	// is up and how far each replica lags (0: never).
+	HealthCheckInterval time.Duration `mapstructure:"health_check_interval"`
 }
 
 // Log configures process logging.
@@ -157,7 +161,21 @@ type Log struct {
 	// ExplainSlow runs EXPLAIN (FORMAT JSON) of slow reads on a replica in
 	// the background and logs a plan summary.
 	ExplainSlow bool `mapstructure:"explain_slow"`
+	// ExplainAnalyze makes that EXPLAIN (ANALYZE, BUFFERS): the read runs
+	// again on the replica, and the summary can flag row-estimate misses
+	// and sorts that spilled to disk.
+	ExplainAnalyze bool `mapstructure:"explain_analyze"`
 }
+
+// Admin configures the admin console (database "pgsplit").
+type Admin struct {
+	// Users may log in to the admin console; they authenticate with
+	// auth.method like everyone else but need no server login.
+	Users []User `mapstructure:"users"`
+}
+
+// AdminDatabase is the database name that opens the admin console.
+const AdminDatabase = "pgsplit"
 
 // Metrics configures the Prometheus endpoint.
 type Metrics struct {

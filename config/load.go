@@ -23,45 +23,48 @@ const EnvPrefix = "PGSPLIT_"
 // variable onto a key it knows.
 func defaults() map[string]any {
 	return map[string]any{
-		"listen":                       "127.0.0.1:6432",
-		"max_client_conn":              10000,
-		"servers":                      []any{},
-		"auth.method":                  AuthSCRAM,
-		"auth.users":                   []any{},
-		"databases":                    []string{},
-		"pool.mode":                    ModeTransaction,
-		"pool.profile":                 ProfileProduction,
-		"pool.pool_size":               20,
-		"pool.max_overflow":            40,
-		"pool.max_prepared_statements": 200,
-		"pool.pool_timeout":            "30s",
-		"pool.pool_recycle":            "1h",
-		"pool.pool_pre_ping":           true,
-		"pool.connect_timeout":         "5s",
-		"routing.read_from":            ReadFromReplicas,
-		"routing.transactions":         TxSplit,
-		"routing.load_balance":         BalanceLeastConn,
-		"routing.write_functions":      []string{},
-		"routing.read_functions":       []string{},
-		"log.level":                    "info",
-		"log.format":                   "json",
-		"log.queries":                  QueriesSlow,
-		"log.slow_query_threshold":     "1s",
-		"log.sample_rate":              1.0,
-		"log.redact":                   true,
-		"log.file":                     "",
-		"log.file_max_size_mb":         100,
-		"log.file_max_backups":         5,
-		"metrics.listen":               "",
-		"log.explain_slow":             false,
-		"shutdown_timeout":             "30s",
+		"listen":                        "127.0.0.1:6432",
+		"max_client_conn":               10000,
+		"servers":                       []any{},
+		"auth.method":                   AuthSCRAM,
+		"auth.users":                    []any{},
+		"databases":                     []string{},
+		"pool.mode":                     ModeTransaction,
+		"pool.profile":                  ProfileProduction,
+		"pool.pool_size":                20,
+		"pool.max_overflow":             40,
+		"pool.max_prepared_statements":  200,
+		"pool.pool_timeout":             "30s",
+		"pool.pool_recycle":             "1h",
+		"pool.pool_pre_ping":            true,
+		"pool.connect_timeout":          "5s",
+		"routing.read_from":             ReadFromReplicas,
+		"routing.transactions":          TxSplit,
+		"routing.load_balance":          BalanceLeastConn,
+		"routing.write_functions":       []string{},
+		"routing.read_functions":        []string{},
+		"log.level":                     "info",
+		"log.format":                    "json",
+		"log.queries":                   QueriesSlow,
+		"log.slow_query_threshold":      "1s",
+		"log.sample_rate":               1.0,
+		"log.redact":                    true,
+		"log.file":                      "",
+		"log.file_max_size_mb":          100,
+		"log.file_max_backups":          5,
+		"metrics.listen":                "",
+		"log.explain_slow":              false,
+		"log.explain_analyze":           false,
+		"routing.health_check_interval": "2s",
+		"admin.users":                   []any{},
+		"shutdown_timeout":              "30s",
 	}
 }
 
 // DefaultRouting is the routing section's defaults, for configurations
 // built in code.
 func DefaultRouting() Routing {
-	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxSplit, LoadBalance: BalanceLeastConn}
+	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxSplit, LoadBalance: BalanceLeastConn, HealthCheckInterval: 2 * time.Second}
 }
 
 // DefaultLog is the log section's defaults, for configurations built in
@@ -129,7 +132,7 @@ func Load(path string, environ []string) (*Config, error) {
 				continue
 			}
 			v.Set(key, servers)
-		case "auth.users":
+		case "auth.users", "admin.users":
 			users, err := parseUsersEnv(val)
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("%s: %v", name, err))

@@ -77,6 +77,21 @@ func (c *Config) Validate() []string {
 		}
 	}
 
+	seenAdmin := map[string]bool{}
+	for i, u := range c.Admin.Users {
+		key := fmt.Sprintf("admin.users[%d]", i)
+		if u.Name == "" {
+			bad(key+".name", u.Name, "must not be empty")
+		}
+		if seenAdmin[u.Name] {
+			bad(key+".name", u.Name, "each admin user may be listed once")
+		}
+		seenAdmin[u.Name] = true
+		if u.Password == "" && c.Auth.Method != AuthTrust {
+			p = append(p, fmt.Sprintf("%s.password: empty is not allowed with auth.method %s", key, c.Auth.Method))
+		}
+	}
+
 	switch c.Pool.Mode {
 	case ModeSession, ModeTransaction:
 	default:
@@ -110,6 +125,9 @@ func (c *Config) Validate() []string {
 	positive("pool.connect_timeout", c.Pool.ConnectTimeout)
 	if c.Pool.PoolRecycle < 0 {
 		bad("pool.pool_recycle", c.Pool.PoolRecycle, "must be 0 (never recycle) or a positive duration")
+	}
+	if c.Routing.HealthCheckInterval < 0 {
+		bad("routing.health_check_interval", c.Routing.HealthCheckInterval, "must be 0 (no health checks) or a positive duration, e.g. 2s")
 	}
 	if c.ShutdownTimeout < 0 {
 		bad("shutdown_timeout", c.ShutdownTimeout, "must be 0 or a positive duration")
