@@ -164,3 +164,29 @@ func TestPoolProfile(t *testing.T) {
 		}
 	}
 }
+
+func TestSettingsMaskPasswords(t *testing.T) {
+	cfg, err := Load("", []string{"PGSPLIT_SERVERS=127.0.0.1:5432/primary", "PGSPLIT_AUTH_USERS=app:sekrit", "PGSPLIT_ADMIN_USERS=boss:hush"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Setting{}
+	for _, s := range cfg.Settings() {
+		got[s.Key] = s
+		if strings.Contains(s.Value, "sekrit") || strings.Contains(s.Value, "hush") {
+			t.Errorf("%s shows a password: %q", s.Key, s.Value)
+		}
+	}
+	if got["auth.users"].Value != "app:****" || got["admin.users"].Value != "boss:****" {
+		t.Errorf("users: %+v %+v", got["auth.users"], got["admin.users"])
+	}
+	if s := got["pool.pool_timeout"]; s.Value != "30s" || s.Default != "30s" || !s.Changeable {
+		t.Errorf("pool.pool_timeout: %+v", s)
+	}
+	if s := got["listen"]; s.Changeable {
+		t.Errorf("listen should need a restart: %+v", s)
+	}
+	if len(got) != len(Keys()) {
+		t.Errorf("%d settings, %d keys", len(got), len(Keys()))
+	}
+}

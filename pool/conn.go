@@ -34,8 +34,11 @@ type Conn struct {
 	R *wire.Reader
 	W *bufio.Writer
 
-	created  time.Time
-	lastUsed time.Time
+	// Pool bookkeeping, under the pool's lock.
+	created   time.Time
+	lastUsed  time.Time
+	handedOut time.Time
+	prepared  int
 }
 
 // Raw returns the network connection, for deadlines and closing.

@@ -76,6 +76,8 @@ type Pool struct {
 	idle    []*Conn // most recently used last
 	open    int     // idle + handed out + being dialled
 	waiters []chan struct{}
+	waitAt  []time.Time // when each waiter began, in waiters' order
+	conns   map[*Conn]struct{}
 	closed  bool
 }
 
@@ -85,19 +87,60 @@ func New(opts Options) *Pool {
 	if l == nil {
 		l = zap.NewNop()
 	}
-	return &Pool{opts: opts, log: l.With(zap.String("pool", opts.Name()))}
+	return &Pool{opts: opts, log: l.With(zap.String("pool", opts.Name())), conns: map[*Conn]struct{}{}}
 }
 
 // Stats is a snapshot of a pool.
 type Stats struct {
 	Open, Idle, Waiting, Max int
+	// Size and MaxOverflow are the pool's current knobs.
+	Size, MaxOverflow int
+	// MaxWait is how long the oldest waiting client has waited (0: none).
+	MaxWait time.Duration
 }
 
 // Stats returns the current counts.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return Stats{Open: p.open, Idle: len(p.idle), Waiting: len(p.waiters), Max: p.opts.Size + p.opts.MaxOverflow}
+	st := Stats{Open: p.open, Idle: len(p.idle), Waiting: len(p.waiters), Max: p.opts.Size + p.opts.MaxOverflow,
+		Size: p.opts.Size, MaxOverflow: p.opts.MaxOverflow}
+	for _, at := range p.waitAt {
+		st.MaxWait = max(st.MaxWait, time.Since(at))
+	}
+	return st
+}
+
+// ConnInfo describes one open server connection of a pool.
+type ConnInfo struct {
+	Conn       *Conn
+	PID        uint32
+	Addr       string // the server, host:port
+	LocalAddr  string // pgsplit's end
+	Created    time.Time
+	LastUsed   time.Time // last returned to the pool (Created if never)
+	HandedOut  time.Time // last taken from the pool
+	Idle       bool
+	Prepared   int // pgsplit statements prepared on it, as of its last return
+	PoolName   string
+	PoolConfig Options
+}
+
+// Conns lists the pool's open connections (idle and handed out; not those
+// being dialled).
+func (p *Pool) Conns() []ConnInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	idle := make(map[*Conn]bool, len(p.idle))
+	for _, c := range p.idle {
+		idle[c] = true
+	}
+	out := make([]ConnInfo, 0, len(p.conns))
+	for c := range p.conns {
+		out = append(out, ConnInfo{Conn: c, PID: c.PID, Addr: c.Addr, LocalAddr: c.raw.LocalAddr().String(), Created: c.created,
+			LastUsed: c.lastUsed, HandedOut: c.handedOut, Idle: idle[c], Prepared: c.prepared, PoolName: p.opts.Name(), PoolConfig: p.opts})
+	}
+	return out
 }
 
 // SetLimits applies new pool knobs (on reload). Connections above the new
@@ -126,6 +169,7 @@ func (p *Pool) TryAcquire() *Conn {
 			return nil // a ping round trip: Acquire's path does it
 		}
 		p.idle = p.idle[:n-1]
+		c.handedOut = time.Now()
 		p.mu.Unlock()
 		if p.checkout(context.Background(), c, opts) {
 			return c
@@ -183,6 +227,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		if n := len(p.idle); n > 0 {
 			c := p.idle[n-1]
 			p.idle = p.idle[:n-1]
+			c.handedOut = time.Now()
 			opts := p.opts
 			p.mu.Unlock()
 			if !p.checkout(ctx, c, opts) {
@@ -203,6 +248,10 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 				p.mu.Unlock()
 				return nil, err
 			}
+			p.mu.Lock()
+			c.handedOut = time.Now()
+			p.conns[c] = struct{}{}
+			p.mu.Unlock()
 			p.log.Debug("opened connection", zap.Uint32("backend_pid", c.PID))
 			return c, nil
 		}
@@ -214,6 +263,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		}
 		w := make(chan struct{}, 1)
 		p.waiters = append(p.waiters, w)
+		p.waitAt = append(p.waitAt, start)
 		p.mu.Unlock()
 		t := time.NewTimer(wait)
 		var ctxErr error
@@ -246,6 +296,7 @@ func (p *Pool) removeWaiterLocked(w chan struct{}) {
 	for i, x := range p.waiters {
 		if x == w {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.waitAt = append(p.waitAt[:i], p.waitAt[i+1:]...)
 			break
 		}
 	}
@@ -270,9 +321,11 @@ func (p *Pool) wakeLocked() {
 // state reset). Overflow connections and connections past pool_recycle are
 // closed instead of kept.
 func (p *Pool) Release(c *Conn) {
-	c.lastUsed = time.Now()
+	prepared := c.State.Prepared.Len()
 	p.mu.Lock()
+	c.lastUsed, c.prepared = time.Now(), prepared
 	if p.closed || len(p.idle) >= p.opts.Size || (p.opts.Recycle > 0 && c.Age() > p.opts.Recycle) {
+		delete(p.conns, c)
 		p.open--
 		p.wakeLocked()
 		p.mu.Unlock()
@@ -288,6 +341,7 @@ func (p *Pool) Release(c *Conn) {
 func (p *Pool) Discard(c *Conn) {
 	_ = c.raw.Close()
 	p.mu.Lock()
+	delete(p.conns, c)
 	p.open--
 	p.wakeLocked()
 	p.mu.Unlock()
@@ -301,6 +355,9 @@ func (p *Pool) Close() {
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)
+	for _, c := range idle {
+		delete(p.conns, c)
+	}
 	for _, w := range p.waiters {
 		select {
 		case w <- struct{}{}:

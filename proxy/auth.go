@@ -20,6 +20,7 @@ import (
 // per configuration (SCRAM keys are derived once per user, not per login)
 // and is read-only afterwards, so sessions share it without locking.
 type authenticator struct {
+	list   string // the configuration key of the users, for errors
 	method string
 	users  map[string]config.User
 	scram  map[string]scram.StoredCredentials
@@ -27,11 +28,11 @@ type authenticator struct {
 
 const scramIterations = 4096
 
-func newAuthenticator(a config.Auth) (*authenticator, error) {
-	au := &authenticator{method: a.Method, users: map[string]config.User{}, scram: map[string]scram.StoredCredentials{}}
-	for _, u := range a.Users {
+func newAuthenticator(method string, users []config.User, list string) (*authenticator, error) {
+	au := &authenticator{list: list, method: method, users: map[string]config.User{}, scram: map[string]scram.StoredCredentials{}}
+	for _, u := range users {
 		au.users[u.Name] = u
-		if a.Method != config.AuthSCRAM {
+		if method != config.AuthSCRAM {
 			continue
 		}
 		salt := make([]byte, 16)
@@ -40,11 +41,11 @@ func newAuthenticator(a config.Auth) (*authenticator, error) {
 		}
 		cl, err := scram.SHA256.NewClient(u.Name, u.Password, "")
 		if err != nil {
-			return nil, fmt.Errorf("auth.users %s: password cannot be used with SCRAM: %w", u.Name, err)
+			return nil, fmt.Errorf("%s %s: password cannot be used with SCRAM: %w", list, u.Name, err)
 		}
 		creds, err := cl.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: scramIterations})
 		if err != nil {
-			return nil, fmt.Errorf("auth.users %s: deriving SCRAM keys: %w", u.Name, err)
+			return nil, fmt.Errorf("%s %s: deriving SCRAM keys: %w", list, u.Name, err)
 		}
 		au.scram[u.Name] = creds
 	}
@@ -56,7 +57,7 @@ func newAuthenticator(a config.Auth) (*authenticator, error) {
 func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user string) (config.User, error) {
 	u, ok := au.users[user]
 	if !ok {
-		return config.User{}, fatal(codeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's auth.users", user))
+		return config.User{}, fatal(codeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's %s", user, au.list))
 	}
 	failed := fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	switch au.method {

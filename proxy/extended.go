@@ -70,6 +70,9 @@ type batch struct {
 	large      bool // over maxBatch or incomplete: streaming to the primary
 }
 
+// empty reports whether no message of a batch is being collected.
+func (b *batch) empty() bool { return len(b.buf) == 0 && len(b.execs) == 0 }
+
 func (b *batch) reset() {
 	b.buf = b.buf[:0]
 	b.parses = b.parses[:0]

@@ -61,7 +61,19 @@ func newMetrics(s *Server) *metrics {
 			func() float64 { return float64(s.Misroutes()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgsplit_query_log_dropped_total", Help: "Query-log records dropped because the writer fell behind."},
 			func() float64 { return float64(s.qlog.dropped.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgsplit_client_bytes_received_total", Help: "Bytes received from clients."},
+			func() float64 { return float64(s.bytesIn.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "pgsplit_client_bytes_sent_total", Help: "Bytes sent to clients."},
+			func() float64 { return float64(s.bytesOut.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_paused", Help: "1 while an admin has paused new transactions (PAUSE)."},
+			func() float64 {
+				if s.pause.paused() {
+					return 1
+				}
+				return 0
+			}),
 		newPoolCollector(s),
+		newNodeCollector(s),
 	)
 	return m
 }
@@ -119,6 +131,49 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(st.Idle), name)
 		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(st.Waiting), name)
 		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(st.Max), name)
+	}
+}
+
+// nodeCollector reports what the health checks found when scraped.
+type nodeCollector struct {
+	s                    *Server
+	up, lagBytes, lagSec *prometheus.Desc
+}
+
+func newNodeCollector(s *Server) *nodeCollector {
+	return &nodeCollector{s: s,
+		up:       prometheus.NewDesc("pgsplit_server_up", "1 if the server passed its last health check.", []string{"server", "role"}, nil),
+		lagBytes: prometheus.NewDesc("pgsplit_replica_lag_bytes", "WAL the replica has still to replay, as of its last health check.", []string{"server"}, nil),
+		lagSec:   prometheus.NewDesc("pgsplit_replica_lag_seconds", "Age of the last transaction the replica replayed while it is behind (0 when caught up).", []string{"server"}, nil),
+	}
+}
+
+func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.lagBytes
+	ch <- c.lagSec
+}
+
+func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, n := range c.s.Nodes() {
+		if n.Checked.IsZero() {
+			continue
+		}
+		addr := n.Server.Addr()
+		up := 0.0
+		if n.Healthy {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, addr, n.Role)
+		if n.Role != "replica" {
+			continue
+		}
+		if n.LagBytes >= 0 {
+			ch <- prometheus.MustNewConstMetric(c.lagBytes, prometheus.GaugeValue, float64(n.LagBytes), addr)
+		}
+		if n.LagSeconds >= 0 {
+			ch <- prometheus.MustNewConstMetric(c.lagSec, prometheus.GaugeValue, n.LagSeconds, addr)
+		}
 	}
 }
 

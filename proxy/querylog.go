@@ -181,6 +181,16 @@ func (q *queryLog) normalize(sql string) normalized {
 	if n, ok := q.cache[sql]; ok {
 		return n
 	}
+	n := normalizeSQL(sql)
+	if len(q.cache) >= 10000 {
+		clear(q.cache)
+	}
+	q.cache[sql] = n
+	return n
+}
+
+// normalizeSQL is normalize without the cache.
+func normalizeSQL(sql string) normalized {
 	var n normalized
 	text, err := pg_query.Normalize(sql)
 	fp, err2 := pg_query.Fingerprint(sql)
@@ -191,10 +201,6 @@ func (q *queryLog) normalize(sql string) normalized {
 	} else {
 		n = normalized{text: text, fingerprint: fp}
 	}
-	if len(q.cache) >= 10000 {
-		clear(q.cache)
-	}
-	q.cache[sql] = n
 	return n
 }
 
@@ -206,12 +212,10 @@ func (u *upstream) expectReady() int64 {
 }
 
 // startRecord queues the query-log record of a statement about to be sent
-// to u; seq is the ReadyForQuery that ends its batch. It returns nil when
-// the query log is off.
+// to u; seq is the ReadyForQuery that ends its batch. Records feed the
+// query log, the metrics and the admin console's statistics.
 func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, reason string, start time.Time, seq int64) *queryRecord {
-	if s.srv.qlog.cfg.Load().Queries == config.QueriesOff && s.srv.metrics.srv == nil {
-		return nil
-	}
+	s.txBegan.CompareAndSwap(0, start.UnixNano())
 	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, role: u.target, server: u.conn.Addr,
 		reason: reason, inTx: byte(s.txStatus.Load()) != 'I' || s.split != nil, seq: seq, client: s}
 	u.recMu.Lock()
@@ -282,7 +286,9 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 	u.recMu.Unlock()
 	threshold := s.srv.qlog.cfg.Load().SlowQueryThreshold
 	for _, r := range done {
-		s.srv.metrics.observe(r, r.end.Sub(r.start) >= threshold)
+		slow := r.end.Sub(r.start) >= threshold
+		s.srv.metrics.observe(r, slow)
+		s.srv.stats.observe(r, slow)
 		s.srv.qlog.record(r)
 	}
 }

@@ -29,6 +29,16 @@ func (s *session) relayClient() string {
 			return "client connection closed"
 		}
 		s.msgAt, s.waited = time.Now(), 0
+		s.lastRequest.Store(s.msgAt.UnixNano())
+		if s.srv.pause.paused() && typ != 'X' && s.batch.empty() && s.idle() {
+			// PAUSE: a new transaction waits for RESUME.
+			if pe := s.srv.pause.wait(s, s.srv.cfg.Load().Pool.PoolTimeout); pe != nil {
+				if err := s.answerError(pe, typ); err != nil {
+					return "relay client→server: " + err.Error()
+				}
+				continue
+			}
+		}
 		s.claim()
 		switch {
 		case typ == 'X':

@@ -41,14 +41,27 @@ type Server struct {
 	primary  config.Server
 	replicas []config.Server // every server that is not the primary
 
-	ln        net.Listener
-	draining  atomic.Bool
-	clients   atomic.Int64 // logged-in and logging-in clients, for max_client_conn
-	misroutes atomic.Int64 // statements a replica refused as writes, re-run on the primary
-	qlog      *queryLog
-	metrics   *metrics
-	qlogOn    bool // the query log's writer runs (Listen started it)
-	wg        sync.WaitGroup
+	ln         net.Listener
+	draining   atomic.Bool
+	clients    atomic.Int64 // logged-in and logging-in clients, for max_client_conn
+	adminConns atomic.Int64 // admin console connections
+	misroutes  atomic.Int64 // statements a replica refused as writes, re-run on the primary
+	qlog       *queryLog
+	metrics    *metrics
+	qlogOn     bool // the query log's writer runs (Listen started it)
+	stats      *statsBook
+	bytesIn    atomic.Int64 // client traffic, for metrics (never reset)
+	bytesOut   atomic.Int64
+	health     *healthMonitor
+	pause      pauseGate
+	adminAuth  atomic.Pointer[authenticator]
+	// reloader re-reads the configuration for RELOAD (set before Serve).
+	reloader func() error
+	// shutdownReq is closed by the admin console's SHUTDOWN.
+	shutdownReq  chan struct{}
+	shutdownOnce sync.Once
+	started      time.Time
+	wg           sync.WaitGroup
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
@@ -79,18 +92,42 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{}, downUntil: map[endpoint]time.Time{}}
-	au, err := newAuthenticator(cfg.Auth)
-	if err != nil {
+	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
+		downUntil: map[endpoint]time.Time{}, stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now()}
+	if err := s.setAuth(cfg); err != nil {
 		return nil, err
 	}
-	s.auth.Store(au)
 	s.cfg.Store(cfg)
 	s.qlog = newQueryLog(cfg.Log, log)
 	s.qlog.explain = newExplainer(s)
+	s.health = newHealthMonitor(s)
 	s.metrics = newMetrics(s)
 	return s, nil
 }
+
+// setAuth builds the authenticators of cfg's users and admin users.
+func (s *Server) setAuth(cfg *config.Config) error {
+	au, err := newAuthenticator(cfg.Auth.Method, cfg.Auth.Users, "auth.users")
+	if err != nil {
+		return err
+	}
+	ad, err := newAuthenticator(cfg.Auth.Method, cfg.Admin.Users, "admin.users")
+	if err != nil {
+		return err
+	}
+	s.auth.Store(au)
+	s.adminAuth.Store(ad)
+	return nil
+}
+
+// SetReloader sets what the admin console's RELOAD runs: typically re-read
+// the configuration file and call Reload, as on SIGHUP. Call it before
+// Serve. Without one, RELOAD answers that it is not available.
+func (s *Server) SetReloader(f func() error) { s.reloader = f }
+
+// ShutdownRequested is closed when an admin runs SHUTDOWN; the owner of the
+// Server then calls Shutdown.
+func (s *Server) ShutdownRequested() <-chan struct{} { return s.shutdownReq }
 
 // Listen binds the configured address. Addr is valid afterwards.
 func (s *Server) Listen(ctx context.Context) error {
@@ -123,6 +160,7 @@ func (s *Server) Listen(ctx context.Context) error {
 	s.qlog.explain.start()
 	s.qlog.start()
 	s.qlogOn = true
+	s.health.start()
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
 		zap.String("pool_mode", cfg.Pool.Mode))
 	return nil
@@ -177,7 +215,8 @@ func (s *Server) Serve() error {
 
 // newSession registers a session under a fresh, unique cancel key.
 func (s *Server) newSession(c net.Conn) *session {
-	sess := &session{srv: s, conn: c, gone: make(chan struct{})}
+	sess := &session{srv: s, gone: make(chan struct{}), connectedAt: time.Now()}
+	sess.conn = countingConn{Conn: c, s: sess}
 	var b [8]byte
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -279,10 +318,39 @@ func (s *Server) markDown(srv config.Server) {
 	if srv == s.primary {
 		return
 	}
+	now := time.Now()
 	s.mu.Lock()
-	s.downUntil[endpointOf(srv)] = time.Now().Add(ReplicaRetry)
+	wasUp := now.After(s.downUntil[endpointOf(srv)])
+	s.downUntil[endpointOf(srv)] = now.Add(ReplicaRetry)
 	s.mu.Unlock()
-	s.log.Warn("replica unreachable: out of rotation", zap.String("server", srv.Addr()), zap.Duration("retry_in", ReplicaRetry))
+	if wasUp {
+		s.log.Warn("replica unreachable: out of rotation", zap.String("server", srv.Addr()), zap.Duration("retry_in", ReplicaRetry))
+	}
+}
+
+// markUp puts a replica that passed a health check back in rotation.
+func (s *Server) markUp(srv config.Server) {
+	ep := endpointOf(srv)
+	s.mu.Lock()
+	until, was := s.downUntil[ep]
+	delete(s.downUntil, ep)
+	s.mu.Unlock()
+	if was && time.Now().Before(until) {
+		s.log.Info("replica back in rotation", zap.String("server", srv.Addr()))
+	}
+}
+
+// inRotation reports whether reads may go to srv now.
+func (s *Server) inRotation(srv config.Server) bool {
+	if srv == s.primary {
+		return s.cfg.Load().Routing.ReadFrom != config.ReadFromReplicas || !s.hasReplicas()
+	}
+	if srv.Weight == 0 || !s.readsOffloaded() {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Now().After(s.downUntil[endpointOf(srv)])
 }
 
 // weightedPick takes the n-th slot of the replicas laid out by weight.
@@ -329,10 +397,6 @@ func (s *Server) hasReplicas() bool {
 // restart; changes to them are reported and ignored.
 func (s *Server) Reload(cfg *config.Config) error {
 	old := s.cfg.Load()
-	au, err := newAuthenticator(cfg.Auth)
-	if err != nil {
-		return err
-	}
 	if cfg.Listen != old.Listen {
 		s.log.Warn("reload: listen changes need a restart; keeping the old value", zap.String("listen", old.Listen))
 		cfg.Listen = old.Listen
@@ -344,7 +408,9 @@ func (s *Server) Reload(cfg *config.Config) error {
 	if err := s.checkLimits(context.Background(), cfg); err != nil {
 		return err
 	}
-	s.auth.Store(au)
+	if err := s.setAuth(cfg); err != nil {
+		return err
+	}
 	s.cfg.Store(cfg)
 	if cfg.Log.File != old.Log.File {
 		s.log.Warn("reload: log.file changes need a restart; keeping the old file", zap.String("log.file", old.Log.File))
@@ -390,6 +456,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		return
 	}
 	timeout := s.cfg.Load().ShutdownTimeout
+	s.pause.resume() // held clients run their transaction within shutdown_timeout
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
@@ -428,6 +495,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	s.bg.Wait()
+	s.health.stop()
 	s.metrics.stop()
 	s.log.Info("shutdown complete")
 }

@@ -82,6 +82,17 @@ type session struct {
 	msgAt    time.Time              // when the client message being handled arrived
 	waited   time.Duration          // how long it waited for server connections
 
+	// Statistics: the database's counters (set at login), when the open
+	// transaction (or autocommit statement) began (unix ns, 0: none), when
+	// the session began and when its last client message arrived.
+	stats       atomic.Pointer[dbStats]
+	txBegan     atomic.Int64
+	connectedAt time.Time
+	lastRequest atomic.Int64
+	admin       *adminSession          // set for admin console sessions
+	waitingFrom atomic.Int64           // unix ns since the client waits for a connection or RESUME (0: not waiting)
+	pinnedBy    atomic.Pointer[string] // connPins joined, for SHOW CLIENTS
+
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
 	draining atomic.Bool   // close as soon as the client is idle
@@ -117,6 +128,10 @@ func (s *session) serve() {
 	s.log = s.log.With(zap.String("user", user), zap.String("database", database),
 		zap.String("application_name", st.params["application_name"]))
 	s.appName = st.params["application_name"]
+	if database == config.AdminDatabase {
+		s.serveAdmin(st, user)
+		return
+	}
 
 	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.Load().MaxClientConn) {
 		s.srv.clients.Add(-1)
@@ -150,6 +165,7 @@ func (s *session) serve() {
 	}
 	cfg := s.srv.cfg.Load()
 	s.user, s.database, s.startup = u, database, setup
+	s.stats.Store(s.srv.stats.db(database))
 	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
 	for k, v := range setup {
 		s.settings[k] = v
@@ -232,7 +248,9 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 		cfg := s.srv.cfg.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
 		began := time.Now()
+		s.waitingFrom.Store(began.UnixNano())
 		c, err = p.Acquire(ctx)
+		s.waitingFrom.Store(0)
 		s.waited += time.Since(began)
 		cancel()
 	}
@@ -344,6 +362,10 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 	srv.mu.Unlock()
 	if sess == nil || !sess.ready.Load() || len(cr.SecretKey) != 4 || subtle.ConstantTimeCompare(cr.SecretKey, sess.secret[:]) != 1 {
 		srv.log.Debug("cancel request with unknown key ignored", zap.String("client", from.String()))
+		return
+	}
+	if sess.admin != nil {
+		sess.admin.cancelled.Store(true) // ends a PAUSE wait
 		return
 	}
 	// Hold upMu until the requests are delivered: a connection cannot be

@@ -121,6 +121,12 @@ func (s *session) updateConnPins() {
 		s.log.Info("client pinned to its server connection until it releases the state or leaves", zap.Strings("pinned_by", pins))
 	}
 	s.connPins = pins
+	if len(pins) == 0 {
+		s.pinnedBy.Store(nil)
+	} else {
+		joined := strings.Join(pins, ", ")
+		s.pinnedBy.Store(&joined)
+	}
 }
 
 // mayPoolAfterLeaving reports whether a connection of a session that ended

@@ -331,6 +331,11 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 func (s *session) readyForQuery(u *upstream, status byte) {
 	u.txStatus.Store(uint32(status))
 	s.txStatus.Store(uint32(status))
+	if status == 'I' {
+		if began := s.txBegan.Swap(0); began != 0 {
+			s.endTransaction(began)
+		}
+	}
 	u.pending.Add(-1)
 	// A batch is over: any Parse/Close answers still expected were
 	// skipped by an error.

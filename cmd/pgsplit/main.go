@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"sync"
 	"syscall"
 	"time"
 
@@ -184,23 +185,44 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 	defer signal.Stop(stop)
 	defer signal.Stop(hup)
 
+	// reload re-reads the file (SIGHUP and the admin console's RELOAD).
+	var reloadMu sync.Mutex
+	reload := func() error {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		ncfg, err := config.Load(cfgPath, os.Environ())
+		if err == nil {
+			err = srv.Reload(ncfg)
+		}
+		if err != nil {
+			log.Error("reload refused; keeping the running configuration", zap.Error(err))
+			return err
+		}
+		if err := level.UnmarshalText([]byte(ncfg.Log.Level)); err != nil {
+			log.Error("reload: bad log.level", zap.Error(err))
+		}
+		return nil
+	}
+	if cfgPath != "" {
+		srv.SetReloader(reload)
+	} else {
+		// demo, or serve from the environment only: nothing to re-read.
+		reload = func() error {
+			log.Warn("reload ignored: pgsplit was started without a configuration file")
+			return nil
+		}
+	}
+
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	for {
 		select {
 		case <-hup:
-			ncfg, err := config.Load(cfgPath, os.Environ())
-			if err != nil {
-				log.Error("reload refused; keeping the running configuration", zap.Error(err))
-				continue
-			}
-			if err := srv.Reload(ncfg); err != nil {
-				log.Error("reload refused; keeping the running configuration", zap.Error(err))
-				continue
-			}
-			if err := level.UnmarshalText([]byte(ncfg.Log.Level)); err != nil {
-				log.Error("reload: bad log.level", zap.Error(err))
-			}
+			_ = reload()
+		case <-srv.ShutdownRequested():
+			log.Info("SHUTDOWN from the admin console")
+			shutdown(srv, stop, log)
+			return <-served
 		case sig := <-stop:
 			log.Info("signal received", zap.String("signal", sig.String()))
 			shutdown(srv, stop, log)

@@ -1,0 +1,219 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/pool"
+)
+
+// healthMonitor asks every server, every routing.health_check_interval,
+// whether it is up and (replicas) how far behind the primary it is: the
+// bytes of WAL it has still to replay and, while it is behind, the age of
+// the last transaction it replayed. A replica that fails a check leaves
+// read rotation for ReplicaRetry; one that passes comes back. The figures
+// feed SHOW NODES and the metrics.
+//
+// Ownership: the Server owns it; its goroutine owns the check connections
+// (one per server, opened with the first auth user to database postgres:
+// the "+1" of the connection-limits formula). nodes is read by others under
+// mu.
+type healthMonitor struct {
+	s     *Server
+	conns map[endpoint]*pgconn.PgConn // monitor goroutine only
+
+	mu    sync.Mutex
+	nodes map[endpoint]*NodeStatus
+
+	quit chan struct{}
+	done chan struct{}
+}
+
+// NodeStatus is what the last check of a server found.
+type NodeStatus struct {
+	Server     config.Server
+	Role       string // as pgsplit uses it: primary or replica
+	Checked    time.Time
+	Healthy    bool
+	Error      string
+	InRecovery bool
+	LSN        uint64  // primary: current WAL position; replica: replayed
+	LagBytes   int64   // replicas: WAL behind the primary; -1 unknown
+	LagSeconds float64 // replicas: 0 when caught up; -1 unknown
+}
+
+func newHealthMonitor(s *Server) *healthMonitor {
+	return &healthMonitor{s: s, conns: map[endpoint]*pgconn.PgConn{}, nodes: map[endpoint]*NodeStatus{},
+		quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (h *healthMonitor) start() {
+	go h.run()
+}
+
+func (h *healthMonitor) stop() {
+	select {
+	case <-h.quit:
+		return
+	default:
+	}
+	close(h.quit)
+	select {
+	case <-h.done:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+func (h *healthMonitor) run() {
+	defer close(h.done)
+	defer func() {
+		for _, c := range h.conns {
+			_ = c.Close(context.Background())
+		}
+	}()
+	for {
+		every := h.s.cfg.Load().Routing.HealthCheckInterval
+		if every > 0 {
+			h.checkAll()
+		} else {
+			every = time.Second // checks off: look at the setting again later
+		}
+		select {
+		case <-h.quit:
+			return
+		case <-time.After(every):
+		}
+	}
+}
+
+const replicaCheckSQL = `SELECT pg_is_in_recovery(), COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text,
+ CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+ ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8, -1) END`
+
+func (h *healthMonitor) checkAll() {
+	s := h.s
+	primary := h.check(s.primary, "primary", "SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text, 0::float8")
+	for _, r := range s.replicas {
+		n := h.check(r, "replica", replicaCheckSQL)
+		switch {
+		case !n.Healthy:
+			s.markDown(r)
+		default:
+			s.markUp(r)
+			if primary.Healthy {
+				n.LagBytes = max(int64(primary.LSN)-int64(n.LSN), 0)
+			}
+		}
+		h.store(n)
+	}
+	h.store(primary)
+}
+
+// check runs one server's check query on the monitor's connection to it.
+func (h *healthMonitor) check(srv config.Server, role, sql string) *NodeStatus {
+	n := &NodeStatus{Server: srv, Role: role, Checked: time.Now(), LagBytes: -1, LagSeconds: -1}
+	cfg := h.s.cfg.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.ConnectTimeout)
+	defer cancel()
+	ep := endpointOf(srv)
+	c := h.conns[ep]
+	if c == nil {
+		pc, err := pool.ConnConfig(srv.Host, srv.Port, cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, "postgres", cfg.Pool.ConnectTimeout)
+		if err == nil {
+			pc.RuntimeParams["application_name"] = "pgsplit health check"
+			c, err = pgconn.ConnectConfig(ctx, pc)
+		}
+		if err != nil {
+			n.Error = err.Error()
+			return n
+		}
+		h.conns[ep] = c
+	}
+	res := c.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+	if res.Err == nil && (len(res.Rows) != 1 || len(res.Rows[0]) != 3) {
+		res.Err = fmt.Errorf("unexpected answer to the health check (%d rows)", len(res.Rows))
+	}
+	if res.Err != nil {
+		_ = c.Close(context.Background())
+		delete(h.conns, ep)
+		n.Error = res.Err.Error()
+		return n
+	}
+	row := res.Rows[0]
+	lsn, err := parseLSN(string(row[1]))
+	if err != nil {
+		n.Error = err.Error()
+		return n
+	}
+	n.Healthy, n.InRecovery, n.LSN = true, string(row[0]) == "t", lsn
+	if role == "replica" {
+		if secs, err := strconv.ParseFloat(string(row[2]), 64); err == nil {
+			n.LagSeconds = secs
+		}
+	} else {
+		n.LagBytes, n.LagSeconds = 0, 0
+	}
+	return n
+}
+
+// store keeps n as its server's latest status and logs changes of health.
+func (h *healthMonitor) store(n *NodeStatus) {
+	ep := endpointOf(n.Server)
+	h.mu.Lock()
+	old := h.nodes[ep]
+	h.nodes[ep] = n
+	h.mu.Unlock()
+	switch {
+	case old != nil && old.Healthy && !n.Healthy, old == nil && !n.Healthy:
+		h.s.log.Warn("health check failed", zap.String("server", n.Server.Addr()), zap.String("role", n.Role), zap.String("error", n.Error))
+	case old != nil && !old.Healthy && n.Healthy:
+		h.s.log.Info("health check passes again", zap.String("server", n.Server.Addr()), zap.String("role", n.Role))
+	}
+	if n.Healthy && n.Role == "replica" && !n.InRecovery && (old == nil || old.InRecovery) {
+		h.s.log.Warn("a server configured as replica is not in recovery (promoted?); pgsplit still sends it only reads",
+			zap.String("server", n.Server.Addr()))
+	}
+}
+
+// Nodes returns the latest status of every server, primary first; servers
+// not checked yet have a zero Checked time.
+func (s *Server) Nodes() []NodeStatus {
+	h := s.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]NodeStatus, 0, 1+len(s.replicas))
+	for i, srv := range append([]config.Server{s.primary}, s.replicas...) {
+		if n, ok := h.nodes[endpointOf(srv)]; ok {
+			out = append(out, *n)
+			continue
+		}
+		role := "replica"
+		if i == 0 {
+			role = "primary"
+		}
+		out = append(out, NodeStatus{Server: srv, Role: role, LagBytes: -1, LagSeconds: -1})
+	}
+	return out
+}
+
+// parseLSN reads a WAL position written as PostgreSQL's pg_lsn ("16/B374D848").
+func parseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, fmt.Errorf("bad WAL position %q", s)
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad WAL position %q", s)
+	}
+	return h<<32 | l, nil
+}

@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// pauseGate holds new transactions while an admin has run PAUSE: a session
+// that is idle (no transaction open, no answer owed) waits at the gate
+// before its next message until RESUME, for at most pool_timeout, and then
+// gets SQLSTATE 53300 and keeps its session. Transactions already running
+// go on; PAUSE returns once they have all finished.
+//
+// Ownership: the Server owns it; any goroutine may use it.
+type pauseGate struct {
+	on     atomic.Bool // read without the lock on every client message
+	mu     sync.Mutex
+	since  time.Time
+	opened chan struct{} // closed by RESUME; nil while not paused
+}
+
+func (g *pauseGate) paused() bool { return g.on.Load() }
+
+// pause closes the gate; it reports false if it was closed already.
+func (g *pauseGate) pause() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.on.Load() {
+		return false
+	}
+	g.since, g.opened = time.Now(), make(chan struct{})
+	g.on.Store(true)
+	return true
+}
+
+// resumeGate opens the gate; it reports false if it was open.
+func (g *pauseGate) resumeGate() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.on.Load() {
+		return false
+	}
+	close(g.opened)
+	g.opened = nil
+	g.on.Store(false)
+	return true
+}
+
+// resume opens the gate if it is closed (shutdown).
+func (g *pauseGate) resume() { g.resumeGate() }
+
+// wait blocks until the gate opens or timeout passes (an ERROR for the
+// client, who keeps its session).
+func (g *pauseGate) wait(s *session, timeout time.Duration) *pgError {
+	g.mu.Lock()
+	ch := g.opened
+	g.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	s.waitingFrom.Store(time.Now().UnixNano())
+	defer s.waitingFrom.Store(0)
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-t.C:
+		return &pgError{severity: "ERROR", code: codeTooManyConnections,
+			msg: fmt.Sprintf("pgsplit is paused (PAUSE by an admin): no new transaction may start; waited %s (pool_timeout)", timeout)}
+	}
+}

@@ -1,0 +1,48 @@
+package router
+
+// Shape returns a 64-bit hash of sql's tokens with every literal and
+// parameter replaced by one placeholder and keywords and bare identifiers
+// case-folded, ignoring whitespace and comments: statements that differ
+// only in their values (or formatting) share a shape. It is a cheap
+// grouping key for per-statement statistics, computed on the relay path;
+// the canonical identity is the PostgreSQL parser's fingerprint, which the
+// caller computes once per shape. Text the lexer does not understand is
+// hashed as written.
+func Shape(sql string) uint64 {
+	const (
+		offset = 14695981039346656037
+		prime  = 1099511628211
+	)
+	h := uint64(offset)
+	mix := func(b byte) { h = (h ^ uint64(b)) * prime }
+	l := lexer{s: sql}
+	for {
+		t := l.next()
+		switch t.kind {
+		case tokEOF:
+			return h
+		case tokBad:
+			mix(byte(tokBad))
+			for i := t.start; i < t.end; i++ {
+				mix(sql[i])
+			}
+			return h
+		case tokString, tokNumber, tokParam:
+			mix('?')
+		case tokIdent:
+			mix(byte(tokIdent))
+			for i := t.start; i < t.end; i++ {
+				c := sql[i]
+				if c >= 'A' && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				mix(c)
+			}
+		default:
+			mix(byte(t.kind))
+			for i := t.start; i < t.end; i++ {
+				mix(sql[i])
+			}
+		}
+	}
+}
