@@ -34,6 +34,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 30s ./internal/wire/
 	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime 30s ./proxy/
 	$(GO) test -run XXX -fuzz FuzzAppendExtended -fuzztime 30s ./proxy/
+	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime 30s ./proxy/
 	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime 30s ./router/
 
 clean:

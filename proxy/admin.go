@@ -41,6 +41,7 @@ type adminSession struct {
 	stmts     map[string]string // prepared statement name → command text
 	portals   map[string]adminPortal
 	cancelled atomic.Bool
+	shutdown  bool // SHUTDOWN ran: request it once the answer is out
 }
 
 type adminPortal struct {
@@ -140,6 +141,11 @@ func (s *session) adminLoop() string {
 		}
 		if err := s.adminWrite(out); err != nil {
 			return "write to client: " + err.Error()
+		}
+		if a.shutdown {
+			a.shutdown = false
+			s.log.Info("SHUTDOWN requested from the admin console")
+			s.srv.shutdownOnce.Do(func() { close(s.srv.shutdownReq) })
 		}
 	}
 }

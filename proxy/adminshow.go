@@ -456,9 +456,10 @@ func runResume(s *session) (string, *pgError) {
 	return "RESUME", nil
 }
 
+// runShutdown asks for a graceful shutdown once the answer is written (the
+// drain would otherwise close the console before it).
 func runShutdown(s *session) (string, *pgError) {
-	s.srv.shutdownOnce.Do(func() { close(s.srv.shutdownReq) })
-	s.srv.log.Info("SHUTDOWN requested from the admin console")
+	s.admin.shutdown = true
 	return "SHUTDOWN", nil
 }
 

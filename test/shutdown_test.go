@@ -72,16 +72,23 @@ type pgsplitProcess struct {
 // until it listens.
 func startProcess(t *testing.T, shutdownTimeout string) *pgsplitProcess {
 	t.Helper()
-	bin := pgsplitBinary(t)
-	cmd := exec.Command(bin)
-	cmd.Dir = t.TempDir()
-	cmd.Env = append(cleanEnv(),
+	return startProcessIn(t, t.TempDir(), nil,
 		"PGSPLIT_LISTEN=127.0.0.1:0",
 		fmt.Sprintf("PGSPLIT_SERVERS=%s:%d/primary", cluster.Primary.Host, cluster.Primary.Port),
 		"PGSPLIT_AUTH_USERS="+appUser+":"+appPassword,
 		"PGSPLIT_SHUTDOWN_TIMEOUT="+shutdownTimeout,
 		"PGSPLIT_POOL_POOL_TIMEOUT=5s",
 	)
+}
+
+// startProcessIn runs the pgsplit binary in dir with args and the
+// environment variables env, and waits until it listens.
+func startProcessIn(t *testing.T, dir string, args []string, env ...string) *pgsplitProcess {
+	t.Helper()
+	bin := pgsplitBinary(t)
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(cleanEnv(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

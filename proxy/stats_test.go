@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/router"
+)
+
+// TestPercentile compares the histogram's p95 with the exact one on random
+// durations spanning six orders of magnitude: within 7%.
+func TestPercentile(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 20; round++ {
+		var h [histBuckets]uint32
+		var ds []time.Duration
+		var maxd time.Duration
+		n := 1 + rng.IntN(5000)
+		for i := 0; i < n; i++ {
+			d := time.Duration(float64(time.Microsecond) * float64(rng.IntN(1000)+1) * float64(int(1)<<rng.IntN(20)))
+			ds = append(ds, d)
+			h[histBucket(d)]++
+			maxd = max(maxd, d)
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		exact := ds[(95*n+99)/100-1]
+		got := percentile(&h, int64(n), 0.95, maxd)
+		if r := float64(got) / float64(exact); r < 0.93 || r > 1.07 {
+			t.Errorf("round %d: p95 %s, exact %s (n=%d)", round, got, exact, n)
+		}
+	}
+}
+
+// TestQueryStatsTop: statements differing only in literals are one
+// fingerprint; the ranking is by total time; shapes over maxShapes are
+// counted together, not dropped.
+func TestQueryStatsTop(t *testing.T) {
+	q := newQueryStats()
+	s := &session{}
+	rec := func(sql string, d time.Duration, role router.Target) {
+		q.observe(&queryRecord{sql: sql, role: role, client: s, rows: 1}, d, d >= time.Second)
+	}
+	for i := 0; i < 10; i++ {
+		rec(fmt.Sprintf("SELECT * FROM t WHERE id = %d", i), time.Millisecond, router.Replica)
+		rec(fmt.Sprintf("select *   from t where id=%d", i), time.Millisecond, router.Primary)
+	}
+	rec("UPDATE t SET x = 1", 2*time.Second, router.Primary)
+	top := q.top(10, normalizeSQL)
+	if len(top) != 2 {
+		t.Fatalf("%d fingerprints, want 2: %+v", len(top), top)
+	}
+	if top[0].Query != "UPDATE t SET x = $1" || top[0].Slow != 1 || top[0].Calls != 1 {
+		t.Errorf("first: %+v", top[0])
+	}
+	if top[1].Calls != 20 || top[1].Replica != 10 || top[1].Rows != 20 || top[1].Total != 20*time.Millisecond {
+		t.Errorf("second: %+v", top[1])
+	}
+	for i := 0; i < maxShapes+10; i++ {
+		rec(fmt.Sprintf("SELECT c%d FROM t", i), time.Microsecond, router.Primary)
+	}
+	var calls int64
+	for _, st := range q.top(maxShapes+100, func(sql string) normalized { return normalized{sql, sql} }) {
+		calls += st.Calls
+	}
+	if calls != 21+maxShapes+10 {
+		t.Errorf("%d calls counted, want %d", calls, 21+maxShapes+10)
+	}
+}
+
+func BenchmarkQueryStatsObserve(b *testing.B) {
+	q := newQueryStats()
+	s := &session{}
+	r := &queryRecord{sql: "SELECT abalance FROM pgbench_accounts WHERE aid = 4242", role: router.Replica, client: s}
+	b.ReportAllocs()
+	for b.Loop() {
+		q.observe(r, time.Millisecond, false)
+	}
+}
+
+// FuzzAdminExtended feeds arbitrary extended-protocol messages to the admin
+// console: no panic, and every answer is whole backend messages.
+func FuzzAdminExtended(f *testing.F) {
+	parse := (&pgproto3.Parse{Name: "s", Query: "SHOW POOLS"}).Encode
+	bind := (&pgproto3.Bind{PreparedStatement: "s", ResultFormatCodes: []int16{1}}).Encode
+	for _, enc := range []func([]byte) ([]byte, error){parse, bind} {
+		b, _ := enc(nil)
+		f.Add(b[0], b[5:])
+	}
+	f.Add(byte('E'), []byte{0, 0, 0, 0, 0})
+	f.Add(byte('D'), []byte{'S', 's', 0})
+	cfg := &config.Config{Servers: []config.Server{{Host: "127.0.0.1", Port: 1, Role: config.RolePrimary}},
+		Auth: config.Auth{Method: config.AuthTrust, Users: []config.User{{Name: "a"}}}, Routing: config.DefaultRouting()}
+	srv, err := New(cfg, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv.primary = cfg.Servers[0]
+	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
+		s := &session{srv: srv, admin: &adminSession{stmts: map[string]string{"s": "SHOW STATS"}, portals: map[string]adminPortal{"": {cmd: "SHOW CONFIG"}}}}
+		for _, ty := range []byte{typ, 'P', 'B', 'D', 'E', 'C'} {
+			out, _ := s.adminExtended(ty, body)
+			for len(out) > 0 {
+				if len(out) < 5 {
+					t.Fatalf("partial message: %x", out)
+				}
+				n := int(uint32(out[1])<<24 | uint32(out[2])<<16 | uint32(out[3])<<8 | uint32(out[4]))
+				if n < 4 || 1+n > len(out) {
+					t.Fatalf("bad length %d in %x", n, out)
+				}
+				out = out[1+n:]
+			}
+		}
+	})
+}
