@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"runtime/debug"
 	"sort"
@@ -396,7 +397,7 @@ func showQueries(s *session) *resultSet {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	for _, q := range s.srv.stats.queries.Load().top(showQueriesLimit, normalizeSQL) {
 		r.rows = append(r.rows, []any{q.Fingerprint, q.Query, q.Calls, ms(q.Total), ms(q.Total / time.Duration(q.Calls)),
-			ms(q.P95), ms(q.Max), ms(q.Wait), q.Rows, q.Slow, q.Errs, float64(q.Replica) / float64(q.Calls)})
+			ms(q.P95), ms(q.Max), ms(q.Wait), q.Rows, q.Slow, q.Errs, math.Round(1000*float64(q.Replica)/float64(q.Calls)) / 1000})
 	}
 	return r
 }
