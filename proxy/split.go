@@ -171,6 +171,11 @@ func (s *session) answerTx(tag string, status byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.txStatus.Store(uint32(status))
+	if status == 'I' {
+		if began := s.txBegan.Swap(0); began != 0 {
+			s.endTransaction(began)
+		}
+	}
 	if err := writeMsgs(s.cw, &pgproto3.CommandComplete{CommandTag: []byte(tag)}); err != nil {
 		return err
 	}
