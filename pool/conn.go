@@ -119,8 +119,40 @@ func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) 
 
 // Query is Exec that also returns the rows, as text (NULL as nil).
 func (c *Conn) Query(ctx context.Context, sql string) ([][][]byte, error) {
+	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.collect(ctx, buf)
+}
+
+// QueryParams runs sql with the extended protocol, as the unnamed statement
+// and portal, with parameters as a client's Bind carries them: oids as in
+// Parse (0 or missing: the server infers the type), one format code for
+// all or one per value (none: text), NULL as nil. The rows come back as
+// text. Like Query, it waits for ReadyForQuery, and the connection must be
+// idle. It replaces the connection's unnamed statement.
+func (c *Conn) QueryParams(ctx context.Context, sql string, oids []uint32, formats []int16, values [][]byte) ([][][]byte, error) {
+	buf, err := (&pgproto3.Parse{Query: sql, ParameterOIDs: oids}).Encode(nil)
+	if err == nil {
+		buf, err = (&pgproto3.Bind{ParameterFormatCodes: formats, Parameters: values}).Encode(buf)
+	}
+	if err == nil {
+		buf, err = (&pgproto3.Execute{}).Encode(buf)
+	}
+	if err == nil {
+		buf, err = (&pgproto3.Sync{}).Encode(buf)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c.collect(ctx, buf)
+}
+
+// collect sends msgs and returns the rows they produce, copied.
+func (c *Conn) collect(ctx context.Context, msgs []byte) ([][][]byte, error) {
 	var rows [][][]byte
-	_, err := c.run(ctx, sql, func(values [][]byte) {
+	_, err := c.roundTrip(ctx, msgs, func(values [][]byte) {
 		row := make([][]byte, len(values))
 		for i, v := range values {
 			if v != nil {
@@ -135,24 +167,30 @@ func (c *Conn) Query(ctx context.Context, sql string) ([][][]byte, error) {
 	return rows, nil
 }
 
-// run sends sql as a simple Query and reads up to its ReadyForQuery, handing
-// each DataRow's values (valid only during the call) to onRow if not nil.
+// run sends sql as a simple Query; see roundTrip.
 func (c *Conn) run(ctx context.Context, sql string, onRow func([][]byte)) (byte, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.raw.SetDeadline(dl)
-		defer func() { _ = c.raw.SetDeadline(time.Time{}) }()
-	}
 	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := c.W.Write(buf); err != nil {
+	return c.roundTrip(ctx, buf, onRow)
+}
+
+// roundTrip sends msgs (a simple Query, or extended-protocol messages up to
+// one Sync) and reads up to the ReadyForQuery that ends them, handing each
+// DataRow's values (valid only during the call) to onRow if not nil.
+func (c *Conn) roundTrip(ctx context.Context, msgs []byte, onRow func([][]byte)) (byte, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.raw.SetDeadline(dl)
+		defer func() { _ = c.raw.SetDeadline(time.Time{}) }()
+	}
+	if _, err := c.W.Write(msgs); err != nil {
 		return 0, err
 	}
 	if err := c.W.Flush(); err != nil {
 		return 0, err
 	}
-	c.State.Unnamed = nil // a simple Query destroys the unnamed statement
+	c.State.Unnamed = nil // a simple Query destroys the unnamed statement; a Parse replaces it
 	var serr *ServerError
 	for {
 		typ, _, err := c.R.Next()

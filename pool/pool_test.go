@@ -270,3 +270,37 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not reached in 5s")
 }
+
+// QueryParams binds parameters as a client's Bind carries them (binary and
+// text formats, a declared and an inferred type, NULL) and returns text
+// rows; a server error leaves the connection usable and the unnamed
+// statement is no longer taken to be the client's.
+func TestQueryParams(t *testing.T) {
+	p := newPool(1, 0, time.Second)
+	defer p.Close()
+	ctx := context.Background()
+	c, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(c)
+	c.State.Unnamed = []byte("P…")
+	rows, err := c.QueryParams(ctx, "SELECT $1::int8 + 1, $2 || '!', $3::text IS NULL",
+		[]uint32{20}, []int16{1, 0, 0}, [][]byte{{0, 0, 0, 0, 0, 0, 0, 41}, []byte("hi"), nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || string(rows[0][0]) != "42" || string(rows[0][1]) != "hi!" || string(rows[0][2]) != "t" {
+		t.Fatalf("rows %q", rows)
+	}
+	if c.State.Unnamed != nil {
+		t.Fatal("the unnamed statement was replaced but State still has the client's")
+	}
+	_, err = c.QueryParams(ctx, "SELECT 1/$1::int", nil, nil, [][]byte{[]byte("0")})
+	if se, ok := IsServerError(err); !ok || se.Msg.Code != "22012" {
+		t.Fatalf("want 22012, got %v", err)
+	}
+	if rows, err := c.QueryParams(ctx, "SELECT $1::int * 2", nil, []int16{0}, [][]byte{[]byte("21")}); err != nil || string(rows[0][0]) != "42" {
+		t.Fatalf("after an error: %q %v", rows, err)
+	}
+}

@@ -63,7 +63,7 @@ type batch struct {
 	seen       []string
 	refs       []string               // statement names used by Bind or Describe
 	closes     []string               // statement names closed by the client
-	portals    map[string]*clientStmt // portal → the statement Bind bound (nil: unknown)
+	portals    map[string]boundPortal // portal → what Bind bound to it
 	execs      []execution            // what the batch's Executes run
 	reason     string
 	primary    bool // something in the batch needs the primary
@@ -219,11 +219,19 @@ func (s *session) streamExtended(typ byte) error {
 	return s.flushIfIdle(u)
 }
 
+// boundPortal is what a Bind bound to a portal: the client's statement
+// (nil: unknown) and, under log.explain_slow, its parameters.
+type boundPortal struct {
+	stmt   *clientStmt
+	params *bindParams
+}
+
 // execution is an Execute of the batch: the statement its portal was bound
-// to, and when it arrived.
+// to, its parameters if kept, and when it arrived.
 type execution struct {
-	stmt *clientStmt
-	at   time.Time
+	stmt   *clientStmt
+	params *bindParams
+	at     time.Time
 }
 
 // sendBatch writes the collected messages to u, preceded by what u lacks
@@ -239,7 +247,7 @@ func (s *session) sendBatch(u *upstream, last byte, reason string) error {
 	}
 	u.markSend()
 	for _, x := range b.execs {
-		s.startRecord(u, x.stmt.sql, x.stmt.class.Kind, true, reason, x.at, u.sent+1)
+		s.startRecord(u, x.stmt.sql, x.stmt.class.Kind, true, x.params, reason, x.at, u.sent+1)
 	}
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
@@ -298,9 +306,16 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		s.noteRef(name)
 		if b.portals == nil {
-			b.portals = map[string]*clientStmt{}
+			b.portals = map[string]boundPortal{}
 		}
-		b.portals[portal] = s.stmts[name]
+		bp := boundPortal{stmt: s.stmts[name]}
+		if s.srv.qlog.cfg.Load().ExplainSlow && bp.stmt != nil && s.classOf(bp.stmt).Kind == router.KindSelect {
+			// Should this Execute be slow, the explainer binds the same
+			// values. Copied here (not at the Execute): the Bind may have
+			// been streamed in an earlier message.
+			bp.params = &bindParams{parse: bp.stmt.parse, bind: append([]byte(nil), body...)}
+		}
+		b.portals[portal] = bp
 		b.buf = append(append(b.buf, portal...), 0)
 		b.buf = append(append(b.buf, s.serverName(name)...), 0)
 		b.buf = append(b.buf, params...)
@@ -313,8 +328,8 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		b.buf = append(b.buf, body...)
 	case 'E':
-		if cs := b.portals[cstring(body)]; cs != nil {
-			b.execs = append(b.execs, execution{cs, s.msgAt})
+		if bp := b.portals[cstring(body)]; bp.stmt != nil {
+			b.execs = append(b.execs, execution{bp.stmt, bp.params, s.msgAt})
 		}
 		b.buf = append(b.buf, body...)
 	case 'C':

@@ -1,14 +1,19 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"testing"
 
+	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/router"
 )
 
 func newTestSession() *session {
 	return &session{
+		srv:      &Server{qlog: newQueryLog(config.Log{}, zap.NewNop())},
 		cls:      &dbClassifier{Classifier: router.NewClassifier(router.Options{})},
 		stmts:    map[string]*clientStmt{},
 		settings: map[string]string{},
@@ -20,7 +25,7 @@ func newTestSession() *session {
 // appendExtended. Claims: no panic; a message it accepts is framed right
 // (the batch is a sequence of whole messages whose lengths add up); a
 // named Parse is renamed to the server name, and Bind/Describe of it carry
-// that name.
+// that name; a Bind's kept parameters decode without panic.
 func FuzzAppendExtended(f *testing.F) {
 	f.Add(byte('P'), []byte("s1\x00SELECT $1::int\x00\x00\x01\x00\x00\x00\x17"))
 	f.Add(byte('B'), []byte("\x00s1\x00\x00\x00\x00\x01\x00\x00\x00\x011\x00\x00"))
@@ -36,6 +41,7 @@ func FuzzAppendExtended(f *testing.F) {
 			typ = 'P'
 		}
 		s := newTestSession()
+		s.srv.qlog.cfg.Store(&config.Log{ExplainSlow: true}) // Bind keeps its parameters
 		// A statement the client prepared, so Bind/Describe have one to rename.
 		if err := s.appendExtended('P', []byte("s1\x00SELECT 1\x00\x00\x00")); err != nil {
 			t.Fatal(err)
@@ -53,6 +59,11 @@ func FuzzAppendExtended(f *testing.F) {
 				t.Fatalf("message %q claims length %d of %d bytes", rest[0], n, len(rest))
 			}
 			rest = rest[1+n:]
+		}
+		for _, bp := range s.batch.portals {
+			if bp.params != nil {
+				_, _, _, _ = bp.params.decode() // kept parameters: decoding may fail, not panic
+			}
 		}
 		if cs := s.stmts["s1"]; cs != nil && cs.server != "" && len(cs.parse) > 0 {
 			if got := cstring(cs.parse[5:]); got != cs.server {
@@ -81,5 +92,70 @@ func TestServerStmtName(t *testing.T) {
 	bind := string(s.batch.buf[len(s.stmts["mine"].parse):])
 	if bind[5:] != want[5:] {
 		t.Fatalf("Bind sent as %q, want %q", bind, want)
+	}
+}
+
+// Under log.explain_slow an Execute of a read keeps its portal's Bind
+// parameters (a copy: the client reader's buffer is reused) and its
+// statement's parameter types; writes keep none; with the setting off
+// nothing is kept and Bind + Execute allocate no more than before
+// parameters were kept (one allocation: the statement name's string).
+func TestBindParamsKept(t *testing.T) {
+	// Bind of s1: formats binary, text; values int4 42, "abc"; no result formats.
+	bind := []byte("\x00s1\x00\x00\x02\x00\x01\x00\x00\x00\x02\x00\x00\x00\x04\x00\x00\x00\x2a\x00\x00\x00\x03abc\x00\x00")
+	execute := []byte("\x00\x00\x00\x00\x00")
+	run := func(explain bool, sql string) (*session, []execution) {
+		s := newTestSession()
+		s.srv.qlog.cfg.Store(&config.Log{ExplainSlow: explain})
+		// Parse declares $1 int4 and leaves $2 to the server.
+		if err := s.appendExtended('P', []byte("s1\x00"+sql+"\x00\x00\x01\x00\x00\x00\x17")); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []struct {
+			typ  byte
+			body []byte
+		}{{'B', bind}, {'E', execute}} {
+			buf := bytes.Clone(m.body)
+			if err := s.appendExtended(m.typ, buf); err != nil {
+				t.Fatal(err)
+			}
+			clear(buf) // the reader's buffer holds the next message
+		}
+		return s, s.batch.execs
+	}
+
+	_, execs := run(true, "SELECT $1, $2")
+	if len(execs) != 1 || execs[0].params == nil {
+		t.Fatalf("read under explain_slow: executions %+v, want one with parameters", execs)
+	}
+	oids, formats, values, err := execs[0].params.decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(oids) != 1 || oids[0] != 23 || len(formats) != 2 || formats[0] != 1 || formats[1] != 0 ||
+		len(values) != 2 || !bytes.Equal(values[0], []byte{0, 0, 0, 42}) || string(values[1]) != "abc" {
+		t.Fatalf("decoded oids %v formats %v values %q", oids, formats, values)
+	}
+
+	if _, execs := run(true, "INSERT INTO t VALUES ($1, $2)"); len(execs) != 1 || execs[0].params != nil {
+		t.Fatalf("write under explain_slow: executions %+v, want one without parameters", execs)
+	}
+	s, execs := run(false, "SELECT $1, $2")
+	if len(execs) != 1 || execs[0].params != nil {
+		t.Fatalf("explain_slow off: executions %+v, want one without parameters", execs)
+	}
+	allocs := func() float64 {
+		return testing.AllocsPerRun(100, func() {
+			_ = s.appendExtended('B', bind)
+			_ = s.appendExtended('E', execute)
+			s.batch.reset()
+		})
+	}
+	if n := allocs(); n > 1 {
+		t.Fatalf("Bind + Execute with explain_slow off: %v allocations, want at most 1", n)
+	}
+	s.srv.qlog.cfg.Store(&config.Log{ExplainSlow: true})
+	if n := allocs(); n < 2 {
+		t.Fatalf("Bind + Execute with explain_slow on: %v allocations; the measure cannot tell copying from not", n)
 	}
 }

@@ -26,7 +26,8 @@ type queryRecord struct {
 	wait     time.Duration // waiting for a server connection
 	sql      string
 	kind     router.Kind
-	execute  bool // extended protocol (else a simple Query)
+	execute  bool        // extended protocol (else a simple Query)
+	params   *bindParams // an Execute's parameters, for EXPLAIN only (log.explain_slow)
 	role     router.Target
 	server   string
 	reason   string
@@ -212,11 +213,13 @@ func (u *upstream) expectReady() int64 {
 }
 
 // startRecord queues the query-log record of a statement about to be sent
-// to u; seq is the ReadyForQuery that ends its batch. Records feed the
-// query log, the metrics and the admin console's statistics.
-func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, reason string, start time.Time, seq int64) *queryRecord {
+// to u: a simple Query (params nil), or an Execute (with its parameters
+// when they were kept); seq is the ReadyForQuery that ends its batch.
+// Records feed the query log, the metrics and the admin console's
+// statistics.
+func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, params *bindParams, reason string, start time.Time, seq int64) *queryRecord {
 	s.txBegan.CompareAndSwap(0, start.UnixNano())
-	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, role: u.target, server: u.conn.Addr,
+	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, params: params, role: u.target, server: u.conn.Addr,
 		reason: reason, inTx: byte(s.txStatus.Load()) != 'I' || s.split != nil, seq: seq, client: s}
 	u.recMu.Lock()
 	u.recs = append(u.recs, r)

@@ -187,7 +187,7 @@ func (s *session) relayQuery() error {
 // any unfinished extended-protocol batch and of the unnamed statement.
 func (s *session) writeQuery(u *upstream, body []byte, sql string, kind router.Kind, reason string) (*queryRecord, error) {
 	u.markSend()
-	rec := s.startRecord(u, sql, kind, false, reason, s.msgAt, u.expectReady())
+	rec := s.startRecord(u, sql, kind, false, nil, reason, s.msgAt, u.expectReady())
 	u.pending.Add(1)
 	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
 	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
