@@ -28,6 +28,7 @@ lint:
 ## bench: Go micro-benchmarks of the hot path.
 bench:
 	$(GO) test -run XXX -bench . -benchmem ./internal/wire/ ./router/
+	$(GO) test -run XXX -bench QueryStatsObserve -benchmem ./proxy/
 
 ## fuzz: a short run of every fuzz target.
 fuzz:

@@ -1,6 +1,8 @@
 package test
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -119,5 +121,95 @@ func TestMetrics(t *testing.T) {
 	}
 	if code, _ := scrape(t, down, "/healthz"); code != 200 {
 		t.Errorf("/healthz with the primary down: %d", code)
+	}
+}
+
+// TestHealthAndLag: the health checks measure replica lag (non-zero while a
+// replica's WAL replay is paused and writes go on, back to zero once it
+// replays), report a server that cannot be reached as down and out of
+// rotation, and the client traffic counters grow with a known workload.
+func TestHealthAndLag(t *testing.T) {
+	deadPort, err := pgcluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := routingProxy(t, func(c *config.Config) {
+		c.Metrics.Listen = "127.0.0.1:0"
+		c.Routing.HealthCheckInterval = 100 * time.Millisecond
+		c.Admin.Users = []config.User{{Name: adminUser, Password: adminPassword}}
+		c.Servers = append(c.Servers, config.Server{Host: "127.0.0.1", Port: deadPort, Role: config.RoleReplica, Weight: 1})
+	})
+	ctx := testCtx(t, 60*time.Second)
+	replica := cluster.Replicas[0]
+	replicaAddr := fmt.Sprintf("%s:%d", replica.Host, replica.Port)
+	deadAddr := fmt.Sprintf("127.0.0.1:%d", deadPort)
+	lagOf := func(body string) (float64, float64) {
+		return metricSum(body, "pgsplit_replica_lag_bytes", `server="`+replicaAddr+`"`),
+			metricSum(body, "pgsplit_replica_lag_seconds", `server="`+replicaAddr+`"`)
+	}
+	waitFor(t, 10*time.Second, "every server checked, the dead one down", func() (bool, string) {
+		_, body := scrape(t, p, "/metrics")
+		ok := metricSum(body, "pgsplit_server_up", `server="`+deadAddr+`"`) == 0 &&
+			strings.Contains(body, `pgsplit_server_up{role="replica",server="`+deadAddr+`"} 0`) &&
+			metricSum(body, "pgsplit_server_up", `role="replica"`) == 2 && metricSum(body, "pgsplit_server_up", `role="primary"`) == 1 &&
+			strings.Contains(body, `pgsplit_replica_lag_bytes{server="`+replicaAddr+`"}`)
+		return ok, body
+	})
+	admin := connect(t, p.adminDSN())
+	for _, n := range adminRows(t, admin, "SHOW NODES") {
+		if n["port"] == int64(deadPort) && (n["healthy"] != false || n["in_rotation"] != false || n["error"] == "") {
+			t.Errorf("unreachable replica in SHOW NODES: %v", n)
+		}
+	}
+
+	// Pause replay on one replica and write on the primary: its lag grows.
+	rs := connect(t, cluster.SuperuserDSN(replica, appDatabase))
+	if _, err := rs.Exec(ctx, "SELECT pg_wal_replay_pause()"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = rs.Exec(context.Background(), "SELECT pg_wal_replay_resume()") })
+	su := superConn(t)
+	if _, err := su.Exec(ctx, "CREATE TABLE IF NOT EXISTS lag_probe (x int); INSERT INTO lag_probe SELECT generate_series(1, 1000)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = su.Exec(context.Background(), "DROP TABLE IF EXISTS lag_probe") })
+	waitFor(t, 10*time.Second, "lag of the paused replica", func() (bool, string) {
+		_, body := scrape(t, p, "/metrics")
+		b, s := lagOf(body)
+		return b > 10000 && s > 0, fmt.Sprintf("lag %v bytes %v s", b, s)
+	})
+	var lagged map[string]any
+	for _, n := range adminRows(t, admin, "SHOW NODES") {
+		if n["port"] == int64(replica.Port) {
+			lagged = n
+		}
+	}
+	if b, _ := lagged["lag_bytes"].(int64); b <= 10000 {
+		t.Errorf("SHOW NODES of the paused replica: %v", lagged)
+	}
+	if _, err := rs.Exec(ctx, "SELECT pg_wal_replay_resume()"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "lag back to zero", func() (bool, string) {
+		_, body := scrape(t, p, "/metrics")
+		b, s := lagOf(body)
+		return b == 0 && s == 0, fmt.Sprintf("lag %v bytes %v s", b, s)
+	})
+
+	// Traffic: 100 statements of a known size each way.
+	c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
+	_, before := scrape(t, p, "/metrics")
+	sql := "SELECT repeat('x', 1000)"
+	for range 100 {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, after := scrape(t, p, "/metrics")
+	in := metricSum(after, "pgsplit_client_bytes_received_total") - metricSum(before, "pgsplit_client_bytes_received_total")
+	out := metricSum(after, "pgsplit_client_bytes_sent_total") - metricSum(before, "pgsplit_client_bytes_sent_total")
+	// Each Query is 5 + len(sql) + 1 bytes; each answer carries 1000 x's.
+	if in < float64(100*(len(sql)+6)) || in > float64(100*(len(sql)+6)+2000) || out < 100*1000 || out > 100*1200 {
+		t.Errorf("traffic: %v bytes in (want about %d), %v bytes out (want about 100,000–120,000)", in, 100*(len(sql)+6), out)
 	}
 }
