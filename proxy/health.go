@@ -19,8 +19,10 @@ import (
 // whether it is up and (replicas) how far behind the primary it is: the
 // bytes of WAL it has still to replay and, while it is behind, the age of
 // the last transaction it replayed. A replica that fails a check leaves
-// read rotation for ReplicaRetry; one that passes comes back. The figures
-// feed SHOW NODES and the metrics.
+// read rotation for ReplicaRetry, as after a failed connection (a passing
+// check does not cut that short, so a replica that the pools cannot reach
+// but the check can does not flap). The figures feed SHOW NODES and the
+// metrics.
 //
 // Ownership: the Server owns it; its goroutine owns the check connections
 // (one per server, opened with the first auth user to database postgres:
@@ -106,11 +108,8 @@ func (h *healthMonitor) checkAll() {
 		switch {
 		case !n.Healthy:
 			s.markDown(r)
-		default:
-			s.markUp(r)
-			if primary.Healthy {
-				n.LagBytes = max(int64(primary.LSN)-int64(n.LSN), 0)
-			}
+		case primary.Healthy:
+			n.LagBytes = max(int64(primary.LSN)-int64(n.LSN), 0)
 		}
 		h.store(n)
 	}

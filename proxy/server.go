@@ -328,18 +328,6 @@ func (s *Server) markDown(srv config.Server) {
 	}
 }
 
-// markUp puts a replica that passed a health check back in rotation.
-func (s *Server) markUp(srv config.Server) {
-	ep := endpointOf(srv)
-	s.mu.Lock()
-	until, was := s.downUntil[ep]
-	delete(s.downUntil, ep)
-	s.mu.Unlock()
-	if was && time.Now().Before(until) {
-		s.log.Info("replica back in rotation", zap.String("server", srv.Addr()))
-	}
-}
-
 // inRotation reports whether reads may go to srv now.
 func (s *Server) inRotation(srv config.Server) bool {
 	if srv == s.primary {
