@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"net"
@@ -145,6 +146,9 @@ const (
 	// percentile is within about 5% of the real value.
 	histSub     = 8
 	histBuckets = 40 * histSub
+	// maxSample is the longest statement kept as a shape's sample; longer
+	// ones are listed by shape only (memory stays bounded).
+	maxSample = 16 << 10
 )
 
 type queryStats struct {
@@ -196,7 +200,10 @@ func (q *queryStats) observe(r *queryRecord, d time.Duration, slow bool) {
 			}
 		} else {
 			q.shapes.Add(1)
-			e = &shapeStats{sample: r.sql}
+			e = &shapeStats{}
+			if len(r.sql) <= maxSample {
+				e.sample = r.sql
+			}
 			sh.m[shape] = e
 		}
 	}
@@ -271,9 +278,13 @@ func (q *queryStats) top(n int, norm func(string) normalized) []QueryStat {
 	visit := func(sh *queryShard, other bool) {
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
-		for _, e := range sh.m {
+		for shape, e := range sh.m {
 			if other {
 				add(e, normalized{text: "(other statements: over 5000 distinct shapes)", fingerprint: "other"})
+				continue
+			}
+			if e.sample == "" {
+				add(e, normalized{text: "(statement over 16 KB, text not kept)", fingerprint: fmt.Sprintf("s%016x", shape)})
 				continue
 			}
 			if e.norm == nil {

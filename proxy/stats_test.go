@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,6 +62,11 @@ func TestQueryStatsTop(t *testing.T) {
 	if top[1].Calls != 20 || top[1].Replica != 10 || top[1].Rows != 20 || top[1].Total != 20*time.Millisecond {
 		t.Errorf("second: %+v", top[1])
 	}
+	long := "SELECT '" + strings.Repeat("x", maxSample) + "'"
+	rec(long, 3*time.Second, router.Primary)
+	if top := q.top(1, normalizeSQL); top[0].Query != "(statement over 16 KB, text not kept)" {
+		t.Errorf("long statement: %+v", top[0])
+	}
 	for i := 0; i < maxShapes+10; i++ {
 		rec(fmt.Sprintf("SELECT c%d FROM t", i), time.Microsecond, router.Primary)
 	}
@@ -68,8 +74,8 @@ func TestQueryStatsTop(t *testing.T) {
 	for _, st := range q.top(maxShapes+100, func(sql string) normalized { return normalized{sql, sql} }) {
 		calls += st.Calls
 	}
-	if calls != 21+maxShapes+10 {
-		t.Errorf("%d calls counted, want %d", calls, 21+maxShapes+10)
+	if calls != 22+maxShapes+10 {
+		t.Errorf("%d calls counted, want %d", calls, 22+maxShapes+10)
 	}
 }
 
