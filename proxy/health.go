@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -50,6 +51,11 @@ type NodeStatus struct {
 	LSN        uint64  // primary: current WAL position; replica: replayed
 	LagBytes   int64   // replicas: WAL behind the primary; -1 unknown
 	LagSeconds float64 // replicas: 0 when caught up; -1 unknown
+
+	// loginRefused: the server answered but refused the check's login
+	// (pg_hba, a missing database): it is not taken out of rotation for
+	// that, since the check says nothing about the clients' logins.
+	loginRefused bool
 }
 
 func newHealthMonitor(s *Server) *healthMonitor {
@@ -106,7 +112,7 @@ func (h *healthMonitor) checkAll() {
 	for _, r := range s.replicas {
 		n := h.check(r, "replica", replicaCheckSQL)
 		switch {
-		case !n.Healthy:
+		case !n.Healthy && !n.loginRefused:
 			s.markDown(r)
 		case primary.Healthy:
 			n.LagBytes = max(int64(primary.LSN)-int64(n.LSN), 0)
@@ -125,13 +131,25 @@ func (h *healthMonitor) check(srv config.Server, role, sql string) *NodeStatus {
 	ep := endpointOf(srv)
 	c := h.conns[ep]
 	if c == nil {
-		pc, err := pool.ConnConfig(srv.Host, srv.Port, cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, "postgres", cfg.Pool.ConnectTimeout)
-		if err == nil {
-			pc.RuntimeParams["application_name"] = "pgsplit health check"
-			c, err = pgconn.ConnectConfig(ctx, pc)
+		// Database postgres, else the first one clients use.
+		dbs := []string{"postgres"}
+		if len(cfg.Databases) > 0 {
+			dbs = append(dbs, cfg.Databases[0])
+		}
+		var err error
+		for _, db := range dbs {
+			var pc *pgconn.Config
+			pc, err = pool.ConnConfig(srv.Host, srv.Port, cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, db, cfg.Pool.ConnectTimeout)
+			if err == nil {
+				pc.RuntimeParams["application_name"] = "pgsplit health check"
+				c, err = pgconn.ConnectConfig(ctx, pc)
+			}
+			if err == nil || !loginRefused(err) {
+				break
+			}
 		}
 		if err != nil {
-			n.Error = err.Error()
+			n.Error, n.loginRefused = err.Error(), loginRefused(err)
 			return n
 		}
 		h.conns[ep] = c
@@ -201,6 +219,17 @@ func (s *Server) Nodes() []NodeStatus {
 		out = append(out, NodeStatus{Server: srv, Role: role, LagBytes: -1, LagSeconds: -1})
 	}
 	return out
+}
+
+// loginRefused reports a server's refusal of a login (authentication,
+// pg_hba, no such database, no CONNECT privilege) as opposed to a server
+// that is down or not accepting connections.
+func loginRefused(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return strings.HasPrefix(pe.Code, "28") || pe.Code == "3D000" || pe.Code == "42501"
 }
 
 // parseLSN reads a WAL position written as PostgreSQL's pg_lsn ("16/B374D848").
