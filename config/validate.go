@@ -87,8 +87,8 @@ func (c *Config) Validate() []string {
 			bad(key+".name", u.Name, "each admin user may be listed once")
 		}
 		seenAdmin[u.Name] = true
-		if u.Password == "" && c.Auth.Method != AuthTrust {
-			p = append(p, fmt.Sprintf("%s.password: empty is not allowed with auth.method %s", key, c.Auth.Method))
+		if u.Password == "" {
+			p = append(p, fmt.Sprintf("%s.password: empty is not allowed: admin logins always need a password (SCRAM when auth.method is trust)", key))
 		}
 	}
 

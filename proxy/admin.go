@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/wire"
 )
 
 // The admin console: a client that logs in to database "pgsplit" as one of
@@ -47,16 +49,29 @@ type adminSession struct {
 type adminPortal struct {
 	cmd     string
 	formats []int16 // result formats as Bind gave them
+	// An Execute with a row limit leaves the rest of the result here for
+	// the next Execute (PortalSuspended in between).
+	rest *resultSet
 }
 
 // serveAdmin runs an admin console session to its end.
 func (s *session) serveAdmin(st *startup, user string) {
-	if n := s.srv.adminConns.Add(1); n > maxAdminConns {
-		s.srv.adminConns.Add(-1)
-		s.failStartup(fatal(codeTooManyConnections, fmt.Sprintf("sorry, too many admin console connections already (%d)", maxAdminConns)), user, config.AdminDatabase)
+	// Logins in progress and logged-in sessions have separate caps, so
+	// unauthenticated connections cannot take an admin's place.
+	tooMany := func(what string) {
+		s.failStartup(fatal(codeTooManyConnections, fmt.Sprintf("sorry, too many admin console %s already (%d)", what, maxAdminConns)), user, config.AdminDatabase)
+	}
+	if n := s.srv.adminLogins.Add(1); n > maxAdminConns {
+		s.srv.adminLogins.Add(-1)
+		tooMany("logins in progress")
 		return
 	}
-	defer s.srv.adminConns.Add(-1)
+	loggingIn := true
+	defer func() {
+		if loggingIn {
+			s.srv.adminLogins.Add(-1)
+		}
+	}()
 	if st.minor > 0 || len(st.unknown) > 0 {
 		if err := send(s.cw, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
 			return
@@ -67,6 +82,14 @@ func (s *session) serveAdmin(st *startup, user string) {
 		s.failStartup(err, user, config.AdminDatabase)
 		return
 	}
+	s.srv.adminLogins.Add(-1)
+	loggingIn = false
+	if n := s.srv.adminConns.Add(1); n > maxAdminConns {
+		s.srv.adminConns.Add(-1)
+		tooMany("connections")
+		return
+	}
+	defer s.srv.adminConns.Add(-1)
 	if s.srv.draining.Load() {
 		s.failStartup(fatal(codeAdminShutdown, "the database system is shutting down"), user, config.AdminDatabase)
 		return
@@ -112,6 +135,11 @@ func (s *session) adminLoop() string {
 			body, err = s.cr.Body()
 		}
 		if err != nil {
+			var fe *wire.FrameError
+			if errors.As(err, &fe) {
+				s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
+				return "protocol violation: " + fe.Error()
+			}
 			return "client connection closed"
 		}
 		s.lastRequest.Store(time.Now().UnixNano())
@@ -120,14 +148,15 @@ func (s *session) adminLoop() string {
 		switch {
 		case typ == 'X':
 			return "client terminated"
-		case typ == 'Q':
-			out = s.adminQuery(cstring(body))
-			out = append(out, readyForQuery('I')...)
 		case typ == 'S':
 			skip = false
 			out = readyForQuery('I')
 		case typ == 'H':
-		case skip && strings.IndexByte("PBDEC", typ) >= 0:
+		case skip && strings.IndexByte("PBDECQ", typ) >= 0:
+			// After an error everything up to Sync is ignored.
+		case typ == 'Q':
+			out = s.adminQuery(cstring(body))
+			out = append(out, readyForQuery('I')...)
 		case strings.IndexByte("PBDEC", typ) >= 0:
 			var pe *pgError
 			out, pe = s.adminExtended(typ, body)
@@ -209,6 +238,9 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 				return nil, unknownAdminCommand(cmd)
 			}
 		}
+		if _, ok := a.stmts[m.Name]; ok && m.Name != "" {
+			return nil, &pgError{severity: "ERROR", code: "42P05", msg: fmt.Sprintf("prepared statement %q already exists", m.Name)}
+		}
 		a.stmts[m.Name] = cmd
 		return append(out, '1', 0, 0, 0, 4), nil // ParseComplete
 	case 'B':
@@ -222,6 +254,11 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 		}
 		if len(m.Parameters) > 0 {
 			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "admin console commands take no parameters"}
+		}
+		for _, f := range m.ResultFormatCodes {
+			if f != 0 && f != 1 {
+				return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: fmt.Sprintf("unsupported format code: %d", f)}
+			}
 		}
 		a.portals[m.DestinationPortal] = adminPortal{cmd: cmd, formats: m.ResultFormatCodes}
 		return append(out, '2', 0, 0, 0, 4), nil // BindComplete
@@ -263,10 +300,26 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 		if p.cmd == "" {
 			return append(out, 'I', 0, 0, 0, 4), nil
 		}
-		res, pe := s.runAdmin(p.cmd)
-		if pe != nil {
-			return nil, pe
+		res := p.rest
+		if res == nil {
+			var pe *pgError
+			if res, pe = s.runAdmin(p.cmd); pe != nil {
+				return nil, pe
+			}
+			if n := len(p.formats); n > 1 && n != len(res.cols) {
+				return nil, &pgError{severity: "ERROR", code: codeProtocolViolation,
+					msg: fmt.Sprintf("bind message has %d result formats but query has %d columns", n, len(res.cols))}
+			}
 		}
+		if m.MaxRows > 0 && len(res.rows) > int(m.MaxRows) {
+			part := &resultSet{cols: res.cols, rows: res.rows[:m.MaxRows]}
+			p.rest = &resultSet{cols: res.cols, rows: res.rows[m.MaxRows:], tag: res.tag}
+			a.portals[m.Portal] = p
+			out = part.dataRows(out, p.formats)
+			return append(out, 's', 0, 0, 0, 4), nil // PortalSuspended
+		}
+		p.rest = nil
+		a.portals[m.Portal] = p
 		out = res.dataRows(out, p.formats)
 		return commandComplete(out, res.tag), nil
 	case 'C':
@@ -322,6 +375,14 @@ func adminCommand(cmd string) (adminCmd, bool) {
 		// application_name); they mean nothing here and are accepted.
 		return adminCmd{run: func(*session) (string, *pgError) { return "SET", nil }}, true
 	}
+	// Transaction control from drivers with autocommit off (JDBC) is
+	// accepted too: the console has no transactions.
+	for _, tx := range [][2]string{{"BEGIN", "BEGIN"}, {"START TRANSACTION", "BEGIN"}, {"COMMIT", "COMMIT"}, {"END", "COMMIT"}, {"ROLLBACK", "ROLLBACK"}} {
+		if key == tx[0] {
+			tag := tx[1]
+			return adminCmd{run: func(*session) (string, *pgError) { return tag, nil }}, true
+		}
+	}
 	return adminCommandByName(key)
 }
 
@@ -345,7 +406,11 @@ func (s *session) runAdmin(cmd string) (*resultSet, *pgError) {
 	if pe != nil {
 		return nil, pe
 	}
-	s.log.Info("admin command", zap.String("command", strings.ToUpper(cmd)))
+	switch tag {
+	case "SET", "BEGIN", "COMMIT", "ROLLBACK":
+	default:
+		s.log.Info("admin command", zap.String("command", strings.ToUpper(cmd)))
+	}
 	return &resultSet{tag: tag}, nil
 }
 

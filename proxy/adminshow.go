@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -108,7 +109,9 @@ func (srv *Server) views() []sessionView {
 		}
 		s.upMu.Lock()
 		for _, u := range s.ups {
-			if u != nil {
+			// A connection the pump gave back stays in ups until the
+			// session's next message; it is not the session's any more.
+			if u != nil && u.hold.Load() != holdReleased {
 				v.ups = append(v.ups, upView{u.pool, u.conn, u.target})
 			}
 		}
@@ -425,14 +428,20 @@ func runReload(s *session) (string, *pgError) {
 // wait and opens the gate again.
 func runPause(s *session) (string, *pgError) {
 	srv := s.srv
-	if !srv.pause.pause() {
+	if srv.draining.Load() {
+		return "", &pgError{severity: "ERROR", code: codeAdminShutdown, msg: "pgsplit is shutting down"}
+	}
+	gen, ok := srv.pause.pause()
+	if !ok {
 		return "", &pgError{severity: "ERROR", code: codeNotInPrerequisite, msg: "pgsplit is already paused"}
 	}
 	srv.log.Info("PAUSE: holding new transactions; waiting for running ones to finish")
-	for {
+	for i := 0; ; i++ {
 		busy := 0
-		for _, v := range srv.views() {
-			if v.s.admin == nil && v.waiting.IsZero() && !v.s.idle() {
+		for _, sess := range srv.snapshot() {
+			// Clients held at the gate are idle by definition; a client
+			// waiting for a pool connection inside a transaction is busy.
+			if sess.ready.Load() && sess.admin == nil && !sess.heldAtGate.Load() && !sess.idle() {
 				busy++
 			}
 		}
@@ -440,13 +449,26 @@ func runPause(s *session) (string, *pgError) {
 			srv.log.Info("PAUSE: no transaction running")
 			return "PAUSE", nil
 		}
-		if s.admin.cancelled.Load() || srv.draining.Load() {
-			srv.pause.resume()
+		if s.admin.cancelled.Load() || srv.draining.Load() || (i%20 == 19 && s.clientGone()) {
+			srv.pause.resumeIf(gen)
 			return "", &pgError{severity: "ERROR", code: codeQueryCanceled,
 				msg: fmt.Sprintf("PAUSE canceled while %d client(s) were still in a transaction; pgsplit is not paused", busy)}
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// clientGone reports whether the admin client closed its connection (a
+// look at the socket with a 1 ms deadline; data it sent stays buffered).
+func (s *session) clientGone() bool {
+	if s.br.Buffered() > 0 {
+		return false
+	}
+	_ = s.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := s.br.Peek(1)
+	_ = s.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 func runResume(s *session) (string, *pgError) {

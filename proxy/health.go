@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,8 +37,9 @@ type healthMonitor struct {
 	mu    sync.Mutex
 	nodes map[endpoint]*NodeStatus
 
-	quit chan struct{}
-	done chan struct{}
+	started atomic.Bool
+	quit    chan struct{}
+	done    chan struct{}
 }
 
 // NodeStatus is what the last check of a server found.
@@ -64,10 +66,14 @@ func newHealthMonitor(s *Server) *healthMonitor {
 }
 
 func (h *healthMonitor) start() {
+	h.started.Store(true)
 	go h.run()
 }
 
 func (h *healthMonitor) stop() {
+	if !h.started.Load() {
+		return
+	}
 	select {
 	case <-h.quit:
 		return

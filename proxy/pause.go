@@ -18,21 +18,35 @@ type pauseGate struct {
 	on     atomic.Bool // read without the lock on every client message
 	mu     sync.Mutex
 	since  time.Time
+	gen    uint64        // counts pauses, so a canceled PAUSE opens only its own
 	opened chan struct{} // closed by RESUME; nil while not paused
 }
 
 func (g *pauseGate) paused() bool { return g.on.Load() }
 
-// pause closes the gate; it reports false if it was closed already.
-func (g *pauseGate) pause() bool {
+// pause closes the gate and returns its generation; ok is false if it was
+// closed already.
+func (g *pauseGate) pause() (gen uint64, ok bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.on.Load() {
-		return false
+		return 0, false
 	}
+	g.gen++
 	g.since, g.opened = time.Now(), make(chan struct{})
 	g.on.Store(true)
-	return true
+	return g.gen, true
+}
+
+// resumeIf opens the gate if it is still the pause of generation gen.
+func (g *pauseGate) resumeIf(gen uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.on.Load() && g.gen == gen {
+		close(g.opened)
+		g.opened = nil
+		g.on.Store(false)
+	}
 }
 
 // resumeGate opens the gate; it reports false if it was open.
@@ -61,7 +75,11 @@ func (g *pauseGate) wait(s *session, timeout time.Duration) *pgError {
 		return nil
 	}
 	s.waitingFrom.Store(time.Now().UnixNano())
-	defer s.waitingFrom.Store(0)
+	s.heldAtGate.Store(true)
+	defer func() {
+		s.heldAtGate.Store(false)
+		s.waitingFrom.Store(0)
+	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {

@@ -218,7 +218,6 @@ func (u *upstream) expectReady() int64 {
 // Records feed the query log, the metrics and the admin console's
 // statistics.
 func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, params *bindParams, reason string, start time.Time, seq int64) *queryRecord {
-	s.txBegan.CompareAndSwap(0, start.UnixNano())
 	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, params: params, role: u.target, server: u.conn.Addr,
 		reason: reason, inTx: byte(s.txStatus.Load()) != 'I' || s.split != nil, seq: seq, client: s}
 	u.recMu.Lock()
@@ -254,7 +253,7 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 		u.zSeen++
 	}
 	u.recMu.Lock()
-	if len(u.recs) == 0 {
+	if len(u.recs) == 0 && typ != 'Z' {
 		u.recMu.Unlock()
 		return
 	}
@@ -286,7 +285,28 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 		}
 		u.recs = u.recs[i:]
 	}
+	// Transactions for SHOW STATS: one begins with the first statement
+	// answered after the client's status was I, and ends at the next
+	// ReadyForQuery I (every Sync of a pipeline is one).
+	for _, r := range done {
+		if u.batchStart.IsZero() || r.start.Before(u.batchStart) {
+			u.batchStart = r.start
+		}
+	}
+	var began int64
+	if typ == 'Z' {
+		if !u.batchStart.IsZero() {
+			s.txBegan.CompareAndSwap(0, u.batchStart.UnixNano())
+			u.batchStart = time.Time{}
+		}
+		if len(body) == 1 && body[0] == 'I' {
+			began = s.txBegan.Swap(0)
+		}
+	}
 	u.recMu.Unlock()
+	if began != 0 {
+		s.endTransaction(began)
+	}
 	threshold := s.srv.qlog.cfg.Load().SlowQueryThreshold
 	for _, r := range done {
 		slow := r.end.Sub(r.start) >= threshold

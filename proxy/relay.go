@@ -32,7 +32,14 @@ func (s *session) relayClient() string {
 		s.lastRequest.Store(s.msgAt.UnixNano())
 		if s.srv.pause.paused() && typ != 'X' && s.batch.empty() && s.idle() {
 			// PAUSE: a new transaction waits for RESUME.
-			if pe := s.srv.pause.wait(s, s.srv.cfg.Load().Pool.PoolTimeout); pe != nil {
+			pe := s.srv.pause.wait(s, s.srv.cfg.Load().Pool.PoolTimeout)
+			if s.srv.draining.Load() {
+				// Shutdown opened the gate: this statement must not run
+				// (drain may already have told the client so).
+				s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+				return "shutdown while held by PAUSE"
+			}
+			if pe != nil {
 				if err := s.answerError(pe, typ); err != nil {
 					return "relay client→server: " + err.Error()
 				}

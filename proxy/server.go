@@ -41,20 +41,21 @@ type Server struct {
 	primary  config.Server
 	replicas []config.Server // every server that is not the primary
 
-	ln         net.Listener
-	draining   atomic.Bool
-	clients    atomic.Int64 // logged-in and logging-in clients, for max_client_conn
-	adminConns atomic.Int64 // admin console connections
-	misroutes  atomic.Int64 // statements a replica refused as writes, re-run on the primary
-	qlog       *queryLog
-	metrics    *metrics
-	qlogOn     bool // the query log's writer runs (Listen started it)
-	stats      *statsBook
-	bytesIn    atomic.Int64 // client traffic, for metrics (never reset)
-	bytesOut   atomic.Int64
-	health     *healthMonitor
-	pause      pauseGate
-	adminAuth  atomic.Pointer[authenticator]
+	ln          net.Listener
+	draining    atomic.Bool
+	clients     atomic.Int64 // logged-in and logging-in clients, for max_client_conn
+	adminConns  atomic.Int64 // admin console sessions (logged in)
+	adminLogins atomic.Int64 // admin console logins in progress
+	misroutes   atomic.Int64 // statements a replica refused as writes, re-run on the primary
+	qlog        *queryLog
+	metrics     *metrics
+	qlogOn      bool // the query log's writer runs (Listen started it)
+	stats       *statsBook
+	bytesIn     atomic.Int64 // client traffic, for metrics (never reset)
+	bytesOut    atomic.Int64
+	health      *healthMonitor
+	pause       pauseGate
+	adminAuth   atomic.Pointer[authenticator]
 	// reloader re-reads the configuration for RELOAD (set before Serve).
 	reloader func() error
 	// shutdownReq is closed by the admin console's SHUTDOWN.
@@ -111,7 +112,13 @@ func (s *Server) setAuth(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	ad, err := newAuthenticator(cfg.Auth.Method, cfg.Admin.Users, "admin.users")
+	// The console can shut pgsplit down: its logins always prove a
+	// password, with SCRAM when auth.method is trust.
+	adminMethod := cfg.Auth.Method
+	if adminMethod == config.AuthTrust {
+		adminMethod = config.AuthSCRAM
+	}
+	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users")
 	if err != nil {
 		return err
 	}

@@ -92,6 +92,8 @@ type session struct {
 	admin       *adminSession          // set for admin console sessions
 	waitingFrom atomic.Int64           // unix ns since the client waits for a connection or RESUME (0: not waiting)
 	pinnedBy    atomic.Pointer[string] // connPins joined, for SHOW CLIENTS
+	heldAtGate  atomic.Bool            // waiting at the PAUSE gate
+	br          *bufio.Reader          // the client reader under cr (serve's goroutine)
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
@@ -103,6 +105,7 @@ func (s *session) serve() {
 	defer s.conn.Close()
 	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
 	br := bufio.NewReaderSize(s.conn, clientBufSize)
+	s.br = br
 	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
 	s.cr = wire.NewReader(br, 0)
 	s.txStatus.Store('I')

@@ -148,13 +148,18 @@ const (
 	histBuckets = 40 * histSub
 	// maxSample is the longest statement kept as a shape's sample; longer
 	// ones are listed by shape only (memory stays bounded).
-	maxSample = 16 << 10
+	maxSample = 8 << 10
 )
 
 type queryStats struct {
 	shards [queryShards]queryShard
 	shapes atomic.Int64
 	other  queryShard // statements over maxShapes (one entry)
+
+	// norms caches each shape's normalized sample, filled by top outside
+	// the shard locks (the parser is slow next to the relay).
+	normMu sync.Mutex
+	norms  map[uint64]normalized
 }
 
 type queryShard struct {
@@ -171,7 +176,6 @@ type shapeStats struct {
 	replica                 int64 // calls that ran on a replica
 	total, wait, maxd       time.Duration
 	hist                    [histBuckets]uint32
-	norm                    *normalized // set by the admin console
 }
 
 func newQueryStats() *queryStats {
@@ -180,6 +184,7 @@ func newQueryStats() *queryStats {
 		q.shards[i].m = map[uint64]*shapeStats{}
 	}
 	q.other.m = map[uint64]*shapeStats{}
+	q.norms = map[uint64]normalized{}
 	return q
 }
 
@@ -275,29 +280,42 @@ func (q *queryStats) top(n int, norm func(string) normalized) []QueryStat {
 			st.hist[i] += c
 		}
 	}
-	visit := func(sh *queryShard, other bool) {
-		sh.mu.Lock()
-		defer sh.mu.Unlock()
-		for shape, e := range sh.m {
-			if other {
-				add(e, normalized{text: "(other statements: over 5000 distinct shapes)", fingerprint: "other"})
-				continue
-			}
-			if e.sample == "" {
-				add(e, normalized{text: "(statement over 16 KB, text not kept)", fingerprint: fmt.Sprintf("s%016x", shape)})
-				continue
-			}
-			if e.norm == nil {
-				nm := norm(e.sample)
-				e.norm = &nm
-			}
-			add(e, *e.norm)
-		}
+	// Copy each shard's numbers under its lock, then normalize without.
+	type copied struct {
+		shape uint64
+		e     shapeStats
 	}
+	var all []copied
 	for i := range q.shards {
-		visit(&q.shards[i], false)
+		sh := &q.shards[i]
+		sh.mu.Lock()
+		for shape, e := range sh.m {
+			all = append(all, copied{shape, *e})
+		}
+		sh.mu.Unlock()
 	}
-	visit(&q.other, true)
+	for i := range all {
+		c := &all[i]
+		if c.e.sample == "" {
+			add(&c.e, normalized{text: "(statement over 8 KB, text not kept)", fingerprint: fmt.Sprintf("s%016x", c.shape)})
+			continue
+		}
+		q.normMu.Lock()
+		nm, ok := q.norms[c.shape]
+		q.normMu.Unlock()
+		if !ok {
+			nm = norm(c.e.sample)
+			q.normMu.Lock()
+			q.norms[c.shape] = nm
+			q.normMu.Unlock()
+		}
+		add(&c.e, nm)
+	}
+	q.other.mu.Lock()
+	if e := q.other.m[0]; e != nil {
+		add(e, normalized{text: "(other statements: over 5000 distinct shapes)", fingerprint: "other"})
+	}
+	q.other.mu.Unlock()
 	out := make([]QueryStat, 0, len(by))
 	for _, st := range by {
 		st.P95 = percentile(&st.hist, st.Calls, 0.95, st.Max)

@@ -64,7 +64,7 @@ func TestQueryStatsTop(t *testing.T) {
 	}
 	long := "SELECT '" + strings.Repeat("x", maxSample) + "'"
 	rec(long, 3*time.Second, router.Primary)
-	if top := q.top(1, normalizeSQL); top[0].Query != "(statement over 16 KB, text not kept)" {
+	if top := q.top(1, normalizeSQL); top[0].Query != "(statement over 8 KB, text not kept)" {
 		t.Errorf("long statement: %+v", top[0])
 	}
 	for i := 0; i < maxShapes+10; i++ {

@@ -67,6 +67,9 @@ type upstream struct {
 	recs  []*queryRecord
 	sent  int64
 	zSeen int64
+	// batchStart is the earliest start of the records answered since the
+	// last ReadyForQuery (pump, under recMu).
+	batchStart time.Time
 
 	// hold says who may use the connection; see the hold* constants. Under
 	// transaction pooling the pump gives the connection back to the pool at
@@ -331,11 +334,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 func (s *session) readyForQuery(u *upstream, status byte) {
 	u.txStatus.Store(uint32(status))
 	s.txStatus.Store(uint32(status))
-	if status == 'I' {
-		if began := s.txBegan.Swap(0); began != 0 {
-			s.endTransaction(began)
-		}
-	}
+
 	u.pending.Add(-1)
 	// A batch is over: any Parse/Close answers still expected were
 	// skipped by an error.

@@ -1,0 +1,244 @@
+package test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsplit/pgsplit/config"
+)
+
+// Regression tests for bugs a review found in the first admin console.
+
+// Pipelined autocommit statements, each with its own Sync, are one
+// transaction each in SHOW STATS (the first version counted one).
+func TestAdminPipelineXacts(t *testing.T) {
+	p := adminProxy(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	app := connect(t, p.appDSN())
+	admin := connect(t, p.adminDSN())
+	mustSelectOne(t, app, "warm")
+	if _, err := admin.Exec(ctx, "RESET STATS"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	pl := app.PgConn().StartPipeline(ctx)
+	for i := 0; i < n; i++ {
+		pl.SendQueryParams("SELECT 1", nil, nil, nil, nil)
+		pl.SendPipelineSync()
+	}
+	if err := pl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2*n; i++ {
+		r, err := pl.GetResults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rr, ok := r.(interface{ Close() }); ok {
+			rr.Close()
+		}
+	}
+	if err := pl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// And one explicit transaction of three statements.
+	tx, err := app.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "SHOW STATS counts", func() (bool, string) {
+		for _, r := range adminRows(t, admin, "SHOW STATS") {
+			if r["database"] == appDatabase {
+				// BEGIN is answered by pgsplit (routing.transactions split
+				// holds it back): not a statement that reached a server.
+				return r["total_xact_count"] == int64(n+1) && r["total_query_count"] == int64(n+2), fmt.Sprint(r)
+			}
+		}
+		return false, "no row"
+	})
+}
+
+// Idle clients under transaction pooling hold no server connection: SHOW
+// CLIENTS links them to none and SHOW POOLS counts no active client (the
+// first version showed the connection the pump had given back).
+func TestAdminNoStaleLinks(t *testing.T) {
+	p := adminProxy(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	a := connect(t, p.appDSN("application_name=cl_a"))
+	b := connect(t, p.appDSN("application_name=cl_b"))
+	admin := connect(t, p.adminDSN())
+	for i := 0; i < 3; i++ {
+		for _, c := range []*pgx.Conn{a, b} {
+			if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	seen := 0
+	for _, r := range adminRows(t, admin, "SHOW CLIENTS") {
+		if r["application_name"] == "cl_a" || r["application_name"] == "cl_b" {
+			seen++
+			if r["link"] != "" || r["state"] != "idle" {
+				t.Errorf("idle client %v: link %q, state %v", r["application_name"], r["link"], r["state"])
+			}
+		}
+	}
+	if seen != 2 {
+		t.Errorf("SHOW CLIENTS listed %d of the 2 clients", seen)
+	}
+	for _, r := range adminRows(t, admin, "SHOW POOLS") {
+		if r["database"] == appDatabase && r["cl_active"].(int64) != 0 {
+			t.Errorf("cl_active %v with every client idle: %v", r["cl_active"], r)
+		}
+	}
+	for _, r := range adminRows(t, admin, "SHOW SERVERS") {
+		if r["link"] != "" {
+			t.Errorf("server connection linked to an idle client: %v", r)
+		}
+	}
+}
+
+// When the health check's login is refused (auth.users[0] is unknown to the
+// servers), the replicas stay in rotation: reads still reach them.
+func TestAdminHealthLoginRefused(t *testing.T) {
+	p := adminProxy(t, func(c *config.Config) {
+		c.Auth.Users = append([]config.User{{Name: "pgsplit_only", Password: "x-very-secret-1"}}, c.Auth.Users...)
+	})
+	admin := connect(t, p.adminDSN())
+	waitFor(t, 5*time.Second, "failed checks", func() (bool, string) {
+		nodes := adminRows(t, admin, "SHOW NODES")
+		for _, n := range nodes {
+			if n["healthy"] != false || n["error"] == "" {
+				return false, fmt.Sprint(nodes)
+			}
+		}
+		return true, ""
+	})
+	time.Sleep(300 * time.Millisecond) // several more failing checks
+	for _, n := range adminRows(t, admin, "SHOW NODES") {
+		if n["role"] == "replica" && n["in_rotation"] != true {
+			t.Errorf("replica out of rotation after refused health-check logins: %v", n)
+		}
+	}
+	app := connect(t, p.appDSN())
+	replica := 0
+	for i := 0; i < 5; i++ {
+		if serverPort(t, app, "SELECT inet_server_port()") != cluster.Primary.Port {
+			replica++
+		}
+	}
+	if replica == 0 {
+		t.Error("all 5 reads went to the primary")
+	}
+}
+
+// A statement held by PAUSE when shutdown begins never runs: the client is
+// told 57P01 and the row is not there (the first version ran it after
+// telling the client the connection was terminated).
+func TestAdminPauseShutdown(t *testing.T) {
+	p := adminProxy(t, func(c *config.Config) { c.Pool.PoolTimeout = 10 * time.Second })
+	ctx := testCtx(t, 30*time.Second)
+	su := superConn(t)
+	admin := connect(t, p.adminDSN())
+	b := connect(t, p.appDSN())
+	mustSelectOne(t, b, "warm")
+	if _, err := admin.Exec(ctx, "PAUSE"); err != nil {
+		t.Fatal(err)
+	}
+	held := goExec(t, b, "INSERT INTO shutdown_rows (note) VALUES ('pause-held')")
+	time.Sleep(300 * time.Millisecond)
+	go func() { _ = p.shutdown(15 * time.Second) }()
+	err := <-held
+	wantAdminShutdown(t, err, "statement held by PAUSE at shutdown")
+	time.Sleep(500 * time.Millisecond)
+	var n int
+	if err := su.QueryRow(ctx, "SELECT count(*) FROM shutdown_rows WHERE note = 'pause-held'").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("the held INSERT ran after the client was told 57P01")
+	}
+}
+
+// Extended-protocol corners of the admin console, as PostgreSQL answers
+// them: a second Parse of a named statement is 42P05; Execute with a row
+// limit returns PortalSuspended and the rest on the next Execute; after an
+// error a Query is ignored until Sync; BEGIN/COMMIT are accepted.
+func TestAdminExtendedCorners(t *testing.T) {
+	p := adminProxy(t, nil)
+	ctx := testCtx(t, 10*time.Second)
+	c := connect(t, p.adminDSN())
+	if err := c.PgConn().SyncConn(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hc, err := c.PgConn().Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = hc.Conn.Close() })
+	_ = hc.Conn.SetDeadline(time.Now().Add(20 * time.Second))
+	fe := pgproto3.NewFrontend(hc.Conn, hc.Conn)
+
+	send := func(msgs ...pgproto3.FrontendMessage) {
+		for _, m := range msgs {
+			fe.Send(m)
+		}
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Row limit: SHOW HELP has 14 rows; 5, then the rest.
+	send(&pgproto3.Parse{Name: "h", Query: "SHOW HELP"}, &pgproto3.Bind{PreparedStatement: "h"},
+		&pgproto3.Execute{MaxRows: 5}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	var rows, suspended, complete int
+	for done := false; !done; {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch msg.(type) {
+		case *pgproto3.DataRow:
+			rows++
+		case *pgproto3.PortalSuspended:
+			suspended++
+			if rows != 5 {
+				t.Errorf("PortalSuspended after %d rows, want 5", rows)
+			}
+		case *pgproto3.CommandComplete:
+			complete++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error: %+v", msg)
+		case *pgproto3.ReadyForQuery:
+			done = true
+		}
+	}
+	if rows != 14 || suspended != 1 || complete != 1 {
+		t.Errorf("row limit: %d rows, %d PortalSuspended, %d CommandComplete; want 14, 1, 1", rows, suspended, complete)
+	}
+	// Duplicate name, then a Query before Sync is ignored.
+	send(&pgproto3.Parse{Name: "h", Query: "SHOW HELP"}, &pgproto3.Query{String: "SHUTDOWN"}, &pgproto3.Sync{})
+	got := readUntilReady(t, fe, 1)
+	if len(got[0].errors) != 1 || got[0].errors[0] != "42P05" {
+		t.Errorf("duplicate Parse: %+v, want one 42P05", got)
+	}
+	select {
+	case <-p.srv.ShutdownRequested():
+		t.Fatal("a Query sent after an error, before Sync, ran")
+	default:
+	}
+	send(&pgproto3.Query{String: "BEGIN; SHOW VERSION; COMMIT"})
+	if got := readUntilReady(t, fe, 1); len(got[0].errors) != 0 || len(got[0].rows) != 1 {
+		t.Errorf("BEGIN; SHOW VERSION; COMMIT: %+v", got)
+	}
+}
