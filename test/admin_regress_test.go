@@ -177,19 +177,7 @@ func TestAdminPauseShutdown(t *testing.T) {
 // error a Query is ignored until Sync; BEGIN/COMMIT are accepted.
 func TestAdminExtendedCorners(t *testing.T) {
 	p := adminProxy(t, nil)
-	ctx := testCtx(t, 10*time.Second)
-	c := connect(t, p.adminDSN())
-	if err := c.PgConn().SyncConn(ctx); err != nil {
-		t.Fatal(err)
-	}
-	hc, err := c.PgConn().Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = hc.Conn.Close() })
-	_ = hc.Conn.SetDeadline(time.Now().Add(20 * time.Second))
-	fe := pgproto3.NewFrontend(hc.Conn, hc.Conn)
-
+	fe, _ := rawConnDSN(t, p.adminDSN())
 	send := func(msgs ...pgproto3.FrontendMessage) {
 		for _, m := range msgs {
 			fe.Send(m)

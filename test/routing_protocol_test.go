@@ -22,8 +22,14 @@ func rawFrontend(t *testing.T, p *testProxy) *pgproto3.Frontend {
 // no well-behaved frontend would. extra adds connection settings.
 func rawConn(t *testing.T, p *testProxy, extra ...string) (*pgproto3.Frontend, net.Conn) {
 	t.Helper()
+	return rawConnDSN(t, p.appDSN(extra...))
+}
+
+// rawConnDSN logs in with dsn (pgx) and hands over the raw connection.
+func rawConnDSN(t *testing.T, dsn string) (*pgproto3.Frontend, net.Conn) {
+	t.Helper()
 	ctx := testCtx(t, 5*time.Second)
-	c := connect(t, p.appDSN(extra...))
+	c := connect(t, dsn)
 	if err := c.PgConn().SyncConn(ctx); err != nil {
 		t.Fatal(err)
 	}
