@@ -31,6 +31,25 @@ func explainTable(t *testing.T) {
 	if err := waitReplicated(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The app user reads it on every replica (a CI run once saw 42501
+	// from a replica right after this point; if that comes back, the
+	// log says which replica and how long it took).
+	for _, r := range cluster.Replicas {
+		rc := connect(t, cluster.AppDSN(r))
+		start := time.Now()
+		for {
+			_, err := rc.Exec(ctx, "SELECT 1 FROM explain_big LIMIT 1")
+			if err == nil {
+				break
+			}
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("replica %d: app cannot read explain_big: %v", r.Port, err)
+			}
+			t.Logf("replica %d: %v (%s after replay)", r.Port, err, time.Since(start).Round(time.Millisecond))
+			time.Sleep(50 * time.Millisecond)
+		}
+		closeConn(rc)
+	}
 }
 
 // slowPlan waits for the query record and the plan summary logged after
