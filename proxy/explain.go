@@ -62,8 +62,8 @@ func (e *explainer) start() {
 			if time.Since(e.last) < explainEvery {
 				continue // rate limit: the plan of a statement that keeps being slow comes again
 			}
-			e.last = time.Now()
 			e.explain(j)
+			e.last = time.Now() // after the run: a gap between runs, however long they take
 		}
 	}()
 }
@@ -79,9 +79,19 @@ type explainJob struct {
 	fingerprint string
 }
 
-// offer queues a slow read for EXPLAIN; it never blocks.
+// explainable reports a statement the explainer may run again (ANALYZE
+// executes it): a SELECT the classifier proved read-only, with no volatile
+// or locking function (advisory locks, pg_terminate_backend…), whose route
+// does not depend on the session.
+func explainable(st router.Statement) bool {
+	return st.Kind == router.KindSelect && st.Target == router.Replica
+}
+
+// offer queues a slow read for EXPLAIN; it never blocks. A statement that
+// failed is not offered: it would fail again, and the server's message can
+// quote a value.
 func (e *explainer) offer(r *queryRecord, fingerprint string) {
-	if r.kind != router.KindSelect || (r.execute && r.params == nil) {
+	if r.kind != router.KindSelect || r.sqlstate != "" || (r.execute && r.params == nil) {
 		// Only plain SELECTs are explained (EXPLAIN of other statements
 		// means little here), and an Execute only with its parameters.
 		return
@@ -90,6 +100,18 @@ func (e *explainer) offer(r *queryRecord, fingerprint string) {
 	case e.jobs <- explainJob{r, fingerprint}:
 	default:
 	}
+}
+
+// errText is err's text without a server's message (which can quote
+// values): its SQLSTATE for a server error.
+func errText(err error) string {
+	if err == nil {
+		return "no error"
+	}
+	if se, ok := pool.IsServerError(err); ok {
+		return "server error " + se.Msg.Code
+	}
+	return err.Error()
 }
 
 // bindParams is what an EXPLAIN of an Execute needs besides the statement's
@@ -145,6 +167,11 @@ type sortSpace struct {
 
 func (e *explainer) explain(j explainJob) {
 	r, s := j.r, j.r.client
+	if !explainable(s.cls.Classify(r.sql)) {
+		// e.g. SELECT pg_advisory_lock(…): ANALYZE would take the lock
+		// on a pooled connection; even a plain EXPLAIN is not worth it.
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), explainTimeout)
 	defer cancel()
 	analyze := e.srv.qlog.cfg.Load().ExplainAnalyze && r.end.Sub(r.start) < analyzeBudget
@@ -162,13 +189,25 @@ func (e *explainer) explain(j explainJob) {
 		if err == nil {
 			root, flags, err = explainOn(ctx, c, r, true)
 		}
-		if _, rerr := c.Exec(ctx, "ROLLBACK"); err == nil {
-			err = rerr
+		// The ROLLBACK gets its own time even when ctx is over; if it
+		// fails the error must not be a server error, so that the
+		// connection is discarded rather than pooled mid-transaction.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		status, rerr := c.Exec(rctx, "ROLLBACK")
+		rcancel()
+		if rerr != nil || status != 'I' {
+			return fmt.Errorf("EXPLAIN ANALYZE: its transaction could not be ended (status %q): %s", status, errText(rerr))
 		}
 		return err
 	})
 	if err != nil {
-		e.srv.log.Info("EXPLAIN of a slow read failed", zap.Error(err))
+		// A server's message can quote a parameter value: only its
+		// SQLSTATE is logged.
+		if se, ok := pool.IsServerError(err); ok {
+			e.srv.log.Info("EXPLAIN of a slow read failed", zap.String("fingerprint", j.fingerprint), zap.String("sqlstate", se.Msg.Code))
+		} else {
+			e.srv.log.Info("EXPLAIN of a slow read failed", zap.String("fingerprint", j.fingerprint), zap.Error(err))
+		}
 		return
 	}
 	sort.Strings(flags)

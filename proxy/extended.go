@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -309,7 +310,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 			b.portals = map[string]boundPortal{}
 		}
 		bp := boundPortal{stmt: s.stmts[name]}
-		if s.srv.qlog.cfg.Load().ExplainSlow && bp.stmt != nil && s.classOf(bp.stmt).Kind == router.KindSelect {
+		if qc := s.srv.qlog.cfg.Load(); qc.ExplainSlow && qc.Queries != config.QueriesOff && bp.stmt != nil && explainable(s.classOf(bp.stmt)) {
 			// Should this Execute be slow, the explainer binds the same
 			// values. Copied here (not at the Execute): the Bind may have
 			// been streamed in an earlier message.

@@ -113,8 +113,11 @@ func (q *queryLog) record(r *queryRecord) {
 	if cfg.Queries == config.QueriesOff {
 		return
 	}
-	if cfg.Queries == config.QueriesSlow && r.end.Sub(r.start) < cfg.SlowQueryThreshold {
-		return
+	if r.end.Sub(r.start) < cfg.SlowQueryThreshold {
+		r.params = nil // only slow reads are explained: free the copy now
+		if cfg.Queries == config.QueriesSlow {
+			return
+		}
 	}
 	select {
 	case q.ch <- r:

@@ -198,3 +198,70 @@ func portOf(t *testing.T, addr string) int {
 	}
 	return n
 }
+
+// TestExplainSafety (bugs a review found): with EXPLAIN ANALYZE on, a slow
+// read whose EXPLAIN fails on the replica (the client's DateStyle is not
+// the pooled connection's) logs only the SQLSTATE, never the value; a slow
+// read that failed is not explained again (its error would quote a
+// literal); and a SELECT that takes an advisory lock is not run again (the
+// lock would stay on a pooled replica connection).
+func TestExplainSafety(t *testing.T) {
+	explainTable(t)
+	ctx := testCtx(t, 60*time.Second)
+	p := routingProxy(t, func(c *config.Config) {
+		c.Log.ExplainSlow = true
+		c.Log.ExplainAnalyze = true
+	})
+	c := connect(t, p.appDSN())
+	mark := p.logs.mark()
+
+	if _, err := c.Exec(ctx, "SET DateStyle = 'ISO, DMY'"); err != nil {
+		t.Fatal(err)
+	}
+	var d time.Time
+	if err := c.QueryRow(ctx, "SELECT $1::text::date, pg_sleep(1.1)", "31/07/1985").Scan(&d, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.logs.waitEntry(t, mark, 15*time.Second, "failed EXPLAIN", func(e logEntry) bool {
+		return e.str("msg") == "EXPLAIN of a slow read failed" || e.str("msg") == "slow query plan"
+	})
+
+	sc := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
+	_, err := sc.Exec(ctx, "SELECT x::int FROM (SELECT pg_sleep(1.1), 'secret-lit-9z'::text AS x OFFSET 0) s")
+	wantState(t, err, "22P02", "slow failing read")
+
+	if _, err := c.Exec(ctx, "SELECT pg_advisory_lock(777123), pg_sleep(1.1)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "SELECT pg_advisory_unlock(777123)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the explainer's rate limit and runs
+	log := p.logs.since(mark)
+	for _, secret := range []string{"31/07/1985", "1985-07-31", "secret-lit-9z"} {
+		if strings.Contains(log, secret) {
+			t.Errorf("%q reached the log:\n%s", secret, log)
+		}
+	}
+	lockFP := map[string]bool{}
+	for _, e := range p.logs.entries(mark) {
+		if e.str("msg") == "query" && strings.Contains(e.str("query"), "pg_advisory_lock") {
+			lockFP[e.str("fingerprint")] = true
+		}
+	}
+	for _, e := range p.logs.entries(mark) {
+		if e.str("msg") == "slow query plan" && lockFP[e.str("fingerprint")] {
+			t.Errorf("a SELECT taking an advisory lock was explained: %v", e)
+		}
+	}
+	for _, r := range cluster.Replicas {
+		rc := connect(t, cluster.SuperuserDSN(r, appDatabase))
+		var n int
+		if err := rc.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 777123").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 {
+			t.Errorf("replica %d: advisory lock 777123 held by %d backend(s)", r.Port, n)
+		}
+	}
+}
