@@ -62,35 +62,30 @@ func (c *Config) Validate() []string {
 	if len(c.Auth.Users) == 0 {
 		p = append(p, "auth.users: empty is not allowed: list at least one { name, password } (pgsplit also uses them to log in to the servers)")
 	}
-	seen := map[string]bool{}
-	for i, u := range c.Auth.Users {
-		key := fmt.Sprintf("auth.users[%d]", i)
-		if u.Name == "" {
-			bad(key+".name", u.Name, "must not be empty")
-		}
-		if seen[u.Name] {
-			bad(key+".name", u.Name, "each user may be listed once")
-		}
-		seen[u.Name] = true
-		if u.Password == "" && c.Auth.Method != AuthTrust {
-			p = append(p, fmt.Sprintf("%s.password: empty is not allowed with auth.method %s", key, c.Auth.Method))
-		}
-	}
-
-	seenAdmin := map[string]bool{}
-	for i, u := range c.Admin.Users {
-		key := fmt.Sprintf("admin.users[%d]", i)
-		if u.Name == "" {
-			bad(key+".name", u.Name, "must not be empty")
-		}
-		if seenAdmin[u.Name] {
-			bad(key+".name", u.Name, "each admin user may be listed once")
-		}
-		seenAdmin[u.Name] = true
-		if u.Password == "" {
-			p = append(p, fmt.Sprintf("%s.password: empty is not allowed: admin logins always need a password (SCRAM when auth.method is trust)", key))
+	// users checks a list of logins; noPassword says why an empty password
+	// is refused ("" when it is allowed).
+	users := func(list string, us []User, noPassword string) {
+		seen := map[string]bool{}
+		for i, u := range us {
+			key := fmt.Sprintf("%s[%d]", list, i)
+			if u.Name == "" {
+				bad(key+".name", u.Name, "must not be empty")
+			}
+			if seen[u.Name] {
+				bad(key+".name", u.Name, "each user may be listed once")
+			}
+			seen[u.Name] = true
+			if u.Password == "" && noPassword != "" {
+				p = append(p, fmt.Sprintf("%s.password: empty is not allowed %s", key, noPassword))
+			}
 		}
 	}
+	authNoPassword := "with auth.method " + c.Auth.Method
+	if c.Auth.Method == AuthTrust {
+		authNoPassword = ""
+	}
+	users("auth.users", c.Auth.Users, authNoPassword)
+	users("admin.users", c.Admin.Users, "(admin logins always need a password: SCRAM when auth.method is trust)")
 
 	switch c.Pool.Mode {
 	case ModeSession, ModeTransaction:

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
-	"github.com/pgsplit/pgsplit/internal/wire"
 )
 
 // The admin console: a client that logs in to database "pgsplit" as one of
@@ -54,63 +52,23 @@ type adminPortal struct {
 	rest *resultSet
 }
 
-// serveAdmin runs an admin console session to its end.
-func (s *session) serveAdmin(st *startup, user string) {
-	// Logins in progress and logged-in sessions have separate caps, so
-	// unauthenticated connections cannot take an admin's place.
-	tooMany := func(what string) {
-		s.failStartup(fatal(codeTooManyConnections, fmt.Sprintf("sorry, too many admin console %s already (%d)", what, maxAdminConns)), user, config.AdminDatabase)
-	}
-	if n := s.srv.adminLogins.Add(1); n > maxAdminConns {
-		s.srv.adminLogins.Add(-1)
-		tooMany("logins in progress")
-		return
-	}
-	loggingIn := true
-	defer func() {
-		if loggingIn {
-			s.srv.adminLogins.Add(-1)
-		}
-	}()
-	if st.minor > 0 || len(st.unknown) > 0 {
-		if err := send(s.cw, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
-			return
-		}
-	}
-	u, err := s.srv.adminAuth.Load().authenticate(s.cr, s.cw, user)
-	if err != nil {
-		s.failStartup(err, user, config.AdminDatabase)
-		return
-	}
-	s.srv.adminLogins.Add(-1)
-	loggingIn = false
+// serveAdmin runs an admin console session of u, who has logged in, to its
+// end.
+func (s *session) serveAdmin(u config.User) {
 	if n := s.srv.adminConns.Add(1); n > maxAdminConns {
 		s.srv.adminConns.Add(-1)
-		tooMany("connections")
+		s.failStartup(fatal(codeTooManyConnections, fmt.Sprintf("sorry, too many admin console connections already (%d)", maxAdminConns)), u.Name, config.AdminDatabase)
 		return
 	}
 	defer s.srv.adminConns.Add(-1)
-	if s.srv.draining.Load() {
-		s.failStartup(fatal(codeAdminShutdown, "the database system is shutting down"), user, config.AdminDatabase)
-		return
-	}
 	s.user, s.database = u, config.AdminDatabase
 	s.admin = &adminSession{stmts: map[string]string{}, portals: map[string]adminPortal{}}
-	params := [][2]string{
-		{"server_version", "15.0 (pgsplit admin console)"}, {"server_encoding", "UTF8"}, {"client_encoding", "UTF8"},
-		{"DateStyle", "ISO, MDY"}, {"TimeZone", "UTC"}, {"integer_datetimes", "on"}, {"standard_conforming_strings", "on"},
-		{"IntervalStyle", "postgres"}, {"is_superuser", "off"}, {"session_authorization", u.Name},
-		{"application_name", s.appName},
-	}
-	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
-	for _, p := range params {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: p[0], Value: p[1]})
-	}
-	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: s.pid, SecretKey: s.secret[:]})
-	if err := writeMsgs(s.cw, msgs...); err != nil {
-		return
-	}
-	if _, err := s.cw.Write(readyForQuery('I')); err != nil || s.cw.Flush() != nil {
+	if err := s.greet(map[string]string{
+		"server_version": "15.0 (pgsplit admin console)", "server_encoding": "UTF8", "client_encoding": "UTF8",
+		"DateStyle": "ISO, MDY", "TimeZone": "UTC", "integer_datetimes": "on", "standard_conforming_strings": "on",
+		"IntervalStyle": "postgres", "is_superuser": "off", "session_authorization": u.Name,
+		"application_name": s.appName,
+	}); err != nil {
 		return
 	}
 	_ = s.conn.SetDeadline(time.Time{})
@@ -129,17 +87,12 @@ func (s *session) adminLoop() string {
 	a := s.admin
 	skip := false // an extended-protocol error: ignore messages until Sync
 	for {
-		typ, _, err := s.cr.Next()
-		var body []byte
-		if err == nil {
-			body, err = s.cr.Body()
-		}
+		typ, err := s.nextMessage()
 		if err != nil {
-			var fe *wire.FrameError
-			if errors.As(err, &fe) {
-				s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
-				return "protocol violation: " + fe.Error()
-			}
+			return err.Error()
+		}
+		body, err := s.cr.Body()
+		if err != nil {
 			return "client connection closed"
 		}
 		s.lastRequest.Store(time.Now().UnixNano())
@@ -225,11 +178,11 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 	case 'P':
 		var m pgproto3.Parse
 		if err := m.Decode(body); err != nil {
-			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "invalid Parse message"}
+			return nil, pgErr(codeProtocolViolation, "invalid Parse message")
 		}
 		cmds := splitCommands(m.Query)
 		if len(cmds) > 1 {
-			return nil, &pgError{severity: "ERROR", code: codeSyntaxError, msg: "cannot insert multiple commands into a prepared statement"}
+			return nil, pgErr(codeSyntaxError, "cannot insert multiple commands into a prepared statement")
 		}
 		cmd := ""
 		if len(cmds) == 1 {
@@ -239,25 +192,25 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 			}
 		}
 		if _, ok := a.stmts[m.Name]; ok && m.Name != "" {
-			return nil, &pgError{severity: "ERROR", code: "42P05", msg: fmt.Sprintf("prepared statement %q already exists", m.Name)}
+			return nil, pgErr("42P05", fmt.Sprintf("prepared statement %q already exists", m.Name))
 		}
 		a.stmts[m.Name] = cmd
 		return append(out, '1', 0, 0, 0, 4), nil // ParseComplete
 	case 'B':
 		var m pgproto3.Bind
 		if err := m.Decode(body); err != nil {
-			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "invalid Bind message"}
+			return nil, pgErr(codeProtocolViolation, "invalid Bind message")
 		}
 		cmd, ok := a.stmts[m.PreparedStatement]
 		if !ok {
-			return nil, &pgError{severity: "ERROR", code: "26000", msg: fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement)}
+			return nil, pgErr("26000", fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement))
 		}
 		if len(m.Parameters) > 0 {
-			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "admin console commands take no parameters"}
+			return nil, pgErr(codeProtocolViolation, "admin console commands take no parameters")
 		}
 		for _, f := range m.ResultFormatCodes {
 			if f != 0 && f != 1 {
-				return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: fmt.Sprintf("unsupported format code: %d", f)}
+				return nil, pgErr(codeProtocolViolation, fmt.Sprintf("unsupported format code: %d", f))
 			}
 		}
 		a.portals[m.DestinationPortal] = adminPortal{cmd: cmd, formats: m.ResultFormatCodes}
@@ -265,21 +218,21 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 	case 'D':
 		var m pgproto3.Describe
 		if err := m.Decode(body); err != nil {
-			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "invalid Describe message"}
+			return nil, pgErr(codeProtocolViolation, "invalid Describe message")
 		}
 		var cmd string
 		var formats []int16
 		if m.ObjectType == 'S' {
 			c, ok := a.stmts[m.Name]
 			if !ok {
-				return nil, &pgError{severity: "ERROR", code: "26000", msg: fmt.Sprintf("prepared statement %q does not exist", m.Name)}
+				return nil, pgErr("26000", fmt.Sprintf("prepared statement %q does not exist", m.Name))
 			}
 			cmd = c
 			out = append(out, 't', 0, 0, 0, 6, 0, 0) // ParameterDescription: none
 		} else {
 			p, ok := a.portals[m.Name]
 			if !ok {
-				return nil, &pgError{severity: "ERROR", code: "34000", msg: fmt.Sprintf("portal %q does not exist", m.Name)}
+				return nil, pgErr("34000", fmt.Sprintf("portal %q does not exist", m.Name))
 			}
 			cmd, formats = p.cmd, p.formats
 		}
@@ -291,11 +244,11 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 	case 'E':
 		var m pgproto3.Execute
 		if err := m.Decode(body); err != nil {
-			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "invalid Execute message"}
+			return nil, pgErr(codeProtocolViolation, "invalid Execute message")
 		}
 		p, ok := a.portals[m.Portal]
 		if !ok {
-			return nil, &pgError{severity: "ERROR", code: "34000", msg: fmt.Sprintf("portal %q does not exist", m.Portal)}
+			return nil, pgErr("34000", fmt.Sprintf("portal %q does not exist", m.Portal))
 		}
 		if p.cmd == "" {
 			return append(out, 'I', 0, 0, 0, 4), nil
@@ -307,8 +260,8 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 				return nil, pe
 			}
 			if n := len(p.formats); n > 1 && n != len(res.cols) {
-				return nil, &pgError{severity: "ERROR", code: codeProtocolViolation,
-					msg: fmt.Sprintf("bind message has %d result formats but query has %d columns", n, len(res.cols))}
+				return nil, pgErr(codeProtocolViolation,
+					fmt.Sprintf("bind message has %d result formats but query has %d columns", n, len(res.cols)))
 			}
 		}
 		if m.MaxRows > 0 && len(res.rows) > int(m.MaxRows) {
@@ -325,7 +278,7 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 	case 'C':
 		var m pgproto3.Close
 		if err := m.Decode(body); err != nil {
-			return nil, &pgError{severity: "ERROR", code: codeProtocolViolation, msg: "invalid Close message"}
+			return nil, pgErr(codeProtocolViolation, "invalid Close message")
 		}
 		if m.ObjectType == 'S' {
 			delete(a.stmts, m.Name)
@@ -364,7 +317,6 @@ func splitCommands(sql string) []string {
 type adminCmd struct {
 	show func(*session) *resultSet
 	run  func(*session) (string, *pgError)
-	help string
 }
 
 // adminCommand looks cmd up (case-insensitive, single spaces).
@@ -387,8 +339,9 @@ func adminCommand(cmd string) (adminCmd, bool) {
 }
 
 func unknownAdminCommand(cmd string) *pgError {
-	return &pgError{severity: "ERROR", code: codeSyntaxError, msg: fmt.Sprintf("unknown admin console command: %q", cmd),
-		detail: "The admin console takes SHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|CONFIG|NODES|QUERIES|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN, RESET STATS."}
+	pe := pgErr(codeSyntaxError, fmt.Sprintf("unknown admin console command: %q", cmd))
+	pe.detail = "The admin console takes SHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|CONFIG|NODES|QUERIES|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN, RESET STATS."
+	return pe
 }
 
 // runAdmin runs one command.

@@ -128,6 +128,8 @@ type poolEntry struct {
 	pool *pool.Pool
 }
 
+// poolList returns the pools sorted by database, user and server, copied
+// under the server's lock (taken by every checkout) to be read without it.
 func (srv *Server) poolList() []poolEntry {
 	srv.mu.Lock()
 	out := make([]poolEntry, 0, len(srv.pools))
@@ -143,12 +145,10 @@ func (srv *Server) poolList() []poolEntry {
 		if a.user != b.user {
 			return a.user < b.user
 		}
-		return endpointString(a.server) < endpointString(b.server)
+		return a.server.String() < b.server.String()
 	})
 	return out
 }
-
-func endpointString(e endpoint) string { return net.JoinHostPort(e.host, strconv.Itoa(e.port)) }
 
 // roleOf is the role pgsplit gives a server.
 func (srv *Server) roleOf(e endpoint) string {
@@ -179,7 +179,7 @@ func showPools(s *session) *resultSet {
 		r.rows = append(r.rows, []any{e.key.database, e.key.user, holders[e.pool], int64(st.Waiting),
 			active, int64(st.Idle), int64(0), int64(0), login,
 			int64(st.MaxWait / time.Second), int64((st.MaxWait % time.Second) / time.Microsecond), cfg.Pool.Mode,
-			endpointString(e.key.server), srv.roleOf(e.key.server), int64(st.Size), int64(st.MaxOverflow)})
+			e.key.server.String(), srv.roleOf(e.key.server), int64(st.Size), int64(st.MaxOverflow)})
 	}
 	return r
 }
@@ -415,10 +415,10 @@ func showVersion(*session) *resultSet {
 
 func runReload(s *session) (string, *pgError) {
 	if s.srv.reloader == nil {
-		return "", &pgError{severity: "ERROR", code: codeFeatureNotSupported, msg: "RELOAD needs pgsplit started from a configuration file (pgsplit serve)"}
+		return "", pgErr(codeFeatureNotSupported, "RELOAD needs pgsplit started from a configuration file (pgsplit serve)")
 	}
 	if err := s.srv.reloader(); err != nil {
-		return "", &pgError{severity: "ERROR", code: codeInvalidParameter, msg: "reload refused; the running configuration stays: " + err.Error()}
+		return "", pgErr(codeInvalidParameter, "reload refused; the running configuration stays: "+err.Error())
 	}
 	return "RELOAD", nil
 }
@@ -429,11 +429,11 @@ func runReload(s *session) (string, *pgError) {
 func runPause(s *session) (string, *pgError) {
 	srv := s.srv
 	if srv.draining.Load() {
-		return "", &pgError{severity: "ERROR", code: codeAdminShutdown, msg: "pgsplit is shutting down"}
+		return "", pgErr(codeAdminShutdown, "pgsplit is shutting down")
 	}
 	gen, ok := srv.pause.pause()
 	if !ok {
-		return "", &pgError{severity: "ERROR", code: codeNotInPrerequisite, msg: "pgsplit is already paused"}
+		return "", pgErr(codeNotInPrerequisite, "pgsplit is already paused")
 	}
 	srv.log.Info("PAUSE: holding new transactions; waiting for running ones to finish")
 	for i := 0; ; i++ {
@@ -450,9 +450,9 @@ func runPause(s *session) (string, *pgError) {
 			return "PAUSE", nil
 		}
 		if s.admin.cancelled.Load() || srv.draining.Load() || (i%20 == 19 && s.clientGone()) {
-			srv.pause.resumeIf(gen)
-			return "", &pgError{severity: "ERROR", code: codeQueryCanceled,
-				msg: fmt.Sprintf("PAUSE canceled while %d client(s) were still in a transaction; pgsplit is not paused", busy)}
+			srv.pause.open(gen)
+			return "", pgErr(codeQueryCanceled,
+				fmt.Sprintf("PAUSE canceled while %d client(s) were still in a transaction; pgsplit is not paused", busy))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -472,8 +472,8 @@ func (s *session) clientGone() bool {
 }
 
 func runResume(s *session) (string, *pgError) {
-	if !s.srv.pause.resumeGate() {
-		return "", &pgError{severity: "ERROR", code: codeNotInPrerequisite, msg: "pgsplit is not paused"}
+	if !s.srv.pause.open(0) {
+		return "", pgErr(codeNotInPrerequisite, "pgsplit is not paused")
 	}
 	s.srv.log.Info("RESUME: new transactions go on")
 	return "RESUME", nil

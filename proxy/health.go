@@ -213,16 +213,12 @@ func (s *Server) Nodes() []NodeStatus {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := make([]NodeStatus, 0, 1+len(s.replicas))
-	for i, srv := range append([]config.Server{s.primary}, s.replicas...) {
+	for _, srv := range append([]config.Server{s.primary}, s.replicas...) {
 		if n, ok := h.nodes[endpointOf(srv)]; ok {
 			out = append(out, *n)
 			continue
 		}
-		role := "replica"
-		if i == 0 {
-			role = "primary"
-		}
-		out = append(out, NodeStatus{Server: srv, Role: role, LagBytes: -1, LagSeconds: -1})
+		out = append(out, NodeStatus{Server: srv, Role: s.roleOf(endpointOf(srv)), LagBytes: -1, LagSeconds: -1})
 	}
 	return out
 }

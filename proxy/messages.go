@@ -33,6 +33,9 @@ func (e *pgError) Error() string { return e.code + ": " + e.msg }
 
 func fatal(code, msg string) *pgError { return &pgError{severity: "FATAL", code: code, msg: msg} }
 
+// pgErr is an ERROR: the statement fails, the session goes on.
+func pgErr(code, msg string) *pgError { return &pgError{severity: "ERROR", code: code, msg: msg} }
+
 func (e *pgError) encode(buf []byte) []byte {
 	m := pgproto3.ErrorResponse{
 		Severity:            e.severity,

@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/pgsplit/pgsplit/pool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
@@ -115,18 +113,9 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	// Copy the pool list under the server's lock (taken by every
-	// connection checkout), then read and format without it.
-	c.s.mu.Lock()
-	keys := make([]poolKey, 0, len(c.s.pools))
-	pools := make([]*pool.Pool, 0, len(c.s.pools))
-	for k, p := range c.s.pools {
-		keys, pools = append(keys, k), append(pools, p)
-	}
-	c.s.mu.Unlock()
-	for i, p := range pools {
-		st, k := p.Stats(), keys[i]
-		name := fmt.Sprintf("%s@%s/%s", k.user, k.database, net.JoinHostPort(k.server.host, strconv.Itoa(k.server.port)))
+	for _, e := range c.s.poolList() {
+		st, k := e.pool.Stats(), e.key
+		name := k.user + "@" + k.database + "/" + k.server.String()
 		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, float64(st.Open-st.Idle), name)
 		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(st.Idle), name)
 		ch <- prometheus.MustNewConstMetric(c.waiting, prometheus.GaugeValue, float64(st.Waiting), name)

@@ -17,7 +17,6 @@ import (
 type pauseGate struct {
 	on     atomic.Bool // read without the lock on every client message
 	mu     sync.Mutex
-	since  time.Time
 	gen    uint64        // counts pauses, so a canceled PAUSE opens only its own
 	opened chan struct{} // closed by RESUME; nil while not paused
 }
@@ -33,27 +32,17 @@ func (g *pauseGate) pause() (gen uint64, ok bool) {
 		return 0, false
 	}
 	g.gen++
-	g.since, g.opened = time.Now(), make(chan struct{})
+	g.opened = make(chan struct{})
 	g.on.Store(true)
 	return g.gen, true
 }
 
-// resumeIf opens the gate if it is still the pause of generation gen.
-func (g *pauseGate) resumeIf(gen uint64) {
+// open opens the gate if it is closed and, when gen is not 0, still the
+// pause of that generation; it reports whether it did.
+func (g *pauseGate) open(gen uint64) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.on.Load() && g.gen == gen {
-		close(g.opened)
-		g.opened = nil
-		g.on.Store(false)
-	}
-}
-
-// resumeGate opens the gate; it reports false if it was open.
-func (g *pauseGate) resumeGate() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.on.Load() {
+	if !g.on.Load() || (gen != 0 && g.gen != gen) {
 		return false
 	}
 	close(g.opened)
@@ -61,9 +50,6 @@ func (g *pauseGate) resumeGate() bool {
 	g.on.Store(false)
 	return true
 }
-
-// resume opens the gate if it is closed (shutdown).
-func (g *pauseGate) resume() { g.resumeGate() }
 
 // wait blocks until the gate opens or timeout passes (an ERROR for the
 // client, who keeps its session).
@@ -86,7 +72,7 @@ func (g *pauseGate) wait(s *session, timeout time.Duration) *pgError {
 	case <-ch:
 		return nil
 	case <-t.C:
-		return &pgError{severity: "ERROR", code: codeTooManyConnections,
-			msg: fmt.Sprintf("pgsplit is paused (PAUSE by an admin): no new transaction may start; waited %s (pool_timeout)", timeout)}
+		return pgErr(codeTooManyConnections,
+			fmt.Sprintf("pgsplit is paused (PAUSE by an admin): no new transaction may start; waited %s (pool_timeout)", timeout))
 	}
 }

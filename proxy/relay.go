@@ -19,14 +19,9 @@ import (
 // the session is closed. It says why it stopped.
 func (s *session) relayClient() string {
 	for {
-		typ, _, err := s.cr.Next()
+		typ, err := s.nextMessage()
 		if err != nil {
-			var fe *wire.FrameError
-			if errors.As(err, &fe) {
-				s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
-				return "protocol violation: " + fe.Error()
-			}
-			return "client connection closed"
+			return err.Error()
 		}
 		s.msgAt, s.waited = time.Now(), 0
 		s.lastRequest.Store(s.msgAt.UnixNano())
@@ -72,6 +67,22 @@ func (s *session) relayClient() string {
 			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 		}
 	}
+}
+
+// nextMessage reads the next client message's header. A message that
+// breaks the framing gets FATAL 08P01; the error says why the session
+// ends.
+func (s *session) nextMessage() (byte, error) {
+	typ, _, err := s.cr.Next()
+	if err != nil {
+		var fe *wire.FrameError
+		if errors.As(err, &fe) {
+			s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
+			return 0, errors.New("protocol violation: " + fe.Error())
+		}
+		return 0, errors.New("client connection closed")
+	}
+	return typ, nil
 }
 
 // relayMessage routes one client message.

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,8 @@ type endpoint struct {
 }
 
 func endpointOf(srv config.Server) endpoint { return endpoint{srv.Host, srv.Port} }
+
+func (e endpoint) String() string { return net.JoinHostPort(e.host, strconv.Itoa(e.port)) }
 
 type poolKey struct {
 	server         endpoint
@@ -451,7 +454,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		return
 	}
 	timeout := s.cfg.Load().ShutdownTimeout
-	s.pause.resume() // held clients run their transaction within shutdown_timeout
+	s.pause.open(0) // held clients wake up, see the drain and end with 57P01
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}

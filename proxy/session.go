@@ -131,30 +131,44 @@ func (s *session) serve() {
 	s.log = s.log.With(zap.String("user", user), zap.String("database", database),
 		zap.String("application_name", st.params["application_name"]))
 	s.appName = st.params["application_name"]
-	if database == config.AdminDatabase {
-		s.serveAdmin(st, user)
-		return
-	}
 
-	if n := s.srv.clients.Add(1); n > int64(s.srv.cfg.Load().MaxClientConn) {
-		s.srv.clients.Add(-1)
-		s.failStartup(fatal(codeTooManyConnections, "sorry, too many clients already (max_client_conn)"), user, database)
+	// Admin console logins count apart from clients (max_client_conn), so
+	// an admin gets in when clients fill it, and unauthenticated
+	// connections cannot take a logged-in admin's place.
+	admin := database == config.AdminDatabase
+	counter, limit, what := &s.srv.clients, int64(s.srv.cfg.Load().MaxClientConn), "clients already (max_client_conn)"
+	au := s.srv.auth.Load()
+	if admin {
+		counter, limit, what = &s.srv.adminLogins, maxAdminConns, fmt.Sprintf("admin console logins in progress already (%d)", maxAdminConns)
+		au = s.srv.adminAuth.Load()
+	}
+	if n := counter.Add(1); n > limit {
+		counter.Add(-1)
+		s.failStartup(fatal(codeTooManyConnections, "sorry, too many "+what), user, database)
 		return
 	}
-	defer s.srv.clients.Add(-1)
+	if !admin {
+		defer counter.Add(-1)
+	}
 
 	if st.minor > 0 || len(st.unknown) > 0 {
 		if err := send(s.cw, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
 			return
 		}
 	}
-	u, err := s.srv.auth.Load().authenticate(s.cr, s.cw, user)
+	u, err := au.authenticate(s.cr, s.cw, user)
+	if err == nil && s.srv.draining.Load() {
+		err = fatal(codeAdminShutdown, "the database system is shutting down")
+	}
+	if admin {
+		counter.Add(-1) // logged in, or not: no longer a login in progress
+		if err == nil {
+			s.serveAdmin(u)
+			return
+		}
+	}
 	if err != nil {
 		s.failStartup(err, user, database)
-		return
-	}
-	if s.srv.draining.Load() {
-		s.failStartup(fatal(codeAdminShutdown, "the database system is shutting down"), user, database)
 		return
 	}
 	if !s.srv.servesDatabase(database) {
@@ -187,7 +201,7 @@ func (s *session) serve() {
 		return
 	}
 	s.cls = s.srv.classifierFor(database, u) // the database exists: the login worked
-	if err := s.greet(up.conn); err != nil {
+	if err := s.greet(up.conn.Params); err != nil {
 		// No pump runs yet, so release's quiet path would wait forever.
 		s.discard(up)
 		return
@@ -258,21 +272,19 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 		cancel()
 	}
 	if err != nil {
-		if t == router.Replica {
-			var te *pool.TimeoutError
-			if !errors.As(err, &te) {
-				s.srv.markDown(srv)
-			}
-		}
 		var te *pool.TimeoutError
-		var pgErr *pgconn.PgError
+		timedOut := errors.As(err, &te)
+		if t == router.Replica && !timedOut {
+			s.srv.markDown(srv)
+		}
+		var se *pgconn.PgError
 		switch {
-		case errors.As(err, &te):
+		case timedOut:
 			// An ERROR: under transaction pooling the session goes on
 			// (switchTo makes it FATAL where it cannot).
-			return nil, &pgError{severity: "ERROR", code: codeTooManyConnections, msg: te.Error()}
-		case errors.As(err, &pgErr):
-			return nil, &pgError{severity: "FATAL", code: pgErr.Code, msg: pgErr.Message, detail: pgErr.Detail}
+			return nil, pgErr(codeTooManyConnections, te.Error())
+		case errors.As(err, &se):
+			return nil, &pgError{severity: "FATAL", code: se.Code, msg: se.Message, detail: se.Detail}
 		}
 		return nil, fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
 	}
@@ -304,17 +316,18 @@ func (s *session) applyStartup(u *upstream) error {
 	return nil
 }
 
-// greet completes the login: AuthenticationOk, the server's parameters,
-// pgsplit's own BackendKeyData, ReadyForQuery.
-func (s *session) greet(up *pool.Conn) error {
+// greet completes the login: AuthenticationOk, params as ParameterStatus
+// (a server's, or the admin console's own), pgsplit's own BackendKeyData,
+// ReadyForQuery.
+func (s *session) greet(params map[string]string) error {
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
-	names := make([]string, 0, len(up.Params))
-	for k := range up.Params {
+	names := make([]string, 0, len(params))
+	for k := range params {
 		names = append(names, k)
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: up.Params[k]})
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: params[k]})
 	}
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: s.pid, SecretKey: s.secret[:]})
 	if err := writeMsgs(s.cw, msgs...); err != nil {

@@ -171,11 +171,9 @@ func (srv *Server) PinnedClients() int {
 
 // PoolStats is a snapshot of every pool's counts.
 func (srv *Server) PoolStats() []pool.Stats {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	out := make([]pool.Stats, 0, len(srv.pools))
-	for _, p := range srv.pools {
-		out = append(out, p.Stats())
+	var out []pool.Stats
+	for _, e := range srv.poolList() {
+		out = append(out, e.pool.Stats())
 	}
 	return out
 }

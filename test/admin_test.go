@@ -1,12 +1,8 @@
 package test
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,27 +38,9 @@ func (p *testProxy) adminDSN() string {
 // with a header: the first line of stdout is the column names.
 func adminPsql(t *testing.T, host string, port int, cmd string) psqlResult {
 	t.Helper()
-	bin, err := exec.LookPath("psql")
-	if err != nil {
-		bin = filepath.Join(cluster.BinDir, "psql")
-	}
 	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=pgsplit connect_timeout=10", host, port, adminUser)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c := exec.CommandContext(ctx, bin, "-X", "-A", "-F", "|", "-P", "footer=off", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", cmd)
-	c.Env = append(cleanEnv(), "PGPASSWORD="+adminPassword)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	err = c.Run()
-	res := psqlResult{stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.exitCode = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("run psql: %v", err)
-	}
-	return res
+	return runCmd(t, []string{"PGPASSWORD=" + adminPassword}, psqlBinary(),
+		"-X", "-A", "-F", "|", "-P", "footer=off", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", cmd)
 }
 
 // adminRows runs a SHOW through pgx and returns its rows as column → value.

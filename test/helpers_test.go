@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -208,29 +207,17 @@ type psqlResult struct {
 // "-X -A -t -q -v ON_ERROR_STOP=1 -d conninfo".
 func runPsql(t *testing.T, p *testProxy, user, password, stdin string, env []string, args ...string) psqlResult {
 	t.Helper()
-	bin, err := exec.LookPath("psql")
-	if err != nil {
-		bin = filepath.Join(cluster.BinDir, "psql")
-	}
 	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=%s connect_timeout=10", p.host, p.port, user, appDatabase)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo}, args...)...)
-	cmd.Env = append(cleanEnv(), "PGPASSWORD="+password)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	res := psqlResult{stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.exitCode = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("run psql: %v", err)
+	return runCmdInput(t, append([]string{"PGPASSWORD=" + password}, env...), stdin, psqlBinary(),
+		append([]string{"-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo}, args...)...)
+}
+
+// psqlBinary is psql from PATH, else from the cluster's binaries.
+func psqlBinary() string {
+	if bin, err := exec.LookPath("psql"); err == nil {
+		return bin
 	}
-	return res
+	return filepath.Join(cluster.BinDir, "psql")
 }
 
 // cleanEnv is this process's environment without PG* and PGSPLIT_*

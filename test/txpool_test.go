@@ -557,10 +557,17 @@ func TestTxPoolPgbench(t *testing.T) {
 // minutes.
 func runCmd(t *testing.T, env []string, bin string, args ...string) psqlResult {
 	t.Helper()
+	return runCmdInput(t, env, "", bin, args...)
+}
+
+// runCmdInput is runCmd with stdin as the program's standard input.
+func runCmdInput(t *testing.T, env []string, stdin, bin string, args ...string) psqlResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(cleanEnv(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
