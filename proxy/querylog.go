@@ -308,7 +308,7 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 	}
 	u.recMu.Unlock()
 	if began != 0 {
-		s.endTransaction(began)
+		s.endTransaction(began, now)
 	}
 	threshold := s.srv.qlog.cfg.Load().SlowQueryThreshold
 	for _, r := range done {

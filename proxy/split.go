@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"time"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -173,7 +175,7 @@ func (s *session) answerTx(tag string, status byte) error {
 	s.txStatus.Store(uint32(status))
 	if status == 'I' {
 		if began := s.txBegan.Swap(0); began != 0 {
-			s.endTransaction(began)
+			s.endTransaction(began, time.Now())
 		}
 	}
 	if err := writeMsgs(s.cw, &pgproto3.CommandComplete{CommandTag: []byte(tag)}); err != nil {

@@ -124,11 +124,11 @@ func (b *statsBook) observe(r *queryRecord, slow bool) {
 }
 
 // endTransaction books a transaction (or autocommit statement) of s that
-// began at began (unix nanoseconds) and is over now.
-func (s *session) endTransaction(began int64) {
+// began at began (unix nanoseconds) and ended at end.
+func (s *session) endTransaction(began int64, end time.Time) {
 	if db := s.stats.Load(); db != nil {
 		db.xacts.Add(1)
-		db.xactTime.Add((time.Now().UnixNano() - began) / 1000)
+		db.xactTime.Add((end.UnixNano() - began) / 1000)
 	}
 }
 
