@@ -60,7 +60,7 @@ func TestSlowlogRanking(t *testing.T) {
 	}
 	table := out.String()
 	if !strings.Contains(table, "UPDATE orders SET paid = $1") || !strings.Contains(table, "SELECT pg_sleep($1)") ||
-		strings.Contains(table, "FROM users") || strings.Index(table, "#1 two") > strings.Index(table, "#2 one") {
+		strings.Contains(table, "FROM users") || !strings.Contains(table, "#1 two") || !strings.Contains(table, "#2 one") {
 		t.Fatalf("table with --top 2 --min-duration 100ms:\n%s", table)
 	}
 	out.Reset()
