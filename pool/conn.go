@@ -44,8 +44,6 @@ type Conn struct {
 // Raw returns the network connection, for deadlines and closing.
 func (c *Conn) Raw() net.Conn { return c.raw }
 
-// Age is how long ago the connection was opened.
-func (c *Conn) Age() time.Duration { return time.Since(c.created) }
 
 const bufSize = 32 << 10
 

@@ -75,10 +75,15 @@ type Pool struct {
 	opts    Options
 	idle    []*Conn // most recently used last
 	open    int     // idle + handed out + being dialled
-	waiters []chan struct{}
-	waitAt  []time.Time // when each waiter began, in waiters' order
+	waiters []waiter
 	conns   map[*Conn]struct{}
 	closed  bool
+}
+
+// waiter is a client waiting in Acquire: woken through ch; waiting since at.
+type waiter struct {
+	ch chan struct{}
+	at time.Time
 }
 
 // New returns an empty pool; connections are opened on demand.
@@ -105,10 +110,21 @@ func (p *Pool) Stats() Stats {
 	defer p.mu.Unlock()
 	st := Stats{Open: p.open, Idle: len(p.idle), Waiting: len(p.waiters), Max: p.opts.Size + p.opts.MaxOverflow,
 		Size: p.opts.Size, MaxOverflow: p.opts.MaxOverflow}
-	for _, at := range p.waitAt {
-		st.MaxWait = max(st.MaxWait, time.Since(at))
+	// Not in order: a woken waiter that lost the connection queues again
+	// with its first start.
+	now := time.Now()
+	for _, w := range p.waiters {
+		st.MaxWait = max(st.MaxWait, now.Sub(w.at))
 	}
 	return st
+}
+
+// Open is the number of connections open or being opened (the load
+// balancer's figure: cheaper than Stats).
+func (p *Pool) Open() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.open
 }
 
 // ConnInfo describes one open server connection of a pool.
@@ -122,8 +138,6 @@ type ConnInfo struct {
 	HandedOut  time.Time // last taken from the pool
 	Idle       bool
 	Prepared   int // pgsplit statements prepared on it, as of its last return
-	PoolName   string
-	PoolConfig Options
 }
 
 // Conns lists the pool's open connections (idle and handed out; not those
@@ -138,7 +152,7 @@ func (p *Pool) Conns() []ConnInfo {
 	out := make([]ConnInfo, 0, len(p.conns))
 	for c := range p.conns {
 		out = append(out, ConnInfo{Conn: c, PID: c.PID, Addr: c.Addr, LocalAddr: c.raw.LocalAddr().String(), Created: c.created,
-			LastUsed: c.lastUsed, HandedOut: c.handedOut, Idle: idle[c], Prepared: c.prepared, PoolName: p.opts.Name(), PoolConfig: p.opts})
+			LastUsed: c.lastUsed, HandedOut: c.handedOut, Idle: idle[c], Prepared: c.prepared})
 	}
 	return out
 }
@@ -163,15 +177,14 @@ func (p *Pool) TryAcquire() *Conn {
 			p.mu.Unlock()
 			return nil
 		}
-		c, opts := p.idle[n-1], p.opts
-		if opts.PrePing && time.Since(c.lastUsed) > PingAfter {
+		now, opts := time.Now(), p.opts
+		if opts.PrePing && now.Sub(p.idle[n-1].lastUsed) > PingAfter {
 			p.mu.Unlock()
 			return nil // a ping round trip: Acquire's path does it
 		}
-		p.idle = p.idle[:n-1]
-		c.handedOut = time.Now()
+		c := p.popIdleLocked(now)
 		p.mu.Unlock()
-		if p.checkout(context.Background(), c, opts) {
+		if p.checkout(context.Background(), c, opts, now) {
 			return c
 		}
 	}
@@ -183,16 +196,16 @@ func (p *Pool) TryAcquire() *Conn {
 // idle over CheckAfter, an empty query if over PingAfter. A connection the
 // server ended while it sat idle must not reach a client, whose first
 // statement would fail with the server's FATAL.
-func (p *Pool) checkout(ctx context.Context, c *Conn, opts Options) bool {
-	if opts.Recycle > 0 && c.Age() > opts.Recycle {
-		p.log.Debug("recycling old connection", zap.Duration("age", c.Age()))
+func (p *Pool) checkout(ctx context.Context, c *Conn, opts Options, now time.Time) bool {
+	if age := now.Sub(c.created); opts.Recycle > 0 && age > opts.Recycle {
+		p.log.Debug("recycling old connection", zap.Duration("age", age))
 		p.Discard(c)
 		return false
 	}
 	if !opts.PrePing {
 		return true
 	}
-	idle := time.Since(c.lastUsed)
+	idle := now.Sub(c.lastUsed)
 	if idle > CheckAfter {
 		if err := c.checkIdle(); err != nil {
 			p.log.Info("idle connection was ended by the server, replacing it", zap.Error(err))
@@ -224,13 +237,11 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if n := len(p.idle); n > 0 {
-			c := p.idle[n-1]
-			p.idle = p.idle[:n-1]
-			c.handedOut = time.Now()
-			opts := p.opts
+		if len(p.idle) > 0 {
+			now := time.Now()
+			c, opts := p.popIdleLocked(now), p.opts
 			p.mu.Unlock()
-			if !p.checkout(ctx, c, opts) {
+			if !p.checkout(ctx, c, opts, now) {
 				p.mu.Lock()
 				continue
 			}
@@ -262,8 +273,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 			return nil, e
 		}
 		w := make(chan struct{}, 1)
-		p.waiters = append(p.waiters, w)
-		p.waitAt = append(p.waitAt, start)
+		p.waiters = append(p.waiters, waiter{w, start})
 		p.mu.Unlock()
 		t := time.NewTimer(wait)
 		var ctxErr error
@@ -294,9 +304,8 @@ func pingTimeout(o Options) time.Duration {
 // gives up, the wake-up passes to the next waiter so none is lost.
 func (p *Pool) removeWaiterLocked(w chan struct{}) {
 	for i, x := range p.waiters {
-		if x == w {
+		if x.ch == w {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-			p.waitAt = append(p.waitAt[:i], p.waitAt[i+1:]...)
 			break
 		}
 	}
@@ -310,21 +319,30 @@ func (p *Pool) removeWaiterLocked(w chan struct{}) {
 func (p *Pool) wakeLocked() {
 	for _, w := range p.waiters {
 		select {
-		case w <- struct{}{}:
+		case w.ch <- struct{}{}:
 			return
 		default: // already woken, try the next
 		}
 	}
 }
 
+// popIdleLocked takes the most recently used idle connection (there is
+// one) and stamps it handed out at now.
+func (p *Pool) popIdleLocked(now time.Time) *Conn {
+	c := p.idle[len(p.idle)-1]
+	p.idle = p.idle[:len(p.idle)-1]
+	c.handedOut = now
+	return c
+}
+
 // Release gives back a clean, idle connection (transaction status I, session
 // state reset). Overflow connections and connections past pool_recycle are
 // closed instead of kept.
 func (p *Pool) Release(c *Conn) {
-	prepared := c.State.Prepared.Len()
+	prepared, now := c.State.Prepared.Len(), time.Now()
 	p.mu.Lock()
-	c.lastUsed, c.prepared = time.Now(), prepared
-	if p.closed || len(p.idle) >= p.opts.Size || (p.opts.Recycle > 0 && c.Age() > p.opts.Recycle) {
+	c.lastUsed, c.prepared = now, prepared
+	if p.closed || len(p.idle) >= p.opts.Size || (p.opts.Recycle > 0 && now.Sub(c.created) > p.opts.Recycle) {
 		delete(p.conns, c)
 		p.open--
 		p.wakeLocked()
@@ -360,7 +378,7 @@ func (p *Pool) Close() {
 	}
 	for _, w := range p.waiters {
 		select {
-		case w <- struct{}{}:
+		case w.ch <- struct{}{}:
 		default:
 		}
 	}

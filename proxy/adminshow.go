@@ -313,7 +313,7 @@ func showDatabases(s *session) *resultSet {
 		if open[e.key.database] == nil {
 			open[e.key.database] = map[endpoint]int64{}
 		}
-		open[e.key.database][e.key.server] += int64(e.pool.Stats().Open)
+		open[e.key.database][e.key.server] += int64(e.pool.Open())
 	}
 	if len(dbs) == 0 {
 		seen, _ := srv.stats.snapshot()

@@ -309,7 +309,7 @@ func (s *Server) pickReplicaLocked(user, database string) config.Server {
 	for _, r := range eligible {
 		open := 0
 		if p, ok := s.pools[poolKey{endpointOf(r), database, user}]; ok {
-			open = p.Stats().Open
+			open = p.Open()
 		}
 		score := float64(open+1) / float64(r.Weight)
 		if bestScore < 0 || score < bestScore {
