@@ -112,7 +112,11 @@ func (e *ServerError) Error() string {
 // *ServerError. ParameterStatus messages update c.Params; notices and
 // notifications are dropped. The connection must be idle (no reader running).
 func (c *Conn) Exec(ctx context.Context, sql string) (txStatus byte, err error) {
-	return c.run(ctx, sql, nil)
+	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
+	if err != nil {
+		return 0, err
+	}
+	return c.roundTrip(ctx, buf, nil)
 }
 
 // Query is Exec that also returns the rows, as text (NULL as nil).
@@ -163,15 +167,6 @@ func (c *Conn) collect(ctx context.Context, msgs []byte) ([][][]byte, error) {
 		return nil, err
 	}
 	return rows, nil
-}
-
-// run sends sql as a simple Query; see roundTrip.
-func (c *Conn) run(ctx context.Context, sql string, onRow func([][]byte)) (byte, error) {
-	buf, err := (&pgproto3.Query{String: sql}).Encode(nil)
-	if err != nil {
-		return 0, err
-	}
-	return c.roundTrip(ctx, buf, onRow)
 }
 
 // roundTrip sends msgs (a simple Query, or extended-protocol messages up to
