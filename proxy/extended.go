@@ -63,7 +63,6 @@ type batch struct {
 	referenced []*clientStmt
 	seen       []string
 	refs       []string               // statement names used by Bind or Describe
-	closes     []string               // statement names closed by the client
 	portals    map[string]boundPortal // portal → what Bind bound to it
 	execs      []execution            // what the batch's Executes run
 	reason     string
@@ -79,7 +78,6 @@ func (b *batch) reset() {
 	b.parses = b.parses[:0]
 	b.parsed, b.referenced, b.seen = b.parsed[:0], b.referenced[:0], b.seen[:0]
 	b.refs = b.refs[:0]
-	b.closes = b.closes[:0]
 	b.execs = b.execs[:0]
 	clear(b.portals)
 	b.primary, b.large = false, false
@@ -132,7 +130,7 @@ func (s *session) relayExtended(typ byte) error {
 		} else if onlySyncFlush(b.buf) {
 			// No server connection is attached, so none owes anything:
 			// answer the Syncs, nothing to flush.
-			err := s.answerSyncs(b.buf)
+			err := s.answerParseOnly()
 			b.reset()
 			return err
 		}
@@ -214,7 +212,7 @@ func (s *session) streamExtended(typ byte) error {
 	}
 	// This message is handled: only the streaming flag (and the portals)
 	// outlive it.
-	b.buf, b.parses, b.refs, b.closes, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], b.closes[:0], false
+	b.buf, b.parses, b.refs, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], false
 	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0] // seen lasts to the Sync
 	b.execs = b.execs[:0]
 	return s.flushIfIdle(u)
@@ -340,7 +338,6 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 			// CloseComplete with no effect.
 			name, _, _ := cut(body[1:])
 			delete(s.stmts, name)
-			b.closes = append(b.closes, name)
 		}
 		b.buf = append(b.buf, body...)
 	default:
@@ -424,20 +421,6 @@ func onlySyncFlush(buf []byte) bool {
 		}
 	}
 	return true
-}
-
-// answerSyncs answers each Sync in buf with ReadyForQuery.
-func (s *session) answerSyncs(buf []byte) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	for rest := buf; len(rest) >= 5; rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):] {
-		if rest[0] == 'S' {
-			if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
-				return err
-			}
-		}
-	}
-	return s.cw.Flush()
 }
 
 // serverName is the servers' name for the client's statement name: the
@@ -591,7 +574,7 @@ func (u *upstream) settleStatements() {
 	if u.syncFailed.Swap(false) {
 		markUnknown(u.conn.State.Settings)
 	}
-	if u.pending.Load() > 0 || u.unsynced.Load() {
+	if u.owesAnswers() {
 		// Answers still to come: a Parse sent after an error in the same
 		// batch is skipped without an error of its own.
 		return
@@ -601,12 +584,8 @@ func (u *upstream) settleStatements() {
 			u.conn.State.Prepared.Remove(name)
 		}
 		u.conn.State.Unnamed = nil
-		u.unconfirmed = u.unconfirmed[:0]
-		return
 	}
-	if u.pending.Load() == 0 && !u.unsynced.Load() {
-		u.unconfirmed = u.unconfirmed[:0]
-	}
+	u.unconfirmed = u.unconfirmed[:0]
 }
 
 func (s *session) injectClose(u *upstream, name string) error {

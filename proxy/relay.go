@@ -312,7 +312,7 @@ func (s *session) switchTo(t router.Target) (*upstream, error) {
 // waitQuiet blocks until u has answered everything sent to it and is not
 // inside an unfinished batch.
 func (s *session) waitQuiet(u *upstream) error {
-	return s.waitUntil(u, func() bool { return !u.owesAnswers() && u.dropZ.Load() == 0 })
+	return s.waitUntil(u, u.quiet)
 }
 
 // waitAnswered blocks until u has answered every Query and Sync sent to it

@@ -410,7 +410,7 @@ func (s *session) idle() bool {
 	s.upMu.Lock()
 	defer s.upMu.Unlock()
 	for _, u := range s.ups {
-		if u != nil && (u.owesAnswers() || u.dropZ.Load() > 0) {
+		if u != nil && !u.quiet() {
 			return false
 		}
 	}

@@ -51,7 +51,7 @@ func (s *session) settleSplit() {
 	if tx == nil || tx.on == router.HintNone {
 		return
 	}
-	if u := s.ups[tx.on]; u == nil || (!u.owesAnswers() && u.dropZ.Load() == 0 && byte(u.txStatus.Load()) == 'I') {
+	if u := s.ups[tx.on]; u == nil || (u.quiet() && byte(u.txStatus.Load()) == 'I') {
 		s.split = nil
 	}
 }

@@ -66,9 +66,7 @@ func (s *session) settle() {
 		if u == nil || u.hold.Load() != holdSending {
 			continue
 		}
-		if s.pooling.Load() && u.quietIdle() {
-			u.settleStatements()
-			u.hold.Store(holdReleased)
+		if s.giveBack(u) {
 			// Wake the pump, blocked reading the idle connection: it
 			// ends on the timeout and gives the connection back.
 			_ = u.conn.Raw().SetReadDeadline(time.Now())

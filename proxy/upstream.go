@@ -135,9 +135,12 @@ func (u *upstream) owesAnswers() bool { return u.pending.Load() > 0 || u.unsynce
 // quietIdle reports whether the connection is idle between transactions:
 // nothing owed, nothing injected pending, no transaction open.
 func (u *upstream) quietIdle() bool {
-	return u.pending.Load() == 0 && u.dropZ.Load() == 0 && !u.unsynced.Load() &&
-		byte(u.txStatus.Load()) == 'I' && u.watch.Load() == watchOff
+	return u.quiet() && byte(u.txStatus.Load()) == 'I' && u.watch.Load() == watchOff
 }
+
+// quiet reports that u owes nothing: no answer to the client's messages,
+// none to pgsplit's own statements.
+func (u *upstream) quiet() bool { return !u.owesAnswers() && u.dropZ.Load() == 0 }
 
 // tryRelease is the pump's decision, at a ReadyForQuery, to give the
 // connection back to the pool: only under transaction pooling, when the
@@ -148,13 +151,23 @@ func (s *session) tryRelease(u *upstream) bool {
 	}
 	// The session stored pooling before it freed the connection, so this
 	// look is current.
-	if s.pooling.Load() && u.quietIdle() {
-		u.settleStatements()
-		u.hold.Store(holdReleased)
+	if s.giveBack(u) {
 		return true
 	}
 	u.hold.Store(holdFree)
 	return false
+}
+
+// giveBack marks u released, its statements settled, if the session may
+// pool now and u is quiet and idle; the caller holds u (sending or
+// deciding). It reports whether it did.
+func (s *session) giveBack(u *upstream) bool {
+	if !s.pooling.Load() || !u.quietIdle() {
+		return false
+	}
+	u.settleStatements()
+	u.hold.Store(holdReleased)
+	return true
 }
 
 // pump relays the server's messages to the client until the server
@@ -450,7 +463,7 @@ func (s *session) release(u *upstream) string {
 		return "closed: " + err.Error()
 	default:
 	}
-	if u.owesAnswers() || u.dropZ.Load() > 0 {
+	if !u.quiet() {
 		s.cancelUpstream(u.conn)
 		u.stopping.Store(true)
 		_ = u.conn.Raw().Close()
