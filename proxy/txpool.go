@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/pool"
+	"github.com/pgsplit/pgsplit/router"
 )
 
 // This file is transaction pooling: a session holds a server connection only
@@ -82,15 +83,19 @@ func (s *session) settle() {
 // connection inside a transaction, split or not, is not idle; a split
 // transaction whose BEGIN is held back needs none yet.)
 func (s *session) mayPool() bool {
-	if !s.txPooling || s.batch.large || s.skipSync {
-		return false
-	}
+	return s.txPooling && !s.batch.large && !s.skipSync && !s.pinnedToConns()
+}
+
+// pinnedToConns reports whether something pins the session to its server
+// connections. A pinned session's connections are reset with DISCARD ALL
+// (temporary tables, LISTEN, advisory locks…) when it leaves.
+func (s *session) pinnedToConns() bool {
 	if g := s.route.Generation(); g != s.pinGen {
 		// Only when the pins changed: this runs after every message.
 		s.pinGen = g
 		s.updateConnPins()
 	}
-	return len(s.connPins) == 0
+	return len(s.connPins) > 0
 }
 
 // updateConnPins recomputes which of the session's pins hold it to its
@@ -127,29 +132,11 @@ func (s *session) updateConnPins() {
 	}
 }
 
-// mayPoolAfterLeaving reports whether a connection of a session that ended
-// can go back with its State as it is: nothing pins the session. A pinned
-// one is reset with DISCARD ALL (temporary tables, LISTEN, advisory locks…).
-func (s *session) mayPoolAfterLeaving() bool {
-	s.skipSync = false
-	s.batch.large = false
-	return s.mayPool()
-}
-
-// connPin reports whether a pin (router.Statement.Pins) is state that lives
-// in one server backend and that pgsplit cannot carry to another: LISTEN,
-// session advisory locks, temporary objects, WITH HOLD cursors, SQL-level
-// PREPARE, session-level set_config, SET ROLE / SESSION AUTHORIZATION, and
-// SETs whose value pgsplit cannot replay. The other pins (search_path,
-// default_transaction_*, nextval) only keep reads on the primary: those
-// settings are replayed on whichever connection serves the client.
+// connPin reports whether a pin (router.Statement.Pins) holds the session
+// to its connections: state that lives in one backend
+// (router.BindsConnection), or a SET whose value pgsplit cannot replay.
 func connPin(p string) bool {
-	switch p {
-	case "listen", "advisory lock", "temp table", "temp sequence", "temp function",
-		"cursor with hold", "prepare", "set_config", "set role", "set session_authorization":
-		return true
-	}
-	return strings.HasPrefix(p, pinUnreplayable)
+	return router.BindsConnection(p) || strings.HasPrefix(p, pinUnreplayable)
 }
 
 // pinUnreplayable starts the pin of a SET whose value pgsplit cannot replay

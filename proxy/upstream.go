@@ -48,8 +48,8 @@ type upstream struct {
 	verdict chan bool
 
 	stopping atomic.Bool   // the session is stopping the pump on purpose
-	done     chan error    // the pump's result, once
 	exited   chan struct{} // closed when the pump has ended
+	err      error         // the pump's result, set before exited is closed
 
 	unsynced atomic.Bool // extended-protocol messages sent since the last Sync
 
@@ -119,7 +119,7 @@ const (
 var errReleased = errors.New("connection returned to the pool")
 
 func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
-	u := &upstream{target: t, conn: c, pool: p, done: make(chan error, 1), exited: make(chan struct{}), verdict: make(chan bool, 1)}
+	u := &upstream{target: t, conn: c, pool: p, exited: make(chan struct{}), verdict: make(chan bool, 1)}
 	u.txStatus.Store('I')
 	u.hold.Store(holdSending) // acquired by the session goroutine, which uses it now
 	return u
@@ -397,8 +397,8 @@ type clientWriteError struct{ err error }
 func (e *clientWriteError) Error() string { return "write to client: " + e.err.Error() }
 func (e *clientWriteError) Unwrap() error { return e.err }
 
-// startPump runs the pump for u on its own goroutine; its result arrives on
-// u.done. A pump that ends on its own closes the client connection, since
+// startPump runs the pump for u on its own goroutine; its result is u.err
+// once u.exited is closed. A pump that ends on its own closes the client connection, since
 // the session cannot go on without that server.
 func (s *session) startPump(u *upstream) {
 	go func() {
@@ -440,7 +440,7 @@ func (s *session) startPump(u *upstream) {
 			s.log.Info("upstream connection lost", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
 		}
-		u.done <- err
+		u.err = err
 		close(u.exited)
 	}()
 }
@@ -451,7 +451,8 @@ func (s *session) startPump(u *upstream) {
 // the log.
 func (s *session) release(u *upstream) string {
 	select {
-	case err := <-u.done:
+	case <-u.exited:
+		err := u.err
 		var cwe *clientWriteError
 		if errors.As(err, &cwe) {
 			// The client stopped reading while the server was sending.
@@ -467,13 +468,14 @@ func (s *session) release(u *upstream) string {
 		s.cancelUpstream(u.conn)
 		u.stopping.Store(true)
 		_ = u.conn.Raw().Close()
-		<-u.done
+		<-u.exited
 		s.discard(u)
 		return "cancelled and closed: client left mid-statement"
 	}
 	u.stopping.Store(true)
 	_ = u.conn.Raw().SetReadDeadline(time.Now())
-	err := <-u.done
+	<-u.exited
+	err := u.err
 	_ = u.conn.Raw().SetReadDeadline(time.Time{})
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() || u.conn.R.Broken() {
@@ -482,7 +484,7 @@ func (s *session) release(u *upstream) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
-	if s.txPooling && !u.resetOnRelease.Load() && s.mayPoolAfterLeaving() {
+	if s.txPooling && !u.resetOnRelease.Load() && !s.pinnedToConns() {
 		// Nothing pinned: the settings and statements stay on the
 		// connection, recorded in its State for the next client.
 		if err := u.conn.Rollback(ctx, byte(u.txStatus.Load())); err != nil {

@@ -31,19 +31,19 @@ func (c *Classifier) classifyDDL(n *pg_query.Node) Statement {
 	switch x := m.Interface().(type) {
 	case *pg_query.CreateStmt:
 		if isTemp(x.Relation) {
-			st.Pins = []string{"temp table"}
+			st.Pins = []string{PinTempTable}
 		}
 	case *pg_query.ViewStmt:
 		if isTemp(x.View) {
-			st.Pins = []string{"temp table"}
+			st.Pins = []string{PinTempTable}
 		}
 	case *pg_query.CreateSeqStmt:
 		if isTemp(x.Sequence) {
-			st.Pins = []string{"temp sequence"}
+			st.Pins = []string{PinTempSequence}
 		}
 	case *pg_query.CreateFunctionStmt:
 		if len(x.Funcname) > 1 && x.Funcname[0].GetString_().GetSval() == "pg_temp" {
-			st.Pins = []string{"temp function"}
+			st.Pins = []string{PinTempFunction}
 		}
 	}
 	return st

@@ -115,12 +115,12 @@ func builtinWriter(name string) bool {
 func funcPins(lower string) (pin, unpin string) {
 	switch lower {
 	case "nextval", "setval":
-		return "nextval", ""
+		return PinNextval, ""
 	case "pg_advisory_lock", "pg_advisory_lock_shared",
 		"pg_try_advisory_lock", "pg_try_advisory_lock_shared":
-		return "advisory lock", ""
+		return PinAdvisoryLock, ""
 	case "pg_advisory_unlock_all":
-		return "", "advisory lock"
+		return "", PinAdvisoryLock
 	}
 	return "", ""
 }

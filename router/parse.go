@@ -139,12 +139,12 @@ func (c *Classifier) classifyNode(n *pg_query.Node) Statement {
 		return classifyDiscard(x.DiscardStmt)
 	case *pg_query.Node_ListenStmt:
 		st := primary(KindListen, "LISTEN")
-		st.Pins = []string{"listen"}
+		st.Pins = []string{PinListen}
 		return st
 	case *pg_query.Node_UnlistenStmt:
 		st := primary(KindUnlisten, "UNLISTEN")
 		if x.UnlistenStmt.Conditionname == "" {
-			st.Unpins = []string{"listen"}
+			st.Unpins = []string{PinListen}
 		}
 		return st
 	case *pg_query.Node_NotifyStmt:
@@ -152,14 +152,14 @@ func (c *Classifier) classifyNode(n *pg_query.Node) Statement {
 	case *pg_query.Node_PrepareStmt:
 		w := c.walkChildren(x.PrepareStmt, false)
 		st := bySession(KindPrepare, reasonPrepared, true)
-		st.Funcs, st.Pins = w.funcs, []string{"prepare"}
+		st.Funcs, st.Pins = w.funcs, []string{PinPrepare}
 		return st
 	case *pg_query.Node_ExecuteStmt:
 		return c.withArgs(KindExecute, "EXECUTE of a prepared statement (decided by session)", false, x.ExecuteStmt)
 	case *pg_query.Node_DeallocateStmt:
 		st := bySession(KindDeallocate, reasonPrepared, true)
 		if x.DeallocateStmt.Isall || x.DeallocateStmt.Name == "" {
-			st.Unpins = []string{"prepare"}
+			st.Unpins = []string{PinPrepare}
 		} else {
 			st.PreparedName = x.DeallocateStmt.Name
 		}
@@ -167,7 +167,7 @@ func (c *Classifier) classifyNode(n *pg_query.Node) Statement {
 	case *pg_query.Node_DeclareCursorStmt:
 		st := c.withArgs(KindDeclare, reasonCursor, true, x.DeclareCursorStmt)
 		if x.DeclareCursorStmt.Options&cursorOptHold != 0 {
-			st.Pins = appendUnique(st.Pins, "cursor with hold")
+			st.Pins = appendUnique(st.Pins, PinCursorWithHold)
 		}
 		return st
 	case *pg_query.Node_FetchStmt:
@@ -175,7 +175,7 @@ func (c *Classifier) classifyNode(n *pg_query.Node) Statement {
 	case *pg_query.Node_ClosePortalStmt:
 		st := bySession(KindClose, reasonCursor, true)
 		if x.ClosePortalStmt.Portalname == "" {
-			st.Unpins = []string{"cursor with hold"}
+			st.Unpins = []string{PinCursorWithHold}
 		}
 		return st
 	case *pg_query.Node_LockStmt:
@@ -245,7 +245,7 @@ func (c *Classifier) classifySelect(s *pg_query.SelectStmt) Statement {
 	case s.IntoClause != nil:
 		st = primary(KindDDL, "SELECT … INTO")
 		if isTemp(s.IntoClause.Rel) {
-			st.Pins = []string{"temp table"}
+			st.Pins = []string{PinTempTable}
 		}
 	case w.rank > rankNone:
 		st = primary(KindSelect, w.reason)
@@ -357,7 +357,7 @@ func (c *Classifier) classifyCreateTableAs(s *pg_query.CreateTableAsStmt) Statem
 	}
 	st := c.write(KindDDL, reason, s)
 	if s.Into != nil && isTemp(s.Into.Rel) {
-		st.Pins = appendUnique(st.Pins, "temp table")
+		st.Pins = appendUnique(st.Pins, PinTempTable)
 	}
 	return st
 }

@@ -136,3 +136,32 @@ type Statement struct {
 	// Kinds lists each statement's Kind in order when Statements > 1.
 	Kinds []Kind
 }
+
+// Session state names in Statement.Pins and Unpins ("set <name>" for a
+// pinning setting comes from the SET's name).
+const (
+	PinTempTable      = "temp table"
+	PinTempSequence   = "temp sequence"
+	PinTempFunction   = "temp function"
+	PinListen         = "listen"
+	PinAdvisoryLock   = "advisory lock"
+	PinPrepare        = "prepare"
+	PinCursorWithHold = "cursor with hold"
+	PinNextval        = "nextval"
+	PinSetConfig      = "set_config"
+)
+
+// BindsConnection reports whether a pin is state that lives in one server
+// backend and cannot be carried to another: LISTEN, session advisory locks,
+// temporary objects, WITH HOLD cursors, SQL-level PREPARE, session-level
+// set_config, SET ROLE / SESSION AUTHORIZATION. The other pins
+// (search_path, default_transaction_*, nextval) only keep reads on the
+// primary: a pooler can replay those settings on any connection.
+func BindsConnection(pin string) bool {
+	switch pin {
+	case PinListen, PinAdvisoryLock, PinTempTable, PinTempSequence, PinTempFunction,
+		PinCursorWithHold, PinPrepare, PinSetConfig, "set role", "set session_authorization":
+		return true
+	}
+	return false
+}

@@ -228,9 +228,9 @@ func classifyDiscard(s *pg_query.DiscardStmt) Statement {
 	case pg_query.DiscardMode_DISCARD_ALL:
 		st.Unpins = []string{"all"}
 	case pg_query.DiscardMode_DISCARD_TEMP:
-		st.Unpins = []string{"temp table", "temp sequence", "temp function"}
+		st.Unpins = []string{PinTempTable, PinTempSequence, PinTempFunction}
 	case pg_query.DiscardMode_DISCARD_SEQUENCES:
-		st.Unpins = []string{"nextval"}
+		st.Unpins = []string{PinNextval}
 	}
 	return st
 }

@@ -244,7 +244,7 @@ func (w *walker) argsFunc(lower, full string, args []*pg_query.Node) {
 			}
 		}
 		w.need(rankWriteFunc, true, "calls "+full+"() at session level")
-		w.pins = appendUnique(w.pins, "set_config")
+		w.pins = appendUnique(w.pins, PinSetConfig)
 		if len(args) > 0 {
 			if name, ok := constString(args[0]); ok {
 				if pin := settingPin(strings.ToLower(name), ""); pin != "" {
