@@ -303,11 +303,11 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Bind message")
 		}
-		s.noteRef(name)
+		cs := s.noteRef(name)
 		if b.portals == nil {
 			b.portals = map[string]boundPortal{}
 		}
-		bp := boundPortal{stmt: s.stmts[name]}
+		bp := boundPortal{stmt: cs}
 		if qc := s.srv.qlog.cfg.Load(); qc.ExplainSlow && qc.Queries != config.QueriesOff && bp.stmt != nil && explainable(s.classOf(bp.stmt)) {
 			// Should this Execute be slow, the explainer binds the same
 			// values. Copied here (not at the Execute): the Bind may have
@@ -316,13 +316,13 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		b.portals[portal] = bp
 		b.buf = append(append(b.buf, portal...), 0)
-		b.buf = append(append(b.buf, s.serverName(name)...), 0)
+		b.buf = append(append(b.buf, serverName(cs, name)...), 0)
 		b.buf = append(b.buf, params...)
 	case 'D':
 		if len(body) > 0 && body[0] == 'S' {
 			name, _, _ := cut(body[1:])
-			s.noteRef(name)
-			b.buf = append(append(append(b.buf, 'S'), s.serverName(name)...), 0)
+			cs := s.noteRef(name)
+			b.buf = append(append(append(b.buf, 'S'), serverName(cs, name)...), 0)
 			break
 		}
 		b.buf = append(b.buf, body...)
@@ -427,22 +427,23 @@ func onlySyncFlush(buf []byte) bool {
 // derived one for a statement the client prepared, the name itself
 // otherwise (the unnamed statement, one prepared with SQL PREPARE, or an
 // unknown one, which the server reports).
-func (s *session) serverName(name string) string {
-	if cs, ok := s.stmts[name]; ok && cs.server != "" {
+func serverName(cs *clientStmt, name string) string {
+	if cs != nil && cs.server != "" {
 		return cs.server
 	}
 	return name
 }
 
-func (s *session) noteRef(name string) {
+func (s *session) noteRef(name string) *clientStmt {
+	cs := s.stmts[name]
 	b := &s.batch
 	for _, p := range b.parses {
 		if p == name {
-			return
+			return cs
 		}
 	}
 	b.refs = append(b.refs, name)
-	if cs, ok := s.stmts[name]; ok {
+	if cs != nil {
 		b.referenced = append(b.referenced, cs)
 		if cs.server != "" {
 			b.seen = append(b.seen, cs.server)
@@ -452,6 +453,7 @@ func (s *session) noteRef(name string) {
 		b.primary = true // unknown statement: let the primary report the error
 		b.reason = "unknown prepared statement"
 	}
+	return cs
 }
 
 func (s *session) noteClass(st router.Statement) {
@@ -484,10 +486,17 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 	var closes []string
 	var parses []*clientStmt
 	used := map[string]bool{}
+	adding := 0 // used names the connection lacks
 	for _, cs := range b.parsed {
-		if cs.server != "" {
-			closes = append(closes, cs.server)
+		if cs.server == "" {
+			continue
+		}
+		closes = append(closes, cs.server)
+		if !used[cs.server] {
 			used[cs.server] = true
+			if !st.Prepared.Has(cs.server) {
+				adding++
+			}
 		}
 	}
 	for _, cs := range b.referenced {
@@ -500,13 +509,8 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 			used[cs.server] = true
 			if !st.Prepared.Has(cs.server) {
 				parses = append(parses, cs)
+				adding++
 			}
-		}
-	}
-	adding := 0
-	for name := range used {
-		if !st.Prepared.Has(name) {
-			adding++
 		}
 	}
 	victims := st.Prepared.Evict(st.Prepared.Len()+adding-s.maxPrepared, func(n string) bool { return used[n] })
