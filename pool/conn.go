@@ -44,7 +44,6 @@ type Conn struct {
 // Raw returns the network connection, for deadlines and closing.
 func (c *Conn) Raw() net.Conn { return c.raw }
 
-
 const bufSize = 32 << 10
 
 // ConnConfig is the pgconn configuration of every connection pgsplit opens

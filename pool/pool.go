@@ -129,15 +129,15 @@ func (p *Pool) Open() int {
 
 // ConnInfo describes one open server connection of a pool.
 type ConnInfo struct {
-	Conn       *Conn
-	PID        uint32
-	Addr       string // the server, host:port
-	LocalAddr  string // pgsplit's end
-	Created    time.Time
-	LastUsed   time.Time // last returned to the pool (Created if never)
-	HandedOut  time.Time // last taken from the pool
-	Idle       bool
-	Prepared   int // pgsplit statements prepared on it, as of its last return
+	Conn      *Conn
+	PID       uint32
+	Addr      string // the server, host:port
+	LocalAddr string // pgsplit's end
+	Created   time.Time
+	LastUsed  time.Time // last returned to the pool (Created if never)
+	HandedOut time.Time // last taken from the pool
+	Idle      bool
+	Prepared  int // pgsplit statements prepared on it, as of its last return
 }
 
 // Conns lists the pool's open connections (idle and handed out; not those

@@ -32,6 +32,9 @@ func TestStatementsLRU(t *testing.T) {
 	s.Add("x")
 	s.Remove("x")
 	s.Remove("never")
+	if s.Has("x") || s.Len() != 0 {
+		t.Fatalf("after Remove: has x %v, len %d", s.Has("x"), s.Len())
+	}
 	st := newState()
 	st.Settings["a"] = "SET a TO 1"
 	st.Unnamed = []byte("P")

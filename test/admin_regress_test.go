@@ -57,14 +57,10 @@ func TestAdminPipelineXacts(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "SHOW STATS counts", func() (bool, string) {
-		for _, r := range adminRows(t, admin, "SHOW STATS") {
-			if r["database"] == appDatabase {
-				// BEGIN is answered by pgsplit (routing.transactions split
-				// holds it back): not a statement that reached a server.
-				return r["total_xact_count"] == int64(n+1) && r["total_query_count"] == int64(n+2), fmt.Sprint(r)
-			}
-		}
-		return false, "no row"
+		// BEGIN is answered by pgsplit (routing.transactions split holds
+		// it back): not a statement that reached a server.
+		r := adminRow(t, admin, "SHOW STATS", "database", appDatabase)
+		return r != nil && r["total_xact_count"] == int64(n+1) && r["total_query_count"] == int64(n+2), fmt.Sprint(r)
 	})
 }
 
@@ -178,14 +174,7 @@ func TestAdminPauseShutdown(t *testing.T) {
 func TestAdminExtendedCorners(t *testing.T) {
 	p := adminProxy(t, nil)
 	fe, _ := rawConnDSN(t, p.adminDSN())
-	send := func(msgs ...pgproto3.FrontendMessage) {
-		for _, m := range msgs {
-			fe.Send(m)
-		}
-		if err := fe.Flush(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	send := func(msgs ...pgproto3.FrontendMessage) { sendAll(t, fe, msgs...) }
 	// Row limit: SHOW HELP has 14 rows; 5, then the rest.
 	send(&pgproto3.Parse{Name: "h", Query: "SHOW HELP"}, &pgproto3.Bind{PreparedStatement: "h"},
 		&pgproto3.Execute{MaxRows: 5}, &pgproto3.Execute{}, &pgproto3.Sync{})

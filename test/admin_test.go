@@ -69,6 +69,18 @@ func adminRows(t *testing.T, c *pgx.Conn, cmd string) []map[string]any {
 	return out
 }
 
+// adminRow returns the first row of a SHOW whose column col is val, nil if
+// none is.
+func adminRow(t *testing.T, c *pgx.Conn, cmd, col string, val any) map[string]any {
+	t.Helper()
+	for _, r := range adminRows(t, c, cmd) {
+		if r[col] == val {
+			return r
+		}
+	}
+	return nil
+}
+
 // TestAdminConsole: every SHOW command answers from psql and from pgx
 // (extended protocol with binary results, and simple protocol), with
 // PgBouncer's column names and numbers that match a known workload.
@@ -142,12 +154,7 @@ func TestAdminConsole(t *testing.T) {
 			t.Errorf("SHOW POOLS: no open primary connection for %s/%s: %v", appDatabase, appUser, pools)
 		}
 
-		var appStats map[string]any
-		for _, r := range adminRows(t, admin, "SHOW STATS") {
-			if r["database"] == appDatabase {
-				appStats = r
-			}
-		}
+		appStats := adminRow(t, admin, "SHOW STATS", "database", appDatabase)
 		if appStats == nil || appStats["total_query_count"].(int64) < 22 || appStats["total_received"].(int64) == 0 ||
 			appStats["total_sent"].(int64) == 0 || appStats["total_xact_count"].(int64) < 22 {
 			t.Errorf("SHOW STATS for %s: %v (want ≥ 22 statements and transactions, bytes both ways)", appDatabase, appStats)
@@ -169,12 +176,7 @@ func TestAdminConsole(t *testing.T) {
 			t.Errorf("SHOW QUERIES: no row for SELECT $1::int + $2: %v", adminRows(t, admin, "SHOW QUERIES"))
 		}
 
-		var client map[string]any
-		for _, r := range adminRows(t, admin, "SHOW CLIENTS") {
-			if r["application_name"] == "admintest" {
-				client = r
-			}
-		}
+		client := adminRow(t, admin, "SHOW CLIENTS", "application_name", "admintest")
 		if client == nil || client["user"] != appUser || client["database"] != appDatabase || client["type"] != "C" ||
 			!strings.Contains(fmt.Sprint(client["pinned_by"]), "temp") {
 			t.Errorf("SHOW CLIENTS: app client %v (want user, database, and pinned by its temp table)", client)
@@ -183,12 +185,7 @@ func TestAdminConsole(t *testing.T) {
 		// The app client is pinned (temp table): its primary connection is
 		// listed as active and linked to it, with the backend's pid.
 		pid := upstreamPID(t, app)
-		var server map[string]any
-		for _, r := range adminRows(t, admin, "SHOW SERVERS") {
-			if r["remote_pid"] == int64(pid) {
-				server = r
-			}
-		}
+		server := adminRow(t, admin, "SHOW SERVERS", "remote_pid", int64(pid))
 		if server == nil || server["state"] != "active" || server["role"] != "primary" || server["link"] != client["ptr"] {
 			t.Errorf("SHOW SERVERS: backend %d: %v (client ptr %v)", pid, server, client["ptr"])
 		}
@@ -243,12 +240,7 @@ func TestAdminResetStats(t *testing.T) {
 	app := connect(t, p.appDSN())
 	admin := connect(t, p.adminDSN())
 	count := func() (int64, int) {
-		var n int64
-		for _, r := range adminRows(t, admin, "SHOW STATS") {
-			if r["database"] == appDatabase {
-				n = r["total_query_count"].(int64)
-			}
-		}
+		n, _ := adminRow(t, admin, "SHOW STATS", "database", appDatabase)["total_query_count"].(int64)
 		return n, len(adminRows(t, admin, "SHOW QUERIES"))
 	}
 	for i := 0; i < 5; i++ {

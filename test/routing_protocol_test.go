@@ -18,6 +18,17 @@ func rawFrontend(t *testing.T, p *testProxy) *pgproto3.Frontend {
 	return fe
 }
 
+// sendAll sends msgs and flushes.
+func sendAll(t *testing.T, fe *pgproto3.Frontend, msgs ...pgproto3.FrontendMessage) {
+	t.Helper()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // rawConn is rawFrontend that also returns the connection, to write bytes
 // no well-behaved frontend would. extra adds connection settings.
 func rawConn(t *testing.T, p *testProxy, extra ...string) (*pgproto3.Frontend, net.Conn) {

@@ -5,7 +5,6 @@ package test
 // leaked a setting between clients.
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -37,12 +36,25 @@ func simple(t *testing.T, c *pgx.Conn, sql string) string {
 	return strings.Join(out, ",")
 }
 
+// mustSimple is simple for a statement that must succeed (a test's set-up:
+// if it failed, the check after it would pass for nothing).
+func mustSimple(t *testing.T, c *pgx.Conn, sql string) string {
+	t.Helper()
+	out := simple(t, c, sql)
+	if strings.HasPrefix(out, "ERR ") {
+		t.Fatalf("%s: %s", sql, out)
+	}
+	return out
+}
+
 // Regression 1: a SET inside a multi-statement string leaks to the next client.
 func TestTxPoolRegressMultiStatementSetLeak(t *testing.T) {
 	p := oneConnProxy(t)
 	a := connect(t, p.appDSN())
-	simple(t, a, "SET statement_timeout = '4321'; SELECT 1")
-	t.Logf("A sees statement_timeout=%s", simple(t, a, "SHOW statement_timeout"))
+	mustSimple(t, a, "SET statement_timeout = '4321'; SELECT 1")
+	if got := simple(t, a, "SHOW statement_timeout"); got != "4321ms" {
+		t.Fatalf("A's own statement_timeout: %s", got)
+	}
 	closeConn(a)
 	b := connect(t, p.appDSN())
 	got := simple(t, b, "SHOW statement_timeout")
@@ -59,7 +71,7 @@ func TestTxPoolRegressMultiStatementSetLeak(t *testing.T) {
 func TestTxPoolRegressMultiStatementSetLeakLive(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
 	a := connect(t, p.appDSN())
-	simple(t, a, "SET search_path TO pg_catalog; SELECT 1")
+	mustSimple(t, a, "SET search_path TO pg_catalog; SELECT 1")
 	b := connect(t, p.appDSN())
 	got := simple(t, b, "SHOW search_path")
 	if got != `"$user", public` {
@@ -77,12 +89,15 @@ func TestTxPoolRegressMultiStatementSetLeakLive(t *testing.T) {
 func TestTxPoolRegressSessionCharacteristicsLeak(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
 	a := connect(t, p.appDSN())
-	simple(t, a, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+	mustSimple(t, a, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+	if n := p.srv.PinnedClients(); n != 1 {
+		t.Fatalf("PinnedClients = %d, want 1 (A): else B may get another backend and prove nothing", n)
+	}
 	b := connect(t, p.appDSN())
 	got := simple(t, b, "SHOW default_transaction_read_only")
 	if got != "off" {
 		t.Errorf("LEAK: client B sees default_transaction_read_only %s; insert: %s", got,
-			simple(t, b, "INSERT INTO kv(k,v) VALUES ('review-ro',1) RETURNING 1"))
+			mustSimple(t, b, "INSERT INTO kv(k,v) VALUES ('review-ro',1) RETURNING 1"))
 	}
 	if got := simple(t, a, "SHOW default_transaction_read_only"); got != "on" {
 		t.Errorf("A lost its session characteristics: %s", got)
@@ -267,7 +282,6 @@ func TestTxPoolRegressCopyAfterError(t *testing.T) {
 	if n := p.srv.PinnedClients(); n > 0 {
 		t.Errorf("%d client(s) pinned after the COPY", n)
 	}
-	_ = context.Background
 }
 
 // Regression 3b: a SET rolled back is replayed on the client's next connection.
@@ -275,18 +289,23 @@ func TestTxPoolRegressRolledBackSetOtherConn(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
 	a := connect(t, p.appDSN())
 	x := connect(t, p.appDSN())
-	simple(t, a, "BEGIN")
-	simple(t, a, "SET work_mem = '77MB'")
-	simple(t, a, "ROLLBACK")
-	t.Logf("A same conn: %s", simple(t, a, "SHOW work_mem"))
-	simple(t, x, "BEGIN") // takes the connection A just gave back
-	simple(t, x, "SELECT 1")
-	got := simple(t, a, "SHOW work_mem")
-	t.Logf("A on another connection after ROLLBACK sees work_mem=%s", got)
-	if got == "77MB" {
-		t.Errorf("rolled-back SET replayed: %s", got)
+	mustSimple(t, a, "BEGIN")
+	mustSimple(t, a, "SET work_mem = '77MB'")
+	mustSimple(t, a, "ROLLBACK")
+	if got := simple(t, a, "SHOW work_mem"); got != "4MB" {
+		t.Fatalf("A on the same connection after ROLLBACK: work_mem %s, want 4MB", got)
 	}
-	simple(t, x, "COMMIT")
+	pidBefore := upstreamPID(t, a)
+	mustSimple(t, x, "BEGIN") // takes the connection A just gave back
+	mustSimple(t, x, "SELECT 1")
+	got := simple(t, a, "SHOW work_mem")
+	if pidAfter := upstreamPID(t, a); pidAfter == pidBefore {
+		t.Fatalf("A stayed on backend %d: the test needs it on the other connection", pidAfter)
+	}
+	if got != "4MB" {
+		t.Errorf("rolled-back SET replayed on the other connection: work_mem %s, want 4MB", got)
+	}
+	mustSimple(t, x, "COMMIT")
 }
 
 // Regression 9: the session's settle gives the connection back while the pump is
@@ -295,6 +314,7 @@ func TestTxPoolRegressRolledBackSetOtherConn(t *testing.T) {
 // discards the connection.
 func TestTxPoolRegressReleasedPumpLeak(t *testing.T) {
 	p := oneConnProxy(t)
+	busy := 0 // rounds where the client left while its connection was still working
 	for kb := 3000; kb <= 4000; kb += 50 {
 		fe, nc := rawConn(t, p)
 		_ = nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
@@ -304,6 +324,11 @@ func TestTxPoolRegressReleasedPumpLeak(t *testing.T) {
 		fe.Send(&pgproto3.CopyData{Data: []byte("x")})
 		_ = fe.Flush()
 		time.Sleep(100 * time.Millisecond)
+		if st := p.srv.PoolStats(); len(st) != 1 {
+			t.Fatalf("%d pools, want 1", len(st))
+		} else if st[0].Idle == 0 {
+			busy++
+		}
 		_ = nc.(interface{ SetLinger(int) error }).SetLinger(0)
 		nc.Close()
 		time.Sleep(300 * time.Millisecond)
@@ -319,19 +344,33 @@ func TestTxPoolRegressReleasedPumpLeak(t *testing.T) {
 			break
 		}
 	}
+	if busy == 0 {
+		t.Errorf("no round closed the client while its connection was busy: the race was never reached")
+	}
 }
 
 // Regression 10: a SET the server refused is recorded; replaying it makes the whole
 // injected sync fail, so another client's setting is not reset.
 func TestTxPoolRegressFailedSetPoisonsSync(t *testing.T) {
+	failedSetLeak(t, "", "SET work_mem = 'bogus'")
+}
+
+// failedSetLeak: client A runs prelude (if any) and then a SET the server
+// refuses; client B sets lock_timeout on the one shared connection; A must
+// still see the default lock_timeout.
+func failedSetLeak(t *testing.T, prelude, badSet string) {
+	t.Helper()
 	p := oneConnProxy(t)
 	a := connect(t, p.appDSN())
-	t.Logf("A bad SET: %s", simple(t, a, "SET work_mem = 'bogus'"))
+	if prelude != "" {
+		mustSimple(t, a, prelude)
+	}
+	if got := simple(t, a, badSet); !strings.HasPrefix(got, "ERR ") {
+		t.Fatalf("%s did not fail: %s", badSet, got)
+	}
 	b := connect(t, p.appDSN())
-	simple(t, b, "SET lock_timeout = '7s'")
-	got := simple(t, a, "SHOW lock_timeout")
-	t.Logf("A sees lock_timeout=%s", got)
-	if got != "0" {
+	mustSimple(t, b, "SET lock_timeout = '7s'")
+	if got := simple(t, a, "SHOW lock_timeout"); got != "0" {
 		t.Errorf("LEAK: A sees B's lock_timeout %s", got)
 	}
 }
@@ -340,10 +379,10 @@ func TestTxPoolRegressFailedSetPoisonsSync(t *testing.T) {
 func TestTxPoolRegressFailedDiscardAll(t *testing.T) {
 	p := oneConnProxy(t)
 	a := connect(t, p.appDSN())
-	simple(t, a, "SET lock_timeout = '9s'")
-	simple(t, a, "BEGIN")
+	mustSimple(t, a, "SET lock_timeout = '9s'")
+	mustSimple(t, a, "BEGIN")
 	t.Logf("DISCARD in tx: %s", simple(t, a, "DISCARD ALL"))
-	simple(t, a, "ROLLBACK")
+	mustSimple(t, a, "ROLLBACK")
 	b := connect(t, p.appDSN())
 	got := simple(t, b, "SHOW lock_timeout")
 	t.Logf("B sees lock_timeout=%s", got)
@@ -407,9 +446,9 @@ func TestTxPoolRegressStreamedInjectCounters(t *testing.T) {
 func TestTxPoolRegressSetToDefaultPins(t *testing.T) {
 	p := oneConnProxy(t)
 	a := connect(t, p.appDSN())
-	simple(t, a, "SET statement_timeout TO DEFAULT")
-	simple(t, a, "RESET statement_timeout")
-	simple(t, a, "RESET ALL")
+	mustSimple(t, a, "SET statement_timeout TO DEFAULT")
+	mustSimple(t, a, "RESET statement_timeout")
+	mustSimple(t, a, "RESET ALL")
 	if n := p.srv.PinnedClients(); n > 0 {
 		t.Errorf("%d client(s) pinned after SET TO DEFAULT / RESET", n)
 	}
@@ -443,23 +482,23 @@ func TestTxPoolRegressSavepointSet(t *testing.T) {
 	a := connect(t, p.appDSN())
 	x := connect(t, p.appDSN())
 	for _, q := range []string{"BEGIN", "SAVEPOINT s", "SET work_mem = '66MB'", "ROLLBACK TO SAVEPOINT s", "COMMIT"} {
-		simple(t, a, q)
+		mustSimple(t, a, q)
 	}
 	if got := simple(t, a, "SHOW work_mem"); got != "4MB" {
 		t.Errorf("A after a SET rolled back to a savepoint: work_mem %s, want 4MB", got)
 	}
 	for _, q := range []string{"BEGIN", "SET work_mem = '55MB'", "SAVEPOINT s", "SELECT 1", "RELEASE SAVEPOINT s", "COMMIT"} {
-		simple(t, a, q)
+		mustSimple(t, a, q)
 	}
 	if got := simple(t, a, "SHOW work_mem"); got != "55MB" {
 		t.Errorf("A after COMMIT: work_mem %s, want 55MB", got)
 	}
-	simple(t, x, "BEGIN") // takes the connection A just gave back
-	simple(t, x, "SELECT 1")
+	mustSimple(t, x, "BEGIN") // takes the connection A just gave back
+	mustSimple(t, x, "SELECT 1")
 	if got := simple(t, a, "SHOW work_mem"); got != "55MB" {
 		t.Errorf("A on another connection: work_mem %s, want 55MB", got)
 	}
-	simple(t, x, "COMMIT")
+	mustSimple(t, x, "COMMIT")
 	if got := simple(t, x, "SHOW work_mem"); got == "55MB" {
 		t.Errorf("LEAK: x sees A's work_mem")
 	}
