@@ -371,17 +371,16 @@ func (s *session) parseOnly() bool {
 			return false
 		}
 	}
-	for rest := b.buf; len(rest) >= 5; {
-		switch rest[0] {
+	for typ, body := range frames(b.buf) {
+		switch typ {
 		case 'P', 'S':
 		case 'C':
-			if len(rest) < 6 || rest[5] != 'S' {
+			if len(body) < 1 || body[0] != 'S' {
 				return false
 			}
 		default:
 			return false
 		}
-		rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):]
 	}
 	return true
 }
@@ -394,8 +393,8 @@ func (s *session) answerParseOnly() error {
 		}
 	}
 	var out []byte
-	for rest := s.batch.buf; len(rest) >= 5; {
-		switch rest[0] {
+	for typ := range frames(s.batch.buf) {
+		switch typ {
 		case 'P':
 			out = append(out, '1', 0, 0, 0, 4)
 		case 'C':
@@ -403,7 +402,6 @@ func (s *session) answerParseOnly() error {
 		case 'S':
 			out = append(out, readyForQuery(byte(s.txStatus.Load()))...)
 		}
-		rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):]
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -415,8 +413,8 @@ func (s *session) answerParseOnly() error {
 
 // onlySyncFlush reports whether buf holds only Sync and Flush messages.
 func onlySyncFlush(buf []byte) bool {
-	for rest := buf; len(rest) >= 5; rest = rest[1+binary.BigEndian.Uint32(rest[1:5]):] {
-		if rest[0] != 'S' && rest[0] != 'H' {
+	for typ := range frames(buf) {
+		if typ != 'S' && typ != 'H' {
 			return false
 		}
 	}

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/binary"
+	"iter"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -68,6 +70,20 @@ func writeMsgs(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {
 }
 
 // readyForQuery is the 6-byte ReadyForQuery message with the given status.
+// frames yields the type and body of each message in buf, which holds
+// whole messages (a collected batch).
+func frames(buf []byte) iter.Seq2[byte, []byte] {
+	return func(yield func(byte, []byte) bool) {
+		for len(buf) >= 5 {
+			end := 1 + int(binary.BigEndian.Uint32(buf[1:5]))
+			if !yield(buf[0], buf[5:end]) {
+				return
+			}
+			buf = buf[end:]
+		}
+	}
+}
+
 func readyForQuery(status byte) []byte {
 	return []byte{'Z', 0, 0, 0, 5, status}
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/binary"
 	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -358,12 +357,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			Message: "pgsplit.route cannot share an extended-protocol batch with other statements"})
 		failed = true
 	}
-	rest := s.batch.buf
-	for len(rest) >= 5 {
-		typ := rest[0]
-		n := int(binary.BigEndian.Uint32(rest[1:5])) - 4
-		body := rest[5 : 5+n]
-		rest = rest[5+n:]
+	for typ, body := range frames(s.batch.buf) {
 		if typ == 'S' {
 			out = append(out, &pgproto3.ReadyForQuery{TxStatus: byte(s.txStatus.Load())})
 			failed = false
