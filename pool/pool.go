@@ -102,6 +102,8 @@ type Stats struct {
 	Size, MaxOverflow int
 	// MaxWait is how long the oldest waiting client has waited (0: none).
 	MaxWait time.Duration
+	// Dialing counts the connections being opened (included in Open).
+	Dialing int
 }
 
 // Stats returns the current counts.
@@ -109,7 +111,7 @@ func (p *Pool) Stats() Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := Stats{Open: p.open, Idle: len(p.idle), Waiting: len(p.waiters), Max: p.opts.Size + p.opts.MaxOverflow,
-		Size: p.opts.Size, MaxOverflow: p.opts.MaxOverflow}
+		Size: p.opts.Size, MaxOverflow: p.opts.MaxOverflow, Dialing: p.open - len(p.conns)}
 	// Not in order: a woken waiter that lost the connection queues again
 	// with its first start.
 	now := time.Now()

@@ -173,11 +173,8 @@ func showPools(s *session) *resultSet {
 	}
 	for _, e := range srv.poolList() {
 		st := e.pool.Stats()
-		conns := int64(len(e.pool.Conns()))
-		login := max(int64(st.Open)-conns, 0)
-		active := max(conns-int64(st.Idle), 0)
 		r.rows = append(r.rows, []any{e.key.database, e.key.user, holders[e.pool], int64(st.Waiting),
-			active, int64(st.Idle), int64(0), int64(0), login,
+			int64(st.Open - st.Idle - st.Dialing), int64(st.Idle), int64(0), int64(0), int64(st.Dialing),
 			int64(st.MaxWait / time.Second), int64((st.MaxWait % time.Second) / time.Microsecond), cfg.Pool.Mode,
 			e.key.server.String(), srv.roleOf(e.key.server), int64(st.Size), int64(st.MaxOverflow)})
 	}
