@@ -49,17 +49,7 @@ func FuzzAppendExtended(f *testing.F) {
 		if err := s.appendExtended(typ, body); err != nil {
 			return // refused (08P01): nothing more to check
 		}
-		rest := s.batch.buf
-		for len(rest) > 0 {
-			if len(rest) < 5 {
-				t.Fatalf("trailing %d bytes", len(rest))
-			}
-			n := int(binary.BigEndian.Uint32(rest[1:5]))
-			if n < 4 || n+1 > len(rest) {
-				t.Fatalf("message %q claims length %d of %d bytes", rest[0], n, len(rest))
-			}
-			rest = rest[1+n:]
-		}
+		checkFramed(t, s.batch.buf)
 		for _, bp := range s.batch.portals {
 			if bp.params != nil {
 				_, _, _, _ = bp.params.decode() // kept parameters: decoding may fail, not panic
@@ -71,6 +61,21 @@ func FuzzAppendExtended(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkFramed fails unless buf is whole protocol messages.
+func checkFramed(t *testing.T, buf []byte) {
+	t.Helper()
+	for len(buf) > 0 {
+		if len(buf) < 5 {
+			t.Fatalf("trailing %d bytes", len(buf))
+		}
+		n := int(binary.BigEndian.Uint32(buf[1:5]))
+		if n < 4 || n+1 > len(buf) {
+			t.Fatalf("message %q claims length %d of %d bytes", buf[0], n, len(buf))
+		}
+		buf = buf[1+n:]
+	}
 }
 
 // The server name of a statement depends on its text and parameter types

@@ -111,16 +111,7 @@ func FuzzAdminExtended(f *testing.F) {
 		s := &session{srv: srv, admin: &adminSession{stmts: map[string]string{"s": "SHOW STATS"}, portals: map[string]adminPortal{"": {cmd: "SHOW CONFIG"}}}}
 		for _, ty := range []byte{typ, 'P', 'B', 'D', 'E', 'C'} {
 			out, _ := s.adminExtended(ty, body)
-			for len(out) > 0 {
-				if len(out) < 5 {
-					t.Fatalf("partial message: %x", out)
-				}
-				n := int(uint32(out[1])<<24 | uint32(out[2])<<16 | uint32(out[3])<<8 | uint32(out[4]))
-				if n < 4 || 1+n > len(out) {
-					t.Fatalf("bad length %d in %x", n, out)
-				}
-				out = out[1+n:]
-			}
+			checkFramed(t, out)
 		}
 	})
 }
