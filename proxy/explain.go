@@ -258,8 +258,11 @@ func explainOn(ctx context.Context, c *pool.Conn, r *queryRecord, analyze bool) 
 	var plans []struct {
 		Plan planNode `json:"Plan"`
 	}
-	if err := json.Unmarshal(rows[0][0], &plans); err != nil || len(plans) != 1 {
-		return planNode{}, nil, fmt.Errorf("EXPLAIN output: %v", err)
+	if err := json.Unmarshal(rows[0][0], &plans); err != nil {
+		return planNode{}, nil, fmt.Errorf("EXPLAIN output: %w", err)
+	}
+	if len(plans) != 1 {
+		return planNode{}, nil, fmt.Errorf("EXPLAIN output holds %d plans", len(plans))
 	}
 	var flags []string
 	var walk func(n planNode) error
