@@ -119,6 +119,13 @@ const (
 	ReadFromReplicas = "replicas" // reads to replicas, the primary when none is usable
 	ReadFromAny      = "any"      // reads to replicas and the primary alike
 	ReadFromPrimary  = "primary"  // no offloading
+	// ReadFromReplicasOnly: reads never go to the primary; with no replica
+	// in rotation they fail (57P03).
+	ReadFromReplicasOnly = "replicas_only"
+
+	RYWTable   = "table"   // a read waits for the last commit of every table it touches
+	RYWSession = "session" // a read waits for the client's own last commit
+	RYWOff     = "off"     // no read-your-writes
 
 	TxSplit   = "split"   // leading reads of a transaction on a replica, the rest on the primary
 	TxPrimary = "primary" // every transaction that is not READ ONLY on the primary
@@ -138,6 +145,23 @@ type Routing struct {
 	// HealthCheckInterval is how often pgsplit asks every server whether it
 	// is up and how far each replica lags (0: never).
 	HealthCheckInterval time.Duration `mapstructure:"health_check_interval"`
+	// ReadYourWrites is table, session or off ("" means table).
+	ReadYourWrites string `mapstructure:"read_your_writes"`
+	// ReadYourWritesWait bounds how long a read waits for a replica to
+	// replay the commits it must see before it goes to the primary.
+	ReadYourWritesWait time.Duration `mapstructure:"read_your_writes_wait"`
+	// MaxReplicaLag and MaxReplicaLagBytes take a replica out of read
+	// rotation while it lags more (0: no limit); it returns under half.
+	MaxReplicaLag      time.Duration `mapstructure:"max_replica_lag"`
+	MaxReplicaLagBytes int64         `mapstructure:"max_replica_lag_bytes"`
+}
+
+// RYWMode is ReadYourWrites with the default filled in.
+func (r Routing) RYWMode() string {
+	if r.ReadYourWrites == "" {
+		return RYWTable
+	}
+	return r.ReadYourWrites
 }
 
 // Log configures process logging.

@@ -56,6 +56,10 @@ func defaults() map[string]any {
 		"log.explain_slow":              false,
 		"log.explain_analyze":           false,
 		"routing.health_check_interval": "2s",
+		"routing.read_your_writes":      RYWTable,
+		"routing.read_your_writes_wait": "10ms",
+		"routing.max_replica_lag":       "10s",
+		"routing.max_replica_lag_bytes": 0,
 		"admin.users":                   []any{},
 		"shutdown_timeout":              "30s",
 	}
@@ -64,7 +68,8 @@ func defaults() map[string]any {
 // DefaultRouting is the routing section's defaults, for configurations
 // built in code.
 func DefaultRouting() Routing {
-	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxSplit, LoadBalance: BalanceLeastConn, HealthCheckInterval: 2 * time.Second}
+	return Routing{ReadFrom: ReadFromReplicas, Transactions: TxSplit, LoadBalance: BalanceLeastConn, HealthCheckInterval: 2 * time.Second,
+		ReadYourWrites: RYWTable, ReadYourWritesWait: 10 * time.Millisecond, MaxReplicaLag: 10 * time.Second}
 }
 
 // DefaultLog is the log section's defaults, for configurations built in

@@ -129,9 +129,23 @@ func (c *Config) Validate() []string {
 	}
 
 	switch c.Routing.ReadFrom {
-	case ReadFromReplicas, ReadFromAny, ReadFromPrimary:
+	case ReadFromReplicas, ReadFromAny, ReadFromPrimary, ReadFromReplicasOnly:
 	default:
-		bad("routing.read_from", c.Routing.ReadFrom, "must be replicas, any or primary")
+		bad("routing.read_from", c.Routing.ReadFrom, "must be replicas, replicas_only, any or primary")
+	}
+	switch c.Routing.ReadYourWrites {
+	case "", RYWTable, RYWSession, RYWOff:
+	default:
+		bad("routing.read_your_writes", c.Routing.ReadYourWrites, "must be table, session or off")
+	}
+	if c.Routing.ReadYourWritesWait < 0 {
+		bad("routing.read_your_writes_wait", c.Routing.ReadYourWritesWait, "must be 0 (no wait: straight to the primary) or a positive duration, e.g. 10ms")
+	}
+	if c.Routing.MaxReplicaLag < 0 {
+		bad("routing.max_replica_lag", c.Routing.MaxReplicaLag, "must be 0 (no limit) or a positive duration, e.g. 10s")
+	}
+	if c.Routing.MaxReplicaLagBytes < 0 {
+		bad("routing.max_replica_lag_bytes", c.Routing.MaxReplicaLagBytes, "must be 0 (no limit) or a positive number of bytes")
 	}
 	switch c.Routing.Transactions {
 	case TxSplit, TxPrimary:
