@@ -367,6 +367,24 @@ func (p *Pool) Discard(c *Conn) {
 	p.mu.Unlock()
 }
 
+// CloseIdle closes the idle connections (their server went away or
+// changed role); the pool stays usable and opens new ones on demand.
+func (p *Pool) CloseIdle() int {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	for _, c := range idle {
+		delete(p.conns, c)
+	}
+	p.wakeLocked()
+	p.mu.Unlock()
+	for _, c := range idle {
+		_ = c.raw.Close()
+	}
+	return len(idle)
+}
+
 // Close closes idle connections and makes Acquire fail; connections handed
 // out are closed when they come back.
 func (p *Pool) Close() {

@@ -35,13 +35,13 @@ func TestPickReplica(t *testing.T) {
 		{Host: "r2", Port: 2, Role: config.RoleReplica, Weight: 2},
 		{Host: "r3", Port: 3, Role: config.RoleReplica, Weight: 0},
 	}
-	if got := s.pickReplicaLocked("app", "app"); got.Host != "r2" {
+	if got := s.pickReplicaLocked("app", "app", 0); got.Host != "r2" {
 		t.Fatalf("empty pools: want the heaviest replica r2, got %s", got.Host)
 	}
 	seen := map[string]bool{}
 	cfg.Routing.LoadBalance = config.BalanceRoundRobin
 	for i := 0; i < 30; i++ {
-		seen[s.pickReplicaLocked("app", "app").Host] = true
+		seen[s.pickReplicaLocked("app", "app", 0).Host] = true
 	}
 	if !seen["r1"] || !seen["r2"] || seen["r3"] || seen["p"] {
 		t.Fatalf("round robin visited %v", seen)
@@ -49,7 +49,7 @@ func TestPickReplica(t *testing.T) {
 	cfg.Routing.ReadFrom = config.ReadFromAny
 	seen = map[string]bool{}
 	for i := 0; i < 30; i++ {
-		seen[s.pickReplicaLocked("app", "app").Host] = true
+		seen[s.pickReplicaLocked("app", "app", 0).Host] = true
 	}
 	if !seen["p"] {
 		t.Fatalf("read_from any never picked the primary: %v", seen)
@@ -57,11 +57,11 @@ func TestPickReplica(t *testing.T) {
 	cfg.Routing.ReadFrom = config.ReadFromReplicas
 	cfg.Routing.LoadBalance = config.BalanceLeastConn
 	s.markDown(s.replicas[1])
-	if got := s.pickReplicaLocked("app", "app"); got.Host != "r1" {
+	if got := s.pickReplicaLocked("app", "app", 0); got.Host != "r1" {
 		t.Fatalf("r2 is down: want r1, got %s", got.Host)
 	}
 	s.markDown(s.replicas[0])
-	if got := s.pickReplicaLocked("app", "app"); got.Host != "p" {
+	if got := s.pickReplicaLocked("app", "app", 0); got.Host != "p" {
 		t.Fatalf("every replica down: want the primary, got %s", got.Host)
 	}
 	s.replicas = s.replicas[2:] // only the weight-0 one

@@ -20,13 +20,89 @@ FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespa
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 GROUP BY 1, 2`
 
+// relationsQuery lists the relations whose names a statement may use and
+// what read-your-writes must know of each: a view (a read of it may read
+// any table), or a table that a write may change others through (a
+// trigger, a rule, a foreign key that cascades to another table,
+// partitions or inheritance).
+const relationsQuery = `SELECT c.relname, bool_or(c.relkind = 'v'),
+ bool_or(c.relkind = 'v' OR c.relkind = 'p' OR c.relispartition
+  OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+  OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+  OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.contype = 'f' AND k.confrelid = c.oid
+   AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')))
+  OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid))
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+GROUP BY 1`
+
+// relInfo is what read-your-writes knows of a relation name.
+type relInfo struct {
+	view     bool // reading it may read any table
+	indirect bool // writing it may write other tables
+}
+
 // dbClassifier is the classifier of one database, with the volatility of
 // its user functions read from pg_proc on the primary. Until the catalog is
 // loaded, user functions count as unknown, which sends them to the primary.
+// It also holds the database's read-your-writes marks and what the catalog
+// says of its relations.
 type dbClassifier struct {
 	*router.Classifier
 	volatile atomic.Pointer[map[string]bool] // "f" and "schema.f" → any overload volatile
 	loading  atomic.Bool
+
+	writes *dbWrites // guarded by the Server's lsnTracker mu
+	// rels is the catalog's relations as of loaded; changed counts the DDL
+	// commits seen. While loaded < changed (or nothing is loaded) the
+	// relations are not known: every write counts as writing every table.
+	rels    atomic.Pointer[map[string]relInfo]
+	changed atomic.Uint64
+	loaded  atomic.Uint64
+}
+
+// catalogChanged notes a committed DDL statement: relations may have been
+// created or changed, so writes count as writing every table until the
+// catalog is read again.
+func (d *dbClassifier) catalogChanged() { d.changed.Add(1) }
+
+// relations is the catalog's relations while it is current, nil otherwise.
+func (d *dbClassifier) relations() map[string]relInfo {
+	m := d.rels.Load()
+	if m == nil || d.loaded.Load() < d.changed.Load() {
+		return nil
+	}
+	return *m
+}
+
+// writesAny reports whether a write naming these relations may write
+// relations it does not name (or the catalog is not current).
+func (d *dbClassifier) writesAny(names []string) bool {
+	rels := d.relations()
+	if rels == nil {
+		return true
+	}
+	for _, n := range names {
+		if rels[n].indirect {
+			return true
+		}
+	}
+	return false
+}
+
+// readsAny reports whether a read naming these relations may read
+// relations it does not name: a view.
+func (d *dbClassifier) readsAny(names []string) bool {
+	m := d.rels.Load()
+	if m == nil {
+		return true
+	}
+	for _, n := range names {
+		if (*m)[n].view {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *dbClassifier) lookup(name string) (volatile, known bool) {
@@ -45,7 +121,7 @@ func (s *Server) classifierFor(database string, u config.User) *dbClassifier {
 	d, ok := s.classifiers[database]
 	if !ok {
 		cfg := s.cfg.Load()
-		d = &dbClassifier{}
+		d = &dbClassifier{writes: &dbWrites{tables: map[string]*mark{}}}
 		d.Classifier = router.NewClassifier(router.Options{
 			WriteFunctions: cfg.Routing.WriteFunctions,
 			ReadFunctions:  cfg.Routing.ReadFunctions,
@@ -69,19 +145,42 @@ func (s *Server) loadCatalog(d *dbClassifier, database string, u config.User) {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		defer d.loading.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		m, err := s.readVolatilityPooled(ctx, u, database)
-		if err != nil {
-			s.log.Warn("reading function volatility from pg_proc failed; user functions go to the primary",
-				zap.String("database", database), zap.Error(err))
-			return
+		for {
+			gen := d.changed.Load()
+			s.loadCatalogOnce(d, database, u, gen)
+			d.loading.Store(false)
+			// A DDL commit while the load ran may not be in it: again.
+			if d.changed.Load() == gen || !d.loading.CompareAndSwap(false, true) {
+				return
+			}
 		}
-		d.volatile.Store(&m)
-		d.Reset()
-		s.log.Info("function volatility loaded", zap.String("database", database), zap.Int("functions", len(m)))
 	}()
+}
+
+// loadCatalogOnce reads function volatility and relations for database;
+// gen is the count of DDL commits seen before it began.
+func (s *Server) loadCatalogOnce(d *dbClassifier, database string, u config.User, gen uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var rels [][][]byte
+	m, err := s.readVolatilityPooled(ctx, u, database, func(c *pool.Conn) (err error) {
+		rels, err = c.Query(ctx, relationsQuery)
+		return err
+	})
+	if err != nil {
+		s.log.Warn("reading the catalog (pg_proc, pg_class) failed; user functions go to the primary and every write counts as writing every table",
+			zap.String("database", database), zap.Error(err))
+		return
+	}
+	d.volatile.Store(&m)
+	rm := make(map[string]relInfo, len(rels))
+	for _, row := range rels {
+		rm[string(row[0])] = relInfo{view: string(row[1]) == "t", indirect: string(row[2]) == "t"}
+	}
+	d.rels.Store(&rm)
+	d.loaded.Store(gen)
+	d.Reset()
+	s.log.Debug("catalog loaded", zap.String("database", database), zap.Int("functions", len(m)), zap.Int("relations", len(rm)))
 }
 
 // refreshCatalogs reloads every database's catalog (on RELOAD).
@@ -100,10 +199,12 @@ func (s *Server) refreshCatalogs(u config.User) {
 // readVolatilityPooled reads the volatility of database's functions on a
 // connection of the primary's pool for (database, u), so that pgsplit's own
 // work stays within the pool's limits.
-func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, database string) (map[string]bool, error) {
+func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, database string, also func(*pool.Conn) error) (map[string]bool, error) {
 	var rows [][][]byte
 	_, err := s.withPooledConn(ctx, router.Primary, u, database, func(c *pool.Conn) (err error) {
-		rows, err = c.Query(ctx, volatilityQuery)
+		if rows, err = c.Query(ctx, volatilityQuery); err == nil && also != nil {
+			err = also(c)
+		}
 		return err
 	})
 	if err != nil {
@@ -118,7 +219,7 @@ func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, databa
 // change or fail that work. The connection goes back afterwards unless it
 // failed (an error from the server leaves it usable).
 func (s *Server) withPooledConn(ctx context.Context, t router.Target, u config.User, database string, fn func(*pool.Conn) error) (config.Server, error) {
-	p, srv := s.poolFor(t, u, database)
+	p, srv := s.poolFor(t, u, database, 0)
 	c, err := p.Acquire(ctx)
 	if err != nil {
 		return srv, err

@@ -14,7 +14,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
-	"github.com/pgsplit/pgsplit/pool"
 )
 
 // healthMonitor asks every server, every routing.health_check_interval,
@@ -40,6 +39,11 @@ type healthMonitor struct {
 	started atomic.Bool
 	quit    chan struct{}
 	done    chan struct{}
+	probe   chan struct{} // check now (a primary connection failed)
+
+	// Monitor goroutine only: what was logged already.
+	warnedStandby map[endpoint]bool
+	warnedSplit   bool
 }
 
 // NodeStatus is what the last check of a server found.
@@ -58,11 +62,14 @@ type NodeStatus struct {
 	// (pg_hba, a missing database): it is not taken out of rotation for
 	// that, since the check says nothing about the clients' logins.
 	loginRefused bool
+	// fresh: the check opened a new connection to pass (the server can
+	// be connected to again after an outage).
+	fresh bool
 }
 
 func newHealthMonitor(s *Server) *healthMonitor {
 	return &healthMonitor{s: s, conns: map[endpoint]*pgconn.PgConn{}, nodes: map[endpoint]*NodeStatus{},
-		quit: make(chan struct{}), done: make(chan struct{})}
+		quit: make(chan struct{}), done: make(chan struct{}), probe: make(chan struct{}, 1), warnedStandby: map[endpoint]bool{}}
 }
 
 func (h *healthMonitor) start() {
@@ -97,35 +104,91 @@ func (h *healthMonitor) run() {
 		every := h.s.cfg.Load().Routing.HealthCheckInterval
 		if every > 0 {
 			h.checkAll()
+			if h.s.currentPrimary().Host == "" {
+				every = min(every, noPrimaryProbe) // follow a failover closely
+			}
 		} else {
 			every = time.Second // checks off: look at the setting again later
 		}
 		select {
 		case <-h.quit:
 			return
+		case <-h.probe:
 		case <-time.After(every):
 		}
 	}
 }
 
 const replicaCheckSQL = `SELECT pg_is_in_recovery(), COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text,
- CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+ CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0
  ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8, -1) END`
 
 func (h *healthMonitor) checkAll() {
 	s := h.s
-	primary := h.check(s.primary, "primary", "SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text, 0::float8")
-	for _, r := range s.replicas {
-		n := h.check(r, "replica", replicaCheckSQL)
+	servers := s.cfg.Load().Servers
+	nodes := make([]*NodeStatus, len(servers))
+	for i, srv := range servers {
+		nodes[i] = h.check(srv, "", replicaCheckSQL)
+	}
+	h.decideRoles(servers, nodes)
+	cur := s.currentPrimary()
+	primary := &NodeStatus{}
+	for i, srv := range servers {
+		if srv == cur {
+			primary = nodes[i]
+			primary.Role, primary.LagBytes, primary.LagSeconds = "primary", 0, 0
+		}
+	}
+	for i, r := range servers {
+		if r == cur {
+			continue
+		}
+		n := nodes[i]
+		n.Role = "replica"
 		switch {
 		case !n.Healthy && !n.loginRefused:
 			s.markDown(r)
-		case primary.Healthy:
-			n.LagBytes = max(int64(primary.LSN)-int64(n.LSN), 0)
+		case n.Healthy:
+			s.lsn.setReplayed(endpointOf(r), n.LSN)
+			if n.fresh {
+				s.markUp(r)
+			}
+			if primary.Healthy {
+				n.LagBytes = max(int64(primary.LSN)-int64(n.LSN), 0)
+			}
+			h.applyLagLimits(r, n)
 		}
 		h.store(n)
 	}
-	h.store(primary)
+	if primary.Server.Host != "" {
+		h.store(primary)
+	}
+	s.checked()
+}
+
+// applyLagLimits takes a replica over routing.max_replica_lag or
+// max_replica_lag_bytes out of read rotation, and puts it back once it is
+// under half of each (so that it does not flap around the limit).
+func (h *healthMonitor) applyLagLimits(r config.Server, n *NodeStatus) {
+	rc := h.s.cfg.Load().Routing
+	maxLag, maxBytes := rc.MaxReplicaLag, rc.MaxReplicaLagBytes
+	lag := time.Duration(n.LagSeconds * float64(time.Second))
+	var over string
+	switch {
+	case maxLag > 0 && n.LagSeconds >= 0 && lag > maxLag:
+		over = fmt.Sprintf("lag %.1fs over max_replica_lag %s", n.LagSeconds, maxLag)
+	case maxBytes > 0 && n.LagBytes > maxBytes:
+		over = fmt.Sprintf("lag %d bytes over max_replica_lag_bytes %d", n.LagBytes, maxBytes)
+	}
+	if over != "" {
+		h.s.setLagOut(r, over)
+		return
+	}
+	under := (maxLag == 0 || (n.LagSeconds >= 0 && lag <= maxLag/2)) &&
+		(maxBytes == 0 || (n.LagBytes >= 0 && n.LagBytes <= maxBytes/2))
+	if under {
+		h.s.setLagOut(r, "")
+	}
 }
 
 // check runs one server's check query on the monitor's connection to it.
@@ -137,28 +200,13 @@ func (h *healthMonitor) check(srv config.Server, role, sql string) *NodeStatus {
 	ep := endpointOf(srv)
 	c := h.conns[ep]
 	if c == nil {
-		// Database postgres, else the first one clients use.
-		dbs := []string{"postgres"}
-		if len(cfg.Databases) > 0 {
-			dbs = append(dbs, cfg.Databases[0])
-		}
 		var err error
-		for _, db := range dbs {
-			var pc *pgconn.Config
-			pc, err = pool.ConnConfig(srv.Host, srv.Port, cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, db, cfg.Pool.ConnectTimeout)
-			if err == nil {
-				pc.RuntimeParams["application_name"] = "pgsplit health check"
-				c, err = pgconn.ConnectConfig(ctx, pc)
-			}
-			if err == nil || !loginRefused(err) {
-				break
-			}
-		}
-		if err != nil {
+		if c, err = h.s.monitorConn(ctx, srv, "pgsplit health check"); err != nil {
 			n.Error, n.loginRefused = err.Error(), loginRefused(err)
 			return n
 		}
 		h.conns[ep] = c
+		n.fresh = true
 	}
 	res := c.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
 	if res.Err == nil && (len(res.Rows) != 1 || len(res.Rows[0]) != 3) {
@@ -177,12 +225,8 @@ func (h *healthMonitor) check(srv config.Server, role, sql string) *NodeStatus {
 		return n
 	}
 	n.Healthy, n.InRecovery, n.LSN = true, string(row[0]) == "t", lsn
-	if role == "replica" {
-		if secs, err := strconv.ParseFloat(string(row[2]), 64); err == nil {
-			n.LagSeconds = secs
-		}
-	} else {
-		n.LagBytes, n.LagSeconds = 0, 0
+	if secs, err := strconv.ParseFloat(string(row[2]), 64); err == nil {
+		n.LagSeconds = secs
 	}
 	return n
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/wire"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -23,7 +24,7 @@ func (s *session) relayClient() string {
 		if err != nil {
 			return err.Error()
 		}
-		s.msgAt, s.waited = time.Now(), 0
+		s.msgAt, s.waited, s.readFloor = time.Now(), 0, 0
 		s.lastRequest.Store(s.msgAt.UnixNano())
 		if s.srv.pause.paused() && typ != 'X' && s.batch.empty() && s.idle() {
 			// PAUSE: a new transaction waits for RESUME.
@@ -123,7 +124,8 @@ func (s *session) relayFunctionCall() error {
 		return err
 	}
 	u.pending.Add(1)
-	u.expectReady()         // no query record: nothing to show but an OID
+	// no query record: nothing to show but an OID; it may write anything
+	s.noteWrite(u, u.expectReady(), "", router.Statement{Kind: router.KindOther})
 	u.unsynced.Store(false) // a FunctionCall ends an unfinished batch, as a Query does
 	if err := s.cr.Forward(u.conn.W); err != nil {
 		return err
@@ -148,7 +150,7 @@ func (s *session) relayQuery() error {
 		}
 	}
 	s.settleSplit()
-	d, err := s.decide(st)
+	d, err := s.decide(st, sql)
 	if err != nil {
 		return err
 	}
@@ -174,26 +176,44 @@ func (s *session) relayQuery() error {
 	if watch {
 		u.watch.Store(watchWaiting)
 	}
-	rec, err := s.writeQuery(u, body, sql, st.Kind, d.reason)
+	rec, err := s.writeQuery(u, body, sql, st, d.reason)
 	if err != nil {
 		return err
 	}
 	s.afterStatement(u, st)
-	if err := s.flushIfIdle(u); err != nil || !watch {
-		return err
+	ferr := s.flushIfIdle(u)
+	if ferr != nil || !watch {
+		if !watch {
+			return ferr
+		}
+		// A replica that went away: its pump says so (lost) at once.
+		_ = u.conn.Raw().SetReadDeadline(time.Now())
 	}
 	if !s.awaitVerdict(u) {
-		return nil
+		return ferr
 	}
 	u.dropRecord(rec) // the refused answer is dropped; the primary answers
-	s.srv.misroutes.Add(1)
-	s.log.Warn("misroute: a replica refused the statement as a write (25006); running it on the primary",
-		zap.String("reason", d.reason))
-	p, err := s.switchTo(router.Primary)
+	retryOn, why := router.Primary, "misroute: re-run on the primary"
+	if u.lost.Load() {
+		// The replica went away before answering: out of rotation, and
+		// the read runs on another server (the primary if none is left).
+		<-u.exited
+		s.forgetUpstream(u)
+		s.active = nil
+		s.srv.markDown(s.srv.serverAt(u.ep))
+		s.srv.readRetries.Add(1)
+		retryOn, why = router.Replica, "re-run: the replica was lost before answering"
+		s.log.Warn("replica connection lost before the answer; running the read again elsewhere", zap.String("server", u.conn.Addr))
+	} else {
+		s.srv.misroutes.Add(1)
+		s.log.Warn("misroute: a replica refused the statement as a write (25006); running it on the primary",
+			zap.String("reason", d.reason))
+	}
+	p, err := s.switchTo(retryOn)
 	if err != nil {
 		return err
 	}
-	if _, err := s.writeQuery(p, body, sql, st.Kind, "misroute: re-run on the primary"); err != nil {
+	if _, err := s.writeQuery(p, body, sql, st, why); err != nil {
 		return err
 	}
 	return p.conn.W.Flush()
@@ -203,9 +223,11 @@ func (s *session) relayQuery() error {
 // u, with the books every client Query keeps: the counts the tentative
 // settings and the query log go by, the ReadyForQuery u now owes, the end of
 // any unfinished extended-protocol batch and of the unnamed statement.
-func (s *session) writeQuery(u *upstream, body []byte, sql string, kind router.Kind, reason string) (*queryRecord, error) {
+func (s *session) writeQuery(u *upstream, body []byte, sql string, st router.Statement, reason string) (*queryRecord, error) {
 	u.markSend()
-	rec := s.startRecord(u, sql, kind, false, nil, reason, s.msgAt, u.expectReady())
+	seq := u.expectReady()
+	s.noteWrite(u, seq, sql, st)
+	rec := s.startRecord(u, sql, st.Kind, false, nil, reason, s.msgAt, seq)
 	u.pending.Add(1)
 	u.unsynced.Store(false)    // a Query ends an unfinished extended-protocol batch
 	u.conn.State.Unnamed = nil // a simple Query destroys the unnamed statement
@@ -289,12 +311,16 @@ func (s *session) switchTo(t router.Target) (*upstream, error) {
 		if err != nil {
 			if t == router.Primary {
 				var pe *pgError
-				if errors.As(err, &pe) && !(pe.code == codeTooManyConnections && s.txPooling && s.split == nil && byte(s.txStatus.Load()) == 'I') {
+				if errors.As(err, &pe) && !((pe.code == codeTooManyConnections || pe.code == codeCannotConnectNow) && s.txPooling && s.split == nil && byte(s.txStatus.Load()) == 'I') {
 					// Without a server the session cannot go on, unless
 					// transaction pooling lets the next statement try
 					// again.
 					pe.severity = "FATAL"
 				}
+				return nil, err
+			}
+			var pe *pgError
+			if s.srv.cfg.Load().Routing.ReadFrom == config.ReadFromReplicasOnly || (errors.As(err, &pe) && pe.code == codeCannotConnectNow) {
 				return nil, err
 			}
 			s.log.Warn("no replica connection; reading from the primary", zap.Error(err))

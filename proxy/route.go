@@ -18,7 +18,7 @@ type decision struct {
 
 // decide routes a simple-protocol statement with the session's routing
 // rules (router.Session), given where its transaction runs.
-func (s *session) decide(st router.Statement) (decision, error) {
+func (s *session) decide(st router.Statement, sql string) (decision, error) {
 	follow := st.Target == router.Replica && !st.BySession
 	tx, err := s.txTarget(follow)
 	if err != nil {
@@ -30,6 +30,14 @@ func (s *session) decide(st router.Statement) (decision, error) {
 	}
 	if st.Hint == router.Replica && d.Target == router.Primary && st.Target != router.Replica {
 		s.log.Info("replica hint overridden: the statement needs the primary", zap.String("reason", st.Reason))
+	}
+	if d.Target == router.Replica && tx == router.HintNone && st.Hint != router.Replica && s.route.Override != router.Replica {
+		// Read-your-writes. A READ ONLY transaction may read anything:
+		// it must see every commit before it.
+		begin := st.Kind == router.KindBegin || st.Kind == router.KindStartTransaction
+		if !s.replicaReadable(s.ups[router.Replica], begin, readStmt{sql, st}) {
+			return decision{target: router.Primary, reason: reasonRYW}, nil
+		}
 	}
 	return decision{target: d.Target, reason: d.Reason}, nil
 }
@@ -44,7 +52,23 @@ func (s *session) decideBatch(t router.Target, reason string) (decision, error) 
 		return decision{target: tx, reason: router.InTxReason(tx)}, nil
 	}
 	d := s.route.Read(t, router.HintNone, reason)
+	if d.Target == router.Replica && s.route.Override != router.Replica && !s.batchReadable(s.ups[router.Replica]) {
+		return decision{target: router.Primary, reason: reasonRYW}, nil
+	}
 	return decision{target: d.Target, reason: d.Reason}, nil
+}
+
+// batchReadable is replicaReadable for the Executes of the batch.
+func (s *session) batchReadable(attached *upstream) bool {
+	b := &s.batch
+	if len(b.execs) == 0 {
+		return true
+	}
+	reads := make([]readStmt, 0, len(b.execs))
+	for _, x := range b.execs {
+		reads = append(reads, readStmt{x.stmt.sql, s.classOf(x.stmt)})
+	}
+	return s.replicaReadable(attached, false, reads...)
 }
 
 // txTarget is where the next statement must go whatever it is (HintNone if

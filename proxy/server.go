@@ -48,6 +48,7 @@ type Server struct {
 	adminConns  atomic.Int64 // admin console sessions (logged in)
 	adminLogins atomic.Int64 // admin console logins in progress
 	misroutes   atomic.Int64 // statements a replica refused as writes, re-run on the primary
+	readRetries atomic.Int64 // autocommit reads re-run because their replica went away before answering
 	qlog        *queryLog
 	metrics     *metrics
 	qlogOn      bool // the query log's writer runs (Listen started it)
@@ -55,6 +56,7 @@ type Server struct {
 	bytesIn     atomic.Int64 // client traffic, for metrics (never reset)
 	bytesOut    atomic.Int64
 	health      *healthMonitor
+	lsn         *lsnTracker // read-your-writes positions
 	pause       pauseGate
 	adminAuth   atomic.Pointer[authenticator]
 	// reloader re-reads the configuration for RELOAD (set before Serve).
@@ -72,7 +74,13 @@ type Server struct {
 	// classifiers by database, each with its functions' volatility.
 	classifiers map[string]*dbClassifier
 	downUntil   map[endpoint]time.Time // replicas that failed to connect, skipped until then
-	bg          sync.WaitGroup         // background work (catalog loads)
+	lagOut      map[endpoint]string    // replicas out of rotation for lag, with the reason
+	// primaryCh is closed (and replaced) whenever primary changes;
+	// primaryChanges counts the changes (see failover.go).
+	primaryCh      chan struct{}
+	primaryChanges int64
+	checkedCh      chan struct{}  // closed (and replaced) after every round of health checks
+	bg             sync.WaitGroup // background work (catalog loads)
 }
 
 // endpoint is a server's address as a map key (no string formatting on the
@@ -97,7 +105,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		log = zap.NewNop()
 	}
 	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
-		downUntil: map[endpoint]time.Time{}, stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now()}
+		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, primaryCh: make(chan struct{}), checkedCh: make(chan struct{}), stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now()}
 	if err := s.setAuth(cfg); err != nil {
 		return nil, err
 	}
@@ -105,6 +113,10 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.qlog = newQueryLog(cfg.Log, log)
 	s.qlog.explain = newExplainer(s)
 	s.health = newHealthMonitor(s)
+	s.lsn = newLSNTracker(s)
+	for _, srv := range cfg.Servers {
+		s.lsn.replay[endpointOf(srv)] = new(atomic.Uint64)
+	}
 	s.metrics = newMetrics(s)
 	return s, nil
 }
@@ -170,7 +182,13 @@ func (s *Server) Listen(ctx context.Context) error {
 	s.qlog.explain.start()
 	s.qlog.start()
 	s.qlogOn = true
+	if cfg.Routing.HealthCheckInterval > 0 {
+		// Roles as the servers report them before the first client: a
+		// server configured primary that is a standby gets no writes.
+		s.health.checkAll()
+	}
 	s.health.start()
+	s.lsn.start()
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
 		zap.String("pool_mode", cfg.Pool.Mode))
 	return nil
@@ -250,18 +268,36 @@ func (s *Server) forget(sess *session) {
 }
 
 // poolFor returns the pool for target (the primary, or the replica chosen
-// by load balancing) and (database, user), creating it.
-func (s *Server) poolFor(t router.Target, u config.User, database string) (*pool.Pool, config.Server) {
+// by load balancing among those that have replayed floor) and (database,
+// user), creating it.
+func (s *Server) poolFor(t router.Target, u config.User, database string, floor uint64) (*pool.Pool, config.Server) {
 	cfg := s.cfg.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	srv := s.primary
 	if t == router.Replica {
-		srv = s.pickReplicaLocked(u.Name, database)
+		srv = s.pickReplicaLocked(u.Name, database, floor)
 	}
+	if srv.Host == "" {
+		return nil, srv // no primary known (failover)
+	}
+	return s.poolLocked(cfg, srv, u, database), srv
+}
+
+// poolForServer returns the pool for srv and (database, user), creating it.
+func (s *Server) poolForServer(srv config.Server, u config.User, database string) *pool.Pool {
+	cfg := s.cfg.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.poolLocked(cfg, srv, u, database)
+}
+
+// poolLocked returns (creating it) the pool for srv, database, u; the
+// caller holds mu.
+func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User, database string) *pool.Pool {
 	k := poolKey{endpointOf(srv), database, u.Name}
 	if p, ok := s.pools[k]; ok {
-		return p, srv
+		return p
 	}
 	p := pool.New(pool.Options{
 		Host: srv.Host, Port: srv.Port,
@@ -272,30 +308,32 @@ func (s *Server) poolFor(t router.Target, u config.User, database string) (*pool
 		Logger:         s.log,
 	})
 	s.pools[k] = p
-	return p, srv
+	return p
 }
 
 // pickReplicaLocked chooses a replica for a new session connection: the one
 // with the fewest open connections for (database, user) per unit of weight
 // (least_conn), or by turns (round_robin) or at random, as configured.
-func (s *Server) pickReplicaLocked(user, database string) config.Server {
+func (s *Server) pickReplicaLocked(user, database string, floor uint64) config.Server {
 	var best config.Server
 	bestScore := -1.0
 	var buf [8]config.Server
 	eligible := buf[:0]
 	now := time.Now()
 	for _, r := range s.replicas {
-		if r.Weight > 0 && (len(s.downUntil) == 0 || now.After(s.downUntil[endpointOf(r)])) {
+		ep := endpointOf(r)
+		if r.Weight > 0 && (len(s.downUntil) == 0 || now.After(s.downUntil[ep])) && s.lagOut[ep] == "" &&
+			(floor == 0 || s.lsn.replayed(ep) >= floor) {
 			eligible = append(eligible, r)
 		}
 	}
-	if s.cfg.Load().Routing.ReadFrom == config.ReadFromAny {
+	if s.cfg.Load().Routing.ReadFrom == config.ReadFromAny && s.primary.Host != "" {
 		p := s.primary
 		p.Weight = 1
 		eligible = append(eligible, p)
 	}
 	if len(eligible) == 0 {
-		return s.primary
+		return s.primary // none in rotation: the primary reads (Host empty: none known)
 	}
 	switch s.cfg.Load().Routing.LoadBalance {
 	case config.BalanceRoundRobin:
@@ -335,20 +373,141 @@ func (s *Server) markDown(srv config.Server) {
 	s.mu.Unlock()
 	if wasUp {
 		s.log.Warn("replica unreachable: out of rotation", zap.String("server", srv.Addr()), zap.Duration("retry_in", ReplicaRetry))
+		s.closeIdle(srv)
 	}
+}
+
+// markUp puts a replica that a fresh health-check connection reached back
+// into rotation at once, rather than after the rest of ReplicaRetry.
+func (s *Server) markUp(srv config.Server) {
+	now := time.Now()
+	s.mu.Lock()
+	ep := endpointOf(srv)
+	wasDown := now.Before(s.downUntil[ep])
+	delete(s.downUntil, ep)
+	s.mu.Unlock()
+	if wasDown {
+		s.log.Info("replica reachable again: back in rotation", zap.String("server", srv.Addr()))
+	}
+}
+
+// closeIdle closes every pooled idle connection to srv: its server went
+// away (or changed role), so they must not be handed out again.
+func (s *Server) closeIdle(srv config.Server) {
+	ep := endpointOf(srv)
+	s.mu.Lock()
+	var ps []*pool.Pool
+	for k, p := range s.pools {
+		if k.server == ep {
+			ps = append(ps, p)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, p := range ps {
+		n += p.CloseIdle()
+	}
+	if n > 0 {
+		s.log.Info("closed pooled connections to a server that went away or changed role", zap.String("server", srv.Addr()), zap.Int("closed", n))
+	}
+}
+
+// setLagOut takes a replica out of read rotation for lag (reason not
+// empty) or puts it back (reason empty), logging the change.
+func (s *Server) setLagOut(srv config.Server, reason string) {
+	ep := endpointOf(srv)
+	s.mu.Lock()
+	old := s.lagOut[ep]
+	if reason == "" {
+		delete(s.lagOut, ep)
+	} else {
+		s.lagOut[ep] = reason
+	}
+	s.mu.Unlock()
+	switch {
+	case old == "" && reason != "":
+		s.log.Warn("replica lags too far: out of read rotation", zap.String("server", srv.Addr()), zap.String("reason", reason))
+	case old != "" && reason == "":
+		s.log.Info("replica caught up: back in read rotation", zap.String("server", srv.Addr()))
+	}
+}
+
+// rotationReason says why a replica is out of read rotation ("" when it
+// is in).
+func (s *Server) rotationReason(srv config.Server) string {
+	ep := endpointOf(srv)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.primary == srv:
+		return "primary"
+	case srv.Weight == 0:
+		return "weight 0"
+	case time.Now().Before(s.downUntil[ep]):
+		return "unreachable"
+	case s.lagOut[ep] != "":
+		return s.lagOut[ep]
+	}
+	return ""
 }
 
 // inRotation reports whether reads may go to srv now.
 func (s *Server) inRotation(srv config.Server) bool {
-	if srv == s.primary {
-		return s.cfg.Load().Routing.ReadFrom != config.ReadFromReplicas || !s.hasReplicas()
+	if srv == s.currentPrimary() {
+		return s.cfg.Load().Routing.ReadFrom == config.ReadFromAny || s.cfg.Load().Routing.ReadFrom == config.ReadFromPrimary || !s.hasReplicas()
 	}
 	if srv.Weight == 0 || !s.readsOffloaded() {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return time.Now().After(s.downUntil[endpointOf(srv)])
+	ep := endpointOf(srv)
+	return time.Now().After(s.downUntil[ep]) && s.lagOut[ep] == "" && s.isReplicaLocked(srv)
+}
+
+// inRotationEP is inRotation for a server known by its address.
+func (s *Server) inRotationEP(ep endpoint) bool {
+	for _, srv := range s.cfg.Load().Servers {
+		if endpointOf(srv) == ep {
+			return s.inRotation(srv)
+		}
+	}
+	return false
+}
+
+// isReplicaLocked reports whether srv is one of the servers reads go to
+// (not the primary); the caller holds mu.
+func (s *Server) isReplicaLocked(srv config.Server) bool {
+	return slices.Contains(s.replicas, srv)
+}
+
+// serverAt is the configured server at ep.
+func (s *Server) serverAt(ep endpoint) config.Server {
+	for _, srv := range s.cfg.Load().Servers {
+		if endpointOf(srv) == ep {
+			return srv
+		}
+	}
+	return config.Server{Host: ep.host, Port: ep.port}
+}
+
+// ReadRetries counts autocommit reads run again on another server because
+// their replica went away before answering.
+func (s *Server) ReadRetries() int64 { return s.readRetries.Load() }
+
+// currentPrimary is the server writes go to now; its Host is empty while
+// no primary is known (failover).
+func (s *Server) currentPrimary() config.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.primary
+}
+
+// replicaList is a copy of the servers that are not the primary now.
+func (s *Server) replicaList() []config.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.replicas)
 }
 
 // weightedPick takes the n-th slot of the replicas laid out by weight.
@@ -494,6 +653,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Unlock()
 	s.bg.Wait()
 	s.health.stop()
+	s.lsn.stop()
 	s.metrics.stop()
 	s.log.Info("shutdown complete")
 }

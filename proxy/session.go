@@ -80,7 +80,13 @@ type session struct {
 	pinGen   uint64                 // route.Generation() when connPins was computed
 	tents    []*tentative           // settings changes whose outcome is not known yet, per connection
 	msgAt    time.Time              // when the client message being handled arrived
-	waited   time.Duration          // how long it waited for server connections
+	// readFloor is the WAL position the replica chosen for the next read
+	// must have replayed (read-your-writes; 0: any).
+	readFloor uint64
+	// commits is the client's own last commit (read_your_writes: session),
+	// guarded by the Server's lsnTracker mu.
+	commits mark
+	waited  time.Duration // how long it waited for server connections
 
 	// Statistics: the database's counters (set at login), when the open
 	// transaction (or autocommit statement) began (unix ns, 0: none), when
@@ -188,7 +194,7 @@ func (s *session) serve() {
 		s.settings[k] = v
 	}
 	s.route = router.NewSession(s.srv.readsOffloaded())
-	up, err := s.acquire(router.Primary)
+	up, err := s.acquireForLogin()
 	if err == nil {
 		err = s.applyStartup(up)
 	}
@@ -258,41 +264,139 @@ func (s *session) failStartup(err error, user, database string) {
 // applies the client's startup settings on it. It does not start the pump.
 // Errors are *pgError for the client.
 func (s *session) acquire(t router.Target) (*upstream, error) {
-	p, srv := s.srv.poolFor(t, s.user, s.database)
-	c := p.TryAcquire()
-	var err error
-	if c == nil {
-		cfg := s.srv.cfg.Load()
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
-		began := time.Now()
-		s.waitingFrom.Store(began.UnixNano())
-		c, err = p.Acquire(ctx)
-		s.waitingFrom.Store(0)
-		s.waited += time.Since(began)
-		cancel()
+	cfg := s.srv.cfg.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
+	defer cancel()
+	if t == router.Primary {
+		return s.acquirePrimary(ctx)
 	}
+	p, srv := s.srv.poolFor(t, s.user, s.database, s.readFloor)
+	if p == nil {
+		return nil, pgErr(codeCannotConnectNow, "no server available for reads: no replica in rotation and no primary known")
+	}
+	if srv == s.srv.currentPrimary() && cfg.Routing.ReadFrom == config.ReadFromReplicasOnly && s.readFloor == 0 {
+		return nil, pgErr(codeCannotConnectNow, "no replica available within the lag limits (routing.read_from: replicas_only)")
+	}
+	c, err := s.checkout(ctx, p)
 	if err != nil {
-		var te *pool.TimeoutError
-		timedOut := errors.As(err, &te)
-		if t == router.Replica && !timedOut {
-			s.srv.markDown(srv)
-		}
-		var se *pgconn.PgError
-		switch {
-		case timedOut:
-			// An ERROR: under transaction pooling the session goes on
-			// (switchTo makes it FATAL where it cannot).
-			return nil, pgErr(codeTooManyConnections, te.Error())
-		case errors.As(err, &se):
-			return nil, &pgError{severity: "FATAL", code: se.Code, msg: se.Message, detail: se.Detail}
-		}
-		return nil, fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
+		return nil, s.acquireError(t, srv, err)
 	}
-	u := newUpstream(t, c, p)
+	u := newUpstream(t, c, p, endpointOf(srv))
 	s.upMu.Lock()
 	s.ups[t] = u
 	s.upMu.Unlock()
 	return u, nil
+}
+
+// acquireForLogin attaches the connection a login checks the startup
+// parameters on and reports ParameterStatus from: the primary's, or, when
+// no primary is known or its connection fails, a replica's, so clients can
+// log in and read during a failover. Its errors are FATAL for the login.
+func (s *session) acquireForLogin() (*upstream, error) {
+	if srv := s.srv.currentPrimary(); srv.Host != "" {
+		cfg := s.srv.cfg.Load()
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
+		defer cancel()
+		p := s.srv.poolForServer(srv, s.user, s.database)
+		c, err := s.checkout(ctx, p)
+		if err == nil && c.Params["in_hot_standby"] == "on" {
+			p.Discard(c)
+			err = errStandby
+		}
+		if err == nil {
+			u := newUpstream(router.Primary, c, p, endpointOf(srv))
+			s.upMu.Lock()
+			s.ups[router.Primary] = u
+			s.upMu.Unlock()
+			return u, nil
+		}
+		var te *pool.TimeoutError
+		var se *pgconn.PgError
+		if errors.As(err, &te) || (errors.As(err, &se) && err != errStandby) || !s.srv.readsOffloaded() {
+			return nil, s.acquireError(router.Primary, srv, err)
+		}
+		s.log.Warn("primary connection failed at login; logging in on a replica", zap.String("server", srv.Addr()), zap.Error(err))
+		s.srv.health.probeNow()
+	} else if !s.srv.readsOffloaded() {
+		return nil, fatal(codeCannotConnectNow, "no primary available, and reads are not offloaded (routing.read_from: primary)")
+	}
+	return s.acquire(router.Replica)
+}
+
+// checkout takes a connection from p, waiting (and counting the wait) if
+// none is idle.
+func (s *session) checkout(ctx context.Context, p *pool.Pool) (*pool.Conn, error) {
+	if c := p.TryAcquire(); c != nil {
+		return c, nil
+	}
+	began := time.Now()
+	s.waitingFrom.Store(began.UnixNano())
+	c, err := p.Acquire(ctx)
+	s.waitingFrom.Store(0)
+	s.waited += time.Since(began)
+	return c, err
+}
+
+// acquirePrimary attaches a connection to the primary: the server the
+// health checks say takes writes, never one in recovery. While none is
+// known, or its connection fails, it waits (up to pool_timeout) for the
+// checks, which a failure starts at once, to find one; then 57P03.
+func (s *session) acquirePrimary(ctx context.Context) (*upstream, error) {
+	var failed config.Server
+	for {
+		srv, err := s.srv.awaitPrimary(ctx, failed)
+		if err != nil {
+			return nil, err
+		}
+		p := s.srv.poolForServer(srv, s.user, s.database)
+		c, err := s.checkout(ctx, p)
+		if err == nil && c.Params["in_hot_standby"] == "on" {
+			// Promotion cannot be undone without a restart, so this is a
+			// server the checks have not caught up with yet.
+			p.Discard(c)
+			s.log.Error("a connection to the primary reports in_hot_standby = on: not used for writes", zap.String("server", srv.Addr()))
+			err = errStandby
+		}
+		if err == nil {
+			u := newUpstream(router.Primary, c, p, endpointOf(srv))
+			s.upMu.Lock()
+			s.ups[router.Primary] = u
+			s.upMu.Unlock()
+			return u, nil
+		}
+		var te *pool.TimeoutError
+		var se *pgconn.PgError
+		if errors.As(err, &te) || (errors.As(err, &se) && err != errStandby) {
+			return nil, s.acquireError(router.Primary, srv, err)
+		}
+		// Down, or not a primary: check every server now and wait for
+		// the verdict.
+		s.log.Warn("primary connection failed; checking every server", zap.String("server", srv.Addr()), zap.Error(err))
+		s.srv.health.probeNow()
+		failed = srv
+	}
+}
+
+// errStandby: the server pgsplit took for the primary is in recovery.
+var errStandby = errors.New("the server is in recovery (a standby)")
+
+// acquireError is the client's error for a failed checkout from srv.
+func (s *session) acquireError(t router.Target, srv config.Server, err error) error {
+	var te *pool.TimeoutError
+	timedOut := errors.As(err, &te)
+	if t == router.Replica && !timedOut {
+		s.srv.markDown(srv)
+	}
+	var se *pgconn.PgError
+	switch {
+	case timedOut:
+		// An ERROR: under transaction pooling the session goes on
+		// (switchTo makes it FATAL where it cannot).
+		return pgErr(codeTooManyConnections, te.Error())
+	case errors.As(err, &se):
+		return &pgError{severity: "FATAL", code: se.Code, msg: se.Message, detail: se.Detail}
+	}
+	return fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
 }
 
 // applyStartup applies the client's startup parameters on its first server
@@ -327,7 +431,13 @@ func (s *session) greet(params map[string]string) error {
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: params[k]})
+		v := params[k]
+		if k == "in_hot_standby" && s.admin == nil {
+			// pgsplit as a whole takes writes (target_session_attrs=
+			// read-write), whichever server the login was checked on.
+			v = "off"
+		}
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: v})
 	}
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: s.pid, SecretKey: s.secret[:]})
 	if err := writeMsgs(s.cw, msgs...); err != nil {

@@ -76,7 +76,7 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 			return s.answerTx(tag, 'I')
 		}
 		t := router.Primary
-		if s.readsInSplit(st) {
+		if s.readsInSplit(st) && s.replicaReadable(s.ups[router.Replica], false, readStmt{sql, st}) {
 			t = router.Replica
 		}
 		if st.Kind == router.KindSetTransaction && st.Tx != nil && st.Tx.ReadOnly != nil && *st.Tx.ReadOnly {
@@ -94,7 +94,7 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 		return s.sendQuery(u, body, sql, st)
 	case router.Replica:
 		r := s.ups[router.Replica]
-		read := s.readsInSplit(st)
+		read := s.readsInSplit(st) && (r == nil || s.replicaReadable(r, false, readStmt{sql, st}))
 		if !end && !read && !tx.readOnly && r != nil {
 			// Whether the replica part failed is known only once its
 			// answers are in.
@@ -144,7 +144,7 @@ func (s *session) readsInSplit(st router.Statement) bool {
 
 // sendQuery forwards the client's current Query (body) to u.
 func (s *session) sendQuery(u *upstream, body []byte, sql string, st router.Statement) error {
-	if _, err := s.writeQuery(u, body, sql, st.Kind, "split transaction"); err != nil {
+	if _, err := s.writeQuery(u, body, sql, st, "split transaction"); err != nil {
 		return err
 	}
 	s.afterStatement(u, st)
@@ -197,6 +197,9 @@ func (s *session) splitBatch(t router.Target) (router.Target, error) {
 		if t == router.Replica {
 			t = s.route.Read(t, router.HintNone, "").Target
 		}
+		if t == router.Replica && !s.batchReadable(s.ups[router.Replica]) {
+			t = router.Primary
+		}
 		u, err := s.switchTo(t)
 		if err != nil {
 			return router.Primary, err
@@ -205,6 +208,9 @@ func (s *session) splitBatch(t router.Target) (router.Target, error) {
 		return u.target, s.inject(u, tx.begin)
 	case router.Replica:
 		r := s.ups[router.Replica]
+		if t == router.Replica && !tx.readOnly && r != nil && !r.unsynced.Load() && !s.batchReadable(r) {
+			t = router.Primary // the replica has not replayed what the batch must see
+		}
 		if t != router.Replica && !tx.readOnly && r != nil && !r.unsynced.Load() {
 			if err := s.waitQuiet(r); err != nil {
 				return router.Replica, err

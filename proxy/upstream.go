@@ -29,6 +29,13 @@ type upstream struct {
 	target router.Target
 	conn   *pool.Conn
 	pool   *pool.Pool
+	ep     endpoint // the server it is connected to
+
+	// Read-your-writes (under recMu): what statements sent here may have
+	// written, by the ReadyForQuery that ends each, and what the open
+	// transaction wrote so far (see noteCommit).
+	writes  []writeScope
+	txWrote writeScope
 
 	pending  atomic.Int32  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
 	txStatus atomic.Uint32 // status byte of this connection's last ReadyForQuery
@@ -46,6 +53,10 @@ type upstream struct {
 	// up waiting (watchAbandoned), the answer goes to the client as it is.
 	watch   atomic.Int32
 	verdict chan bool
+	// lost: the connection failed while the safety net waited for the
+	// first answer (verdict says retry): nothing reached the client, so the
+	// session runs the statement again elsewhere.
+	lost atomic.Bool
 
 	stopping atomic.Bool   // the session is stopping the pump on purpose
 	exited   chan struct{} // closed when the pump has ended
@@ -118,8 +129,8 @@ const (
 // errReleased ends a pump whose connection went back to the pool.
 var errReleased = errors.New("connection returned to the pool")
 
-func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool) *upstream {
-	u := &upstream{target: t, conn: c, pool: p, exited: make(chan struct{}), verdict: make(chan bool, 1)}
+func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool, ep endpoint) *upstream {
+	u := &upstream{target: t, conn: c, pool: p, ep: ep, exited: make(chan struct{}), verdict: make(chan bool, 1)}
 	u.txStatus.Store('I')
 	u.hold.Store(holdSending) // acquired by the session goroutine, which uses it now
 	return u
@@ -179,6 +190,13 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 	var lastRollback bool // since the last ReadyForQuery, the last COMMIT or ROLLBACK tag was ROLLBACK
 	for {
 		typ, _, err := u.conn.R.Next()
+		if err != nil && u.stopping.Load() == false && u.watch.CompareAndSwap(watchWaiting, watchOff) {
+			// The server went away before answering a watched read:
+			// nothing reached the client, the session runs it again.
+			u.lost.Store(true)
+			u.verdict <- true
+			return fmt.Errorf("relay server→client: read: %w", err)
+		}
 		if err != nil {
 			var ne net.Error
 			if u.hold.Load() == holdReleased && errors.As(err, &ne) && ne.Timeout() && !u.conn.R.Broken() {
@@ -309,6 +327,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				if status == 'I' && lastRollback {
 					u.rollbacks.Add(1)
 				}
+				// Before the client can see the commit: register it
+				// for read-your-writes.
+				s.noteCommit(u, status, lastRollback)
 				lastRollback = false
 				s.readyForQuery(u, status)
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
@@ -434,6 +455,12 @@ func (s *session) startPump(u *upstream) {
 			s.upMu.Unlock()
 			s.log.Info("pooled connection closed after a failure", zap.Stringer("role", u.target), zap.Error(err))
 		case u.stopping.Load():
+		case u.lost.Load():
+			// The session runs the statement again elsewhere.
+			s.upMu.Lock()
+			u.pool.Discard(u.conn)
+			s.upMu.Unlock()
+			s.log.Info("server connection lost before its answer; the read runs again elsewhere", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
 		case errors.As(err, &cwe):
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
 		default:

@@ -65,6 +65,11 @@ func (s *Session) Route(st Statement, txOn Target) Decision {
 	switch st.Kind {
 	case KindBegin, KindStartTransaction:
 		if st.Tx != nil && st.Tx.ReadOnly != nil && *st.Tx.ReadOnly && len(s.pins) == 0 && s.offload() {
+			if !st.ReadOnly {
+				// READ ONLY but SERIALIZABLE (DEFERRABLE or not): a hot
+				// standby refuses serializable transactions.
+				return Decision{Target: Primary, Reason: "serializable transaction (a standby refuses it)"}
+			}
 			return Decision{Target: Replica, Reason: "read-only transaction"}
 		}
 		return Decision{Target: Primary, Reason: "read-write transaction"}

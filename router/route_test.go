@@ -13,10 +13,12 @@ func TestSessionRoute(t *testing.T) {
 		want Target
 	}{
 		{"SELECT 1", HintNone, Replica},
-		{"SELECT 1", Primary, Primary},                        // inside a transaction on the primary
-		{"SELECT 1", Replica, Replica},                        // inside a read-only transaction
-		{"BEGIN", HintNone, Primary},                          // read-write transaction
-		{"BEGIN READ ONLY", HintNone, Replica},                // read-only transaction
+		{"SELECT 1", Primary, Primary},         // inside a transaction on the primary
+		{"SELECT 1", Replica, Replica},         // inside a read-only transaction
+		{"BEGIN", HintNone, Primary},           // read-write transaction
+		{"BEGIN READ ONLY", HintNone, Replica}, // read-only transaction
+		{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", HintNone, Primary}, // a standby refuses serializable
+		{"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", HintNone, Replica},
 		{"/* pgsplit:primary */ SELECT 1", HintNone, Primary}, // hint
 		{"/* pgsplit:replica */ DELETE FROM t", HintNone, Primary},
 		{"CREATE TEMP TABLE tt (x int)", HintNone, Primary},

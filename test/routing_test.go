@@ -15,6 +15,10 @@ import (
 func routingProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 	return startProxy(t, func(c *config.Config) {
 		c.Routing = config.DefaultRouting()
+		// Reads right after writes in these tests must land on replicas
+		// whatever this machine's replication delay (read-your-writes
+		// waits for it; ryw_test.go measures the default wait).
+		c.Routing.ReadYourWritesWait = 2 * time.Second
 		if mutate != nil {
 			mutate(c)
 		}

@@ -93,7 +93,7 @@ func (c *Cluster) startPrimary(ctx context.Context) error {
 		"hot_standby_feedback = on",
 		"wal_keep_size = 256MB",
 		"fsync = off",
-		"synchronous_commit = off",
+		"synchronous_commit = on", // as a DBA runs it: commits flushed (a no-op with fsync off) and sent at once
 		"full_page_writes = off",
 		"logging_collector = off",
 		"password_encryption = " + confQuote(encryption),
