@@ -152,7 +152,7 @@ func (srv *Server) poolList() []poolEntry {
 
 // roleOf is the role pgsplit gives a server.
 func (srv *Server) roleOf(e endpoint) string {
-	if e == endpointOf(srv.primary) {
+	if e == endpointOf(srv.currentPrimary()) {
 		return "primary"
 	}
 	return "replica"
@@ -330,10 +330,11 @@ func showDatabases(s *session) *resultSet {
 	}
 	users := int64(len(cfg.Auth.Users))
 	for _, db := range dbs {
-		for _, sv := range append([]config.Server{srv.primary}, srv.replicas...) {
+		cur := srv.currentPrimary()
+		for _, sv := range cfg.Servers {
 			ep := endpointOf(sv)
 			disabled := int64(0)
-			if !srv.inRotation(sv) && ep != endpointOf(srv.primary) {
+			if !srv.inRotation(sv) && sv != cur {
 				disabled = 1
 			}
 			r.rows = append(r.rows, []any{db, sv.Host, int64(sv.Port), db, "", int64(cfg.Pool.PoolSize), int64(0), int64(cfg.Pool.MaxOverflow),
@@ -356,7 +357,8 @@ func showNodes(s *session) *resultSet {
 	srv := s.srv
 	r := &resultSet{cols: []column{textCol("host"), intCol("port"), textCol("role"), boolCol("healthy"), boolCol("in_recovery"),
 		intCol("lag_bytes"), floatCol("lag_seconds"), boolCol("in_rotation"), intCol("weight"),
-		intCol("sv_active"), intCol("sv_idle"), timeCol("last_check"), textCol("error")}}
+		intCol("sv_active"), intCol("sv_idle"), timeCol("last_check"), textCol("error"),
+		textCol("rotation"), textCol("replay_lsn")}}
 	active, idle := map[endpoint]int64{}, map[endpoint]int64{}
 	for _, e := range srv.poolList() {
 		st := e.pool.Stats()
@@ -385,8 +387,18 @@ func showNodes(s *session) *resultSet {
 				weight = 1
 			}
 		}
+		rotation := srv.rotationReason(n.Server)
+		if rotation == "" {
+			rotation = "in rotation"
+		}
+		var replay any
+		if n.Role == "replica" {
+			if l := srv.lsn.replayed(ep); l > 0 {
+				replay = formatLSN(l)
+			}
+		}
 		r.rows = append(r.rows, []any{n.Server.Host, int64(n.Server.Port), n.Role, healthy, inRecovery, lagBytes, lagSecs,
-			srv.inRotation(n.Server), weight, active[ep], idle[ep], n.Checked, n.Error})
+			srv.inRotation(n.Server), weight, active[ep], idle[ep], n.Checked, n.Error, rotation, replay})
 	}
 	return r
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -220,6 +221,9 @@ func (s *Server) readVolatilityPooled(ctx context.Context, u config.User, databa
 // failed (an error from the server leaves it usable).
 func (s *Server) withPooledConn(ctx context.Context, t router.Target, u config.User, database string, fn func(*pool.Conn) error) (config.Server, error) {
 	p, srv := s.poolFor(t, u, database, 0)
+	if p == nil {
+		return srv, errNoServer
+	}
 	c, err := p.Acquire(ctx)
 	if err != nil {
 		return srv, err
@@ -235,6 +239,9 @@ func (s *Server) withPooledConn(ctx context.Context, t router.Target, u config.U
 	}
 	return srv, err
 }
+
+// errNoServer: no primary is known (failover) and no replica can serve.
+var errNoServer = errors.New("no server available: no primary known")
 
 // ReadVolatility reads, from pg_proc of database on srv, whether each user
 // function is VOLATILE (any overload), keyed by "name" and "schema.name".

@@ -166,8 +166,34 @@ func (s *session) relayExtended(typ byte) error {
 		b.reset()
 		return err
 	}
-	if err := s.sendBatch(u, typ, d.reason); err != nil {
+	// The safety net, as for a simple Query: a read batch on a replica,
+	// outside a transaction, the client waiting for it, is watched for a
+	// 25006 refusal or the replica going away before its first answer.
+	watch := typ == 'S' && complete && !b.large && u.target == router.Replica && s.split == nil &&
+		!s.inTx() && s.cr.Buffered() == 0 && len(b.execs) > 0
+	if watch {
+		u.watch.Store(watchWaiting)
+	}
+	if err := s.sendBatch(u, typ, d.reason); err != nil && !watch {
 		return err
+	}
+	if watch {
+		ferr := u.conn.W.Flush()
+		if ferr != nil {
+			_ = u.conn.Raw().SetReadDeadline(time.Now()) // its pump says lost at once
+		}
+		if !s.awaitVerdict(u) {
+			b.reset()
+			return ferr
+		}
+		u.dropBatchRecords()
+		if u, err = s.rerunElsewhere(u); err != nil {
+			b.reset()
+			return err
+		}
+		if err := s.sendBatch(u, typ, "re-run elsewhere"); err != nil {
+			return err
+		}
 	}
 	if ce := s.log.Check(zap.DebugLevel, "route batch"); ce != nil { // no field allocation when off
 		ce.Write(zap.Stringer("to", u.target), zap.String("reason", d.reason))

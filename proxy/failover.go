@@ -61,6 +61,9 @@ func (s *Server) setPrimary(srv config.Server, why string) {
 	if old.Host != "" {
 		s.closeIdle(old) // pooled connections to the old primary must not carry writes
 	}
+	if users := s.cfg.Load().Auth.Users; srv.Host != "" && old.Host != "" && len(users) > 0 {
+		s.refreshCatalogs(users[0]) // read on the new primary (a load may have failed meanwhile)
+	}
 }
 
 // primaryState is the current primary (Host empty: none) and a channel

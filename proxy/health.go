@@ -256,10 +256,25 @@ func (s *Server) Nodes() []NodeStatus {
 	h := s.health
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]NodeStatus, 0, 1+len(s.replicas))
-	for _, srv := range append([]config.Server{s.primary}, s.replicas...) {
+	cur := s.currentPrimary()
+	servers := s.cfg.Load().Servers
+	order := make([]config.Server, 0, len(servers))
+	for _, srv := range servers {
+		if srv == cur {
+			order = append([]config.Server{srv}, order...)
+		} else {
+			order = append(order, srv)
+		}
+	}
+	out := make([]NodeStatus, 0, len(order))
+	for _, srv := range order {
 		if n, ok := h.nodes[endpointOf(srv)]; ok {
-			out = append(out, *n)
+			c := *n
+			c.Role = "replica"
+			if srv == cur {
+				c.Role = "primary"
+			}
+			out = append(out, c)
 			continue
 		}
 		out = append(out, NodeStatus{Server: srv, Role: s.roleOf(endpointOf(srv)), LagBytes: -1, LagSeconds: -1})
@@ -291,3 +306,6 @@ func parseLSN(s string) (uint64, error) {
 	}
 	return h<<32 | l, nil
 }
+
+// formatLSN writes a WAL position as PostgreSQL's pg_lsn does.
+func formatLSN(l uint64) string { return fmt.Sprintf("%X/%X", l>>32, uint32(l)) }

@@ -11,10 +11,11 @@ import (
 	"github.com/pgsplit/pgsplit/config"
 )
 
-// OwnConnections is how many connections pgsplit opens to a server outside
-// its pools: one at a time, short-lived (finding the primary, this limits
-// check). Reading the catalog goes through the pools.
-const OwnConnections = 1
+// OwnConnections is how many connections pgsplit keeps to a server outside
+// its pools: the health check's and read-your-writes' position reads (at
+// start, finding the primary and this check use one of them at a time).
+// Reading the catalog goes through the pools.
+const OwnConnections = 2
 
 // ServerLimit compares what a server allows with what pgsplit's
 // configuration may open on it, as the team's guide does:

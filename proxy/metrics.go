@@ -125,8 +125,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // nodeCollector reports what the health checks found when scraped.
 type nodeCollector struct {
-	s                    *Server
-	up, lagBytes, lagSec *prometheus.Desc
+	s                                            *Server
+	up, lagBytes, lagSec, rotation               *prometheus.Desc
+	rywWaits, rywPrimary, positions, retries, pc *prometheus.Desc
 }
 
 func newNodeCollector(s *Server) *nodeCollector {
@@ -134,6 +135,13 @@ func newNodeCollector(s *Server) *nodeCollector {
 		up:       prometheus.NewDesc("pgsplit_server_up", "1 if the server passed its last health check.", []string{"server", "role"}, nil),
 		lagBytes: prometheus.NewDesc("pgsplit_replica_lag_bytes", "WAL the replica has still to replay, as of its last health check.", []string{"server"}, nil),
 		lagSec:   prometheus.NewDesc("pgsplit_replica_lag_seconds", "Age of the last transaction the replica replayed while it is behind (0 when caught up).", []string{"server"}, nil),
+		rotation: prometheus.NewDesc("pgsplit_replica_in_rotation", "1 if reads may go to the replica; reason says why not.", []string{"server", "reason"}, nil),
+		rywWaits: prometheus.NewDesc("pgsplit_read_your_writes_waits_total", "Reads that waited for a replica to replay a commit they must see.", nil, nil),
+		rywPrimary: prometheus.NewDesc("pgsplit_read_your_writes_primary_total",
+			"Reads sent to the primary because no replica had replayed what they must see within read_your_writes_wait.", nil, nil),
+		positions: prometheus.NewDesc("pgsplit_wal_position_queries_total", "WAL position reads on the primary that resolved commits for read-your-writes.", nil, nil),
+		retries:   prometheus.NewDesc("pgsplit_read_retries_total", "Autocommit reads run again on another server because their replica went away before answering.", nil, nil),
+		pc:        prometheus.NewDesc("pgsplit_primary_changes_total", "Times the server taking writes changed (failover), including to none.", nil, nil),
 	}
 }
 
@@ -141,9 +149,24 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.up
 	ch <- c.lagBytes
 	ch <- c.lagSec
+	ch <- c.rotation
+	ch <- c.rywWaits
+	ch <- c.rywPrimary
+	ch <- c.positions
+	ch <- c.retries
+	ch <- c.pc
 }
 
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	t := c.s.lsn
+	ch <- prometheus.MustNewConstMetric(c.rywWaits, prometheus.CounterValue, float64(t.readsWaited.Load()))
+	ch <- prometheus.MustNewConstMetric(c.rywPrimary, prometheus.CounterValue, float64(t.readsToPrimary.Load()))
+	ch <- prometheus.MustNewConstMetric(c.positions, prometheus.CounterValue, float64(t.positionQueries.Load()))
+	ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(c.s.readRetries.Load()))
+	c.s.mu.Lock()
+	changes := c.s.primaryChanges
+	c.s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.pc, prometheus.CounterValue, float64(changes))
 	for _, n := range c.s.Nodes() {
 		if n.Checked.IsZero() {
 			continue
@@ -157,6 +180,11 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		if n.Role != "replica" {
 			continue
 		}
+		in, reason := 1.0, c.s.rotationReason(n.Server)
+		if reason != "" {
+			in = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.rotation, prometheus.GaugeValue, in, addr, reason)
 		if n.LagBytes >= 0 {
 			ch <- prometheus.MustNewConstMetric(c.lagBytes, prometheus.GaugeValue, float64(n.LagBytes), addr)
 		}
@@ -179,9 +207,14 @@ func (m *metrics) serve(ctx context.Context, addr string, s *Server, log *zap.Lo
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		d := net.Dialer{Timeout: time.Second}
-		c, err := d.DialContext(r.Context(), "tcp", s.primary.Addr())
+		p := s.currentPrimary()
+		if p.Host == "" {
+			http.Error(w, "no primary known (failover in progress?)", http.StatusServiceUnavailable)
+			return
+		}
+		c, err := d.DialContext(r.Context(), "tcp", p.Addr())
 		if err != nil {
-			http.Error(w, "primary "+s.primary.Addr()+" unreachable: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "primary "+p.Addr()+" unreachable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_ = c.Close()

@@ -246,6 +246,24 @@ func (u *upstream) dropRecord(r *queryRecord) {
 	u.recMu.Unlock()
 }
 
+// dropBatchRecords takes back the records of the batch just sent to u
+// (ended by ReadyForQuery number u.sent), whose answer will not be relayed.
+func (u *upstream) dropBatchRecords() {
+	seq := u.sent
+	u.sent--
+	u.recMu.Lock()
+	n := 0
+	for _, x := range u.recs {
+		if x.seq != seq {
+			u.recs[n] = x
+			n++
+		}
+	}
+	clear(u.recs[n:])
+	u.recs = u.recs[:n]
+	u.recMu.Unlock()
+}
+
 // noteAnswer completes query-log records from an answer the pump relayed:
 // CommandComplete (rows), ErrorResponse (SQLSTATE), EmptyQueryResponse and
 // PortalSuspended end an Execute; ReadyForQuery ends a simple Query and

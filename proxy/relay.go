@@ -192,24 +192,12 @@ func (s *session) relayQuery() error {
 	if !s.awaitVerdict(u) {
 		return ferr
 	}
-	u.dropRecord(rec) // the refused answer is dropped; the primary answers
-	retryOn, why := router.Primary, "misroute: re-run on the primary"
+	u.dropRecord(rec) // the refused answer is dropped; another server answers
+	why := "misroute: re-run on the primary"
 	if u.lost.Load() {
-		// The replica went away before answering: out of rotation, and
-		// the read runs on another server (the primary if none is left).
-		<-u.exited
-		s.forgetUpstream(u)
-		s.active = nil
-		s.srv.markDown(s.srv.serverAt(u.ep))
-		s.srv.readRetries.Add(1)
-		retryOn, why = router.Replica, "re-run: the replica was lost before answering"
-		s.log.Warn("replica connection lost before the answer; running the read again elsewhere", zap.String("server", u.conn.Addr))
-	} else {
-		s.srv.misroutes.Add(1)
-		s.log.Warn("misroute: a replica refused the statement as a write (25006); running it on the primary",
-			zap.String("reason", d.reason))
+		why = "re-run: the replica was lost before answering"
 	}
-	p, err := s.switchTo(retryOn)
+	p, err := s.rerunElsewhere(u)
 	if err != nil {
 		return err
 	}
@@ -217,6 +205,27 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	return p.conn.W.Flush()
+}
+
+// rerunElsewhere picks the server that runs again what u was watched for
+// (see upstream.watch): after a 25006 refusal the primary; after the
+// replica went away before answering another replica (the primary if none
+// is left), with u discarded and its replica out of rotation.
+func (s *session) rerunElsewhere(u *upstream) (*upstream, error) {
+	if !u.lost.Load() {
+		s.srv.misroutes.Add(1)
+		s.log.Warn("misroute: a replica refused the statement as a write (25006); running it on the primary")
+		return s.switchTo(router.Primary)
+	}
+	<-u.exited
+	s.discard(u)
+	if s.active == u {
+		s.active = nil
+	}
+	s.srv.markDown(s.srv.serverAt(u.ep))
+	s.srv.readRetries.Add(1)
+	s.log.Warn("replica connection lost before the answer; running the read again elsewhere", zap.String("server", u.conn.Addr))
+	return s.switchTo(router.Replica)
 }
 
 // writeQuery writes the client's current Query (body, whose text is sql) to
@@ -320,7 +329,7 @@ func (s *session) switchTo(t router.Target) (*upstream, error) {
 				return nil, err
 			}
 			var pe *pgError
-			if s.srv.cfg.Load().Routing.ReadFrom == config.ReadFromReplicasOnly || (errors.As(err, &pe) && pe.code == codeCannotConnectNow) {
+			if s.srv.cfg.Load().Routing.ReadFrom == config.ReadFromReplicasOnly && errors.As(err, &pe) {
 				return nil, err
 			}
 			s.log.Warn("no replica connection; reading from the primary", zap.Error(err))

@@ -363,7 +363,7 @@ const ReplicaRetry = 10 * time.Second
 
 // markDown takes a replica out of rotation for ReplicaRetry.
 func (s *Server) markDown(srv config.Server) {
-	if srv == s.primary {
+	if srv == s.currentPrimary() {
 		return
 	}
 	now := time.Now()
@@ -540,7 +540,7 @@ func (s *Server) readsOffloaded() bool {
 
 // hasReplicas reports whether any replica may take reads.
 func (s *Server) hasReplicas() bool {
-	for _, r := range s.replicas {
+	for _, r := range s.replicaList() {
 		if r.Weight > 0 {
 			return true
 		}
@@ -590,7 +590,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 // that cannot be asked is logged and not held against cfg: pgsplit starts
 // while a replica is down.
 func (s *Server) checkLimits(ctx context.Context, cfg *config.Config) error {
-	limits, err := CheckLimits(ctx, cfg, s.primary.Addr())
+	limits, err := CheckLimits(ctx, cfg, s.currentPrimary().Addr())
 	if err != nil {
 		return err
 	}

@@ -197,6 +197,12 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			u.verdict <- true
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
+		if err != nil && !u.stopping.Load() && u.hold.Load() != holdReleased && u.quietIdle() && !isTimeout(err) {
+			// The server went away while the connection owed nothing:
+			// the client loses nothing; the session forgets it (claim).
+			u.lost.Store(true)
+			return fmt.Errorf("relay server→client: read: %w", err)
+		}
 		if err != nil {
 			var ne net.Error
 			if u.hold.Load() == holdReleased && errors.As(err, &ne) && ne.Timeout() && !u.conn.R.Broken() {
@@ -205,6 +211,21 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				return errReleased
 			}
 			return fmt.Errorf("relay server→client: read: %w", err)
+		}
+		if typ == 'E' && u.quietIdle() {
+			// An error while nothing is owed is the server ending the
+			// session (shutdown, crash, terminate): not the client's.
+			b, err := u.conn.R.Body()
+			if err != nil {
+				return fmt.Errorf("relay server→client: read: %w", err)
+			}
+			if code := errorCode(b); serverGoingAway(code) {
+				u.lost.Store(true)
+				return fmt.Errorf("relay server→client: the server ended the idle connection (%s)", code)
+			}
+			s.log.Warn("unexpected error from an idle server connection; closing it", zap.String("sqlstate", errorCode(b)))
+			u.lost.Store(true)
+			return errors.New("relay server→client: unexpected error from an idle server connection")
 		}
 		if u.dropZ.Load() > 0 && typ != 'A' {
 			// An answer to a statement pgsplit injected: consume it.
@@ -238,6 +259,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			continue
 		}
+		if (typ == '1' && takeOne(&u.dropParse)) || (typ == '3' && takeOne(&u.dropClose)) {
+			continue // answers to statements pgsplit prepared itself
+		}
 		if u.watch.Load() != watchOff && typ != 'A' && typ != 'N' && typ != 'S' {
 			// The first answer to a watched statement: a RowDescription
 			// is held back (it is not a row yet) until what follows it
@@ -251,11 +275,20 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				binary.BigEndian.PutUint32(held[1:], uint32(len(b)+4))
 				continue
 			}
+			code := ""
 			if typ == 'E' {
+				code = errorCode(b)
+				if serverGoingAway(code) && u.watch.CompareAndSwap(watchWaiting, watchOff) {
+					// The replica is shutting down or crashed before
+					// answering: the session runs the read elsewhere.
+					u.lost.Store(true)
+					u.verdict <- true
+					return fmt.Errorf("relay server→client: the server ended the connection (%s)", code)
+				}
 				u.failed.Store(true)
 				u.errs.Add(1) // counted even if retried: harmless (see tentative)
 			}
-			retry := typ == 'E' && errorCode(b) == codeReadOnlyTransaction
+			retry := typ == 'E' && code == codeReadOnlyTransaction
 			if u.watch.CompareAndSwap(watchWaiting, watchOff) {
 				u.verdict <- retry
 				if retry {
@@ -286,9 +319,6 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				s.readyForQuery(u, b[0])
 				nudge(zSignal)
 			}
-			continue
-		}
-		if (typ == '1' && takeOne(&u.dropParse)) || (typ == '3' && takeOne(&u.dropClose)) {
 			continue
 		}
 		if typ == 'E' {
@@ -376,6 +406,18 @@ func (s *session) readyForQuery(u *upstream, status byte) {
 	u.dropClose.Store(0)
 }
 
+// isTimeout reports a read deadline (the session waking the pump).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// serverGoingAway reports the SQLSTATEs of a server that ends every
+// session: shutdown, crash of another backend, not accepting connections.
+func serverGoingAway(code string) bool {
+	return code == "57P01" || code == "57P02" || code == "57P03"
+}
+
 // errorCode returns the SQLSTATE field of an ErrorResponse body.
 func errorCode(b []byte) string {
 	for len(b) > 0 && b[0] != 0 {
@@ -456,11 +498,9 @@ func (s *session) startPump(u *upstream) {
 			s.log.Info("pooled connection closed after a failure", zap.Stringer("role", u.target), zap.Error(err))
 		case u.stopping.Load():
 		case u.lost.Load():
-			// The session runs the statement again elsewhere.
-			s.upMu.Lock()
-			u.pool.Discard(u.conn)
-			s.upMu.Unlock()
-			s.log.Info("server connection lost before its answer; the read runs again elsewhere", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
+			// Nothing owed reaches the client; the session discards the
+			// connection when it next looks (claim, relayQuery, release).
+			s.log.Info("server connection lost while it owed the client nothing, or before its answer (the read runs again elsewhere)", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
 		case errors.As(err, &cwe):
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
 		default:

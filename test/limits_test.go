@@ -25,7 +25,7 @@ func TestLimitsRefused(t *testing.T) {
 	cfg := baseConfig()
 	cfg.Routing = config.DefaultRouting() // replicas take reads, so they have pools to count
 	cfg.Databases = []string{appDatabase, "postgres"}
-	cfg.Pool.PoolSize, cfg.Pool.MaxOverflow = 100, 25 // 2 users × 2 databases × 125 + 1 = 501 > 497
+	cfg.Pool.PoolSize, cfg.Pool.MaxOverflow = 100, 25 // 2 users × 2 databases × 125 + 2 = 502 > 497
 	_, err := launchProxy(cfg)
 	var le *proxy.LimitError
 	if !errors.As(err, &le) {
@@ -33,7 +33,7 @@ func TestLimitsRefused(t *testing.T) {
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		fmt.Sprintf("server %s:%d (primary): 2 user(s) × 2 database(s) (databases key) × (pool_size 100 + max_overflow 25) + 1 pgsplit = 501", cluster.Primary.Host, cluster.Primary.Port),
+		fmt.Sprintf("server %s:%d (primary): 2 user(s) × 2 database(s) (databases key) × (pool_size 100 + max_overflow 25) + 2 pgsplit = 502", cluster.Primary.Host, cluster.Primary.Port),
 		"max_connections 500 − superuser_reserved_connections 3 − reserved_connections 0 = 497: exceeds the server's limit by 4",
 		fmt.Sprintf("server %s:%d (replica)", cluster.Replicas[0].Host, cluster.Replicas[0].Port),
 	} {
@@ -106,8 +106,8 @@ func TestCheckCommand(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"1 user(s) × 1 database(s) (databases key) × (pool_size 20 + max_overflow 40) + 1 pgsplit = 61",
-		"= 497: 436 remain for other clients", "connection limits: ok",
+		"1 user(s) × 1 database(s) (databases key) × (pool_size 20 + max_overflow 40) + 2 pgsplit = 62",
+		"= 497: 435 remain for other clients", "connection limits: ok",
 	} {
 		if !strings.Contains(ok.stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, ok.stdout)
@@ -117,7 +117,7 @@ func TestCheckCommand(t *testing.T) {
 
 	bad := runCmd(t, nil, bin, "check", "--config", write(400, 100))
 	if bad.exitCode == 0 || !strings.Contains(bad.stderr, "exceeds the server's limit by 4") ||
-		!strings.Contains(bad.stderr, "(pool_size 400 + max_overflow 100) + 1 pgsplit = 501") {
+		!strings.Contains(bad.stderr, "(pool_size 400 + max_overflow 100) + 2 pgsplit = 502") {
 		t.Fatalf("pgsplit check with pools over the limit: exit %d\n%s%s", bad.exitCode, bad.stdout, bad.stderr)
 	}
 }
