@@ -128,6 +128,7 @@ type nodeCollector struct {
 	s                                            *Server
 	up, lagBytes, lagSec, rotation               *prometheus.Desc
 	rywWaits, rywPrimary, positions, retries, pc *prometheus.Desc
+	polls                                        *prometheus.Desc
 }
 
 func newNodeCollector(s *Server) *nodeCollector {
@@ -141,6 +142,7 @@ func newNodeCollector(s *Server) *nodeCollector {
 			"Reads sent to the primary because no replica had replayed what they must see within read_your_writes_wait.", nil, nil),
 		positions: prometheus.NewDesc("pgsplit_wal_position_queries_total", "WAL position reads on the primary that resolved commits for read-your-writes.", nil, nil),
 		retries:   prometheus.NewDesc("pgsplit_read_retries_total", "Autocommit reads run again on another server because their replica went away before answering.", nil, nil),
+		polls:     prometheus.NewDesc("pgsplit_replica_position_polls_total", "Rounds of replica replay-position reads made while reads waited.", nil, nil),
 		pc:        prometheus.NewDesc("pgsplit_primary_changes_total", "Times the server taking writes changed (failover), including to none.", nil, nil),
 	}
 }
@@ -155,6 +157,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.positions
 	ch <- c.retries
 	ch <- c.pc
+	ch <- c.polls
 }
 
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -163,6 +166,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.rywPrimary, prometheus.CounterValue, float64(t.readsToPrimary.Load()))
 	ch <- prometheus.MustNewConstMetric(c.positions, prometheus.CounterValue, float64(t.positionQueries.Load()))
 	ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(c.s.readRetries.Load()))
+	ch <- prometheus.MustNewConstMetric(c.polls, prometheus.CounterValue, float64(t.replicaPolls.Load()))
 	c.s.mu.Lock()
 	changes := c.s.primaryChanges
 	c.s.mu.Unlock()

@@ -51,7 +51,8 @@ type lsnTracker struct {
 	seq      uint64        // the last commit sequence number handed out
 	resolved uint64        // every commit up to this one has its position
 	pending  []pendingCommit
-	polls    int // reads waiting for fresher replica positions
+	history  []resolution // the latest resolutions, oldest first (bounded)
+	polls    int          // reads waiting for fresher replica positions
 
 	replay map[endpoint]*atomic.Uint64 // replayed position per server, set at Listen
 
@@ -107,7 +108,7 @@ type writeScope struct {
 }
 
 func newLSNTracker(s *Server) *lsnTracker {
-	return &lsnTracker{s: s, changed: make(chan struct{}), replay: map[endpoint]*atomic.Uint64{},
+	return &lsnTracker{s: s, changed: make(chan struct{}), replay: map[endpoint]*atomic.Uint64{}, history: make([]resolution, 0, 256),
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -202,12 +203,34 @@ func (t *lsnTracker) resolve(seq, flushed, inserted uint64, serverAsync bool) {
 	clear(t.pending[n:])
 	t.pending = t.pending[:n]
 	t.resolved = max(t.resolved, seq)
+	if len(t.history) == cap(t.history) && len(t.history) > 0 {
+		t.history = append(t.history[:0], t.history[len(t.history)/2:]...)
+	}
+	t.history = append(t.history, resolution{seq: seq, lsn: max(flushed, inserted)})
 	t.broadcastLocked()
 }
 
-// need is a read's requirement: the position it must see and whether some
-// commit it depends on has no position yet. The caller holds mu.
-type needFunc func() (lsn uint64, pending bool)
+// resolution is one WAL position read: every commit up to seq has a
+// position at or before lsn.
+type resolution struct{ seq, lsn uint64 }
+
+// positionOf is the position of resolved commit seq: that of the first
+// resolution that covered it, or, if it has left the history, the
+// requirement as it is now (later, so safe). The caller holds mu.
+func (t *lsnTracker) positionOf(seq uint64, need needFunc) uint64 {
+	for _, r := range t.history {
+		if r.seq >= seq {
+			return r.lsn
+		}
+	}
+	lsn, _ := need()
+	return lsn
+}
+
+// need is a read's requirement as of now: the newest known position it must
+// see and the newest commit (sequence number) it depends on, which may have
+// no position yet (seq > resolved). The caller holds mu.
+type needFunc func() (lsn, seq uint64)
 
 // awaitReplica waits, up to wait, until need is known and some replica for
 // which ok holds has replayed it. It returns the position (0: nothing to
@@ -229,9 +252,25 @@ func (t *lsnTracker) awaitReplica(need needFunc, wait time.Duration, ok func(end
 			t.readsWaited.Add(1)
 		}
 	}()
+	// The requirement is fixed when the read arrives: commits registered
+	// later need not be waited for (under steady writes to a table that
+	// would chase a moving target).
+	t.mu.Lock()
+	lsn, seq := need()
+	unresolved := seq > t.resolved
+	t.mu.Unlock()
+	current := func() (uint64, bool) { // under mu
+		if unresolved {
+			if seq > t.resolved {
+				return lsn, true
+			}
+			lsn, unresolved = max(lsn, t.positionOf(seq, need)), false
+		}
+		return lsn, false
+	}
 	for {
 		t.mu.Lock()
-		lsn, pending := need()
+		lsn, pending := current()
 		ch := t.changed
 		t.mu.Unlock()
 		if lsn == 0 && !pending {
@@ -263,7 +302,7 @@ func (t *lsnTracker) awaitReplica(need needFunc, wait time.Duration, ok func(end
 		case <-ch:
 		case <-timer.C:
 			t.mu.Lock()
-			lsn, pending = need()
+			lsn, pending = current()
 			t.mu.Unlock()
 			if !pending {
 				for ep, p := range t.replay {
@@ -444,7 +483,7 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 		return nil
 	case config.RYWSession:
 		m := &s.commits
-		return func() (uint64, bool) { return m.lsn, m.seq > s.srv.lsn.resolved }
+		return func() (uint64, uint64) { return m.lsn, m.seq }
 	}
 	t, db := s.srv.lsn, s.cls.writes
 	t.mu.Lock()
@@ -464,9 +503,9 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 	if !all {
 		all = s.cls.readsAny(names)
 	}
-	return func() (uint64, bool) {
+	return func() (uint64, uint64) {
 		if all {
-			return db.max.lsn, db.max.seq > t.resolved
+			return db.max.lsn, db.max.seq
 		}
 		lsn, seq := db.all.lsn, db.all.seq
 		for _, n := range names {
@@ -474,7 +513,7 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 				lsn, seq = max(lsn, m.lsn), max(seq, m.seq)
 			}
 		}
-		return lsn, seq > t.resolved
+		return lsn, seq
 	}
 }
 

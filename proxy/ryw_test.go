@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// trackerForTest is a tracker with one replica and one database, no
+// goroutine: the test resolves commits and sets positions itself.
+func trackerForTest() (*lsnTracker, *dbWrites, endpoint) {
+	t := newLSNTracker(&Server{})
+	ep := endpoint{"r", 1}
+	t.replay[ep] = new(atomic.Uint64)
+	return t, &dbWrites{tables: map[string]*mark{}}, ep
+}
+
+func tableNeed(t *lsnTracker, db *dbWrites, name string) needFunc {
+	return func() (uint64, uint64) {
+		lsn, seq := db.all.lsn, db.all.seq
+		if m := db.tables[name]; m != nil {
+			lsn, seq = max(lsn, m.lsn), max(seq, m.seq)
+		}
+		return lsn, seq
+	}
+}
+
+// TestTrackerReadWaitsForItsCommitOnly: a read waits for the commit
+// registered before it (position unknown, then a replica behind it) and is
+// served once a replica has replayed it, not waiting for commits after it.
+func TestTrackerReadWaitsForItsCommitOnly(t *testing.T) {
+	tr, db, ep := trackerForTest()
+	any := func(endpoint) bool { return true }
+	tr.commit(db, writeScope{tables: []string{"messages"}}, nil, false)
+	type result struct {
+		lsn uint64
+		ok  bool
+	}
+	done := make(chan result, 1)
+	go func() {
+		lsn, ok := tr.awaitReplica(tableNeed(tr, db, "messages"), 5*time.Second, any)
+		done <- result{lsn, ok}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("the read did not wait for a commit with no position yet: %+v", r)
+	default:
+	}
+	tr.resolve(1, 100, 100, false)
+	tr.commit(db, writeScope{tables: []string{"messages"}}, nil, false) // after the read arrived
+	tr.resolve(2, 900, 900, false)
+	tr.setReplayed(ep, 50)
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("served by a replica behind the commit: %+v", r)
+	default:
+	}
+	tr.setReplayed(ep, 100)
+	select {
+	case r := <-done:
+		if !r.ok || r.lsn != 100 {
+			t.Fatalf("got %+v, want position 100 served (the later commit at 900 is not this read's)", r)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the read was not served once the replica replayed its commit")
+	}
+	// Other tables need nothing; a read of messages now needs 900.
+	if lsn, ok := tr.awaitReplica(tableNeed(tr, db, "rooms"), 0, any); !ok || lsn != 0 {
+		t.Errorf("untouched table: got %d %v, want 0 true", lsn, ok)
+	}
+	if lsn, ok := tr.awaitReplica(tableNeed(tr, db, "messages"), 10*time.Millisecond, any); ok || lsn != 900 {
+		t.Errorf("after the second commit: got %d %v, want 900 false (no replica there; the primary reads)", lsn, ok)
+	}
+}
+
+// TestRecordEnd: an insert position just past a page or segment header is
+// the end of the record before it.
+func TestRecordEnd(t *testing.T) {
+	for in, want := range map[uint64]uint64{0x3000028: 0x3000000, 0x3002018: 0x3002000, 0x30024C0: 0x30024C0} {
+		if got := recordEnd(in); got != want {
+			t.Errorf("recordEnd(%X) = %X, want %X", in, got, want)
+		}
+	}
+}
