@@ -466,6 +466,14 @@ func (e *clientWriteError) Unwrap() error { return e.err }
 func (s *session) startPump(u *upstream) {
 	go func() {
 		err := s.pump(u, s.zSignal)
+		// The pump flushes the client's output only when it has consumed
+		// everything read from the server, since more of the answer may
+		// follow. Once it ends nothing follows: at a ReadyForQuery that
+		// gives the connection back while the server has sent more (a
+		// dying backend's FATAL right behind the answer, which the pool
+		// then finds and discards), or at a read failure, the answer
+		// relayed so far would stay in cw while the client waits for it.
+		s.flushClient()
 		var cwe *clientWriteError
 		switch {
 		case errors.Is(err, errReleased):
@@ -510,6 +518,16 @@ func (s *session) startPump(u *upstream) {
 		u.err = err
 		close(u.exited)
 	}()
+}
+
+// flushClient sends the client what is buffered for it (unless the session
+// closed the client connection).
+func (s *session) flushClient() {
+	s.wmu.Lock()
+	if !s.closed {
+		_ = s.cw.Flush() // a client gone is the session's to notice
+	}
+	s.wmu.Unlock()
 }
 
 // release stops u's pump and gives the connection back: reset and reused
