@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -36,7 +37,7 @@ func (s *session) decide(st router.Statement, sql string) (decision, error) {
 		// it must see every commit before it.
 		begin := st.Kind == router.KindBegin || st.Kind == router.KindStartTransaction
 		if !s.replicaReadable(s.ups[router.Replica], begin, readStmt{sql, st}) {
-			return decision{target: router.Primary, reason: reasonRYW}, nil
+			return s.rywFallback()
 		}
 	}
 	return decision{target: d.Target, reason: d.Reason}, nil
@@ -53,9 +54,21 @@ func (s *session) decideBatch(t router.Target, reason string) (decision, error) 
 	}
 	d := s.route.Read(t, router.HintNone, reason)
 	if d.Target == router.Replica && s.route.Override != router.Replica && !s.batchReadable(s.ups[router.Replica]) {
-		return decision{target: router.Primary, reason: reasonRYW}, nil
+		return s.rywFallback()
 	}
 	return decision{target: d.Target, reason: d.Reason}, nil
+}
+
+// rywFallback is where a read goes that no replica could serve in time
+// under read-your-writes: the primary, or with read_from: replicas_only
+// nowhere (57P03: reads never go to the primary, and never go stale).
+func (s *session) rywFallback() (decision, error) {
+	if s.srv.cfg.Load().Routing.ReadFrom == config.ReadFromReplicasOnly {
+		return decision{}, pgErr(codeCannotConnectNow,
+			"no replica has replayed the writes this read must see yet (routing.read_from: replicas_only, read_your_writes_wait "+
+				s.srv.cfg.Load().Routing.ReadYourWritesWait.String()+")")
+	}
+	return decision{target: router.Primary, reason: reasonRYW}, nil
 }
 
 // batchReadable is replicaReadable for the Executes of the batch.
