@@ -15,6 +15,7 @@ demo: build
 ## test: every test, unit and end-to-end (starts its own PostgreSQL cluster).
 test:
 	@scripts/ensure-postgres.sh
+	@scripts/ensure-test-deps.sh
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 ## unit: the tests that need no PostgreSQL.

@@ -197,7 +197,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			u.verdict <- true
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if err != nil && !u.stopping.Load() && u.hold.Load() != holdReleased && u.quietIdle() && !isTimeout(err) {
+		if err != nil && !u.stopping.Load() && u.hold.Load() != holdReleased && u.quietIdle() && !isTimeout(err) && s.replaceable(u) {
 			// The server went away while the connection owed nothing:
 			// the client loses nothing; the session forgets it (claim).
 			u.lost.Store(true)
@@ -212,7 +212,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if typ == 'E' && u.quietIdle() {
+		if typ == 'E' && u.quietIdle() && s.replaceable(u) {
 			// An error while nothing is owed is the server ending the
 			// session (shutdown, crash, terminate): not the client's.
 			b, err := u.conn.R.Body()
@@ -404,6 +404,15 @@ func (s *session) readyForQuery(u *upstream, status byte) {
 	// skipped by an error.
 	u.dropParse.Store(0)
 	u.dropClose.Store(0)
+}
+
+// replaceable reports whether u, idle, can be replaced by another
+// connection without the client losing anything: a replica connection
+// (pins keep session state on the primary), or any under transaction
+// pooling with nothing pinned. Otherwise (session mode, a pinned client)
+// the client is told the connection was lost, as with one server.
+func (s *session) replaceable(u *upstream) bool {
+	return u.target == router.Replica || s.pooling.Load()
 }
 
 // isTimeout reports a read deadline (the session waking the pump).

@@ -315,7 +315,10 @@ func TestTxPoolRegressRolledBackSetOtherConn(t *testing.T) {
 func TestTxPoolRegressReleasedPumpLeak(t *testing.T) {
 	p := oneConnProxy(t)
 	busy := 0 // rounds where the client left while its connection was still working
-	for kb := 3000; kb <= 4000; kb += 50 {
+	// Sizes around what the loopback socket buffers hold (they autotune up
+	// to net.ipv4.tcp_wmem's maximum, 4 MB on Debian), so that some rounds
+	// leave the pump blocked writing to the client.
+	for kb := 3000; kb <= 9000; kb += 300 {
 		fe, nc := rawConn(t, p)
 		_ = nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
 		fe.Send(&pgproto3.Query{String: fmt.Sprintf("SELECT repeat('x', 1000) FROM generate_series(1, %d)", kb)})
