@@ -150,9 +150,18 @@ func (s *session) relayQuery() error {
 		}
 	}
 	s.settleSplit()
+	if roBegin := s.roBegin; roBegin != "" {
+		s.roBegin = ""
+		if st.Kind == router.KindSetTransaction && st.Tx != nil && st.Tx.Isolation == "serializable" {
+			return s.moveReadOnlyToPrimary(roBegin, body, sql, st)
+		}
+	}
 	d, err := s.decide(st, sql)
 	if err != nil {
 		return err
+	}
+	if d.target == router.Replica && (st.Kind == router.KindBegin || st.Kind == router.KindStartTransaction) && st.Statements == 1 {
+		s.roBegin = sql // a SET TRANSACTION … SERIALIZABLE right after it moves it
 	}
 	if d.local != nil {
 		return s.answerLocally(d.local)
@@ -205,6 +214,48 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	return p.conn.W.Flush()
+}
+
+// moveReadOnlyToPrimary handles SET TRANSACTION ISOLATION LEVEL
+// SERIALIZABLE as the first statement of a read-only transaction that
+// opened on a replica, which a standby refuses: the replica transaction
+// (nothing ran in it) is rolled back and the same BEGIN opens it on the
+// primary, where the SET runs.
+func (s *session) moveReadOnlyToPrimary(begin string, body []byte, sql string, st router.Statement) error {
+	r := s.ups[router.Replica]
+	if r == nil {
+		return errors.New("read-only transaction lost its replica connection")
+	}
+	if err := s.waitQuiet(r); err != nil {
+		return err
+	}
+	if byte(r.txStatus.Load()) != 'T' {
+		// The BEGIN failed, or the transaction is over: nothing to move.
+		u, err := s.switchTo(router.Replica)
+		if err != nil {
+			return err
+		}
+		return s.sendQuery(u, body, sql, st)
+	}
+	if err := s.inject(r, "ROLLBACK"); err != nil {
+		return err
+	}
+	if err := r.conn.W.Flush(); err != nil {
+		return err
+	}
+	u, err := s.switchTo(router.Primary)
+	if err != nil {
+		return err
+	}
+	if err := s.inject(u, begin); err != nil {
+		return err
+	}
+	s.log.Debug("read-only transaction moved to the primary: serializable")
+	if _, err := s.writeQuery(u, body, sql, st, "serializable transaction (a standby refuses it)"); err != nil {
+		return err
+	}
+	s.afterStatement(u, st)
+	return s.flushIfIdle(u)
 }
 
 // rerunElsewhere picks the server that runs again what u was watched for

@@ -80,6 +80,9 @@ type session struct {
 	pinGen   uint64                 // route.Generation() when connPins was computed
 	tents    []*tentative           // settings changes whose outcome is not known yet, per connection
 	msgAt    time.Time              // when the client message being handled arrived
+	// roBegin is the BEGIN of a read-only transaction just opened on a
+	// replica, until its next statement (see moveReadOnlyToPrimary).
+	roBegin string
 	// readFloor is the WAL position the replica chosen for the next read
 	// must have replayed (read-your-writes; 0: any).
 	readFloor uint64

@@ -35,19 +35,6 @@ func (s *session) claim() {
 		if u == nil {
 			continue
 		}
-		if u.lost.Load() {
-			select {
-			case <-u.exited:
-				// Its server went away while it owed nothing (or the
-				// read it owed runs elsewhere): close it.
-				s.discard(u)
-				if s.active == u {
-					s.active = nil
-				}
-				continue
-			default:
-			}
-		}
 		for {
 			if u.hold.CompareAndSwap(holdFree, holdSending) {
 				u.settleStatements()

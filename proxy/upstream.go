@@ -197,10 +197,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			u.verdict <- true
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if err != nil && !u.stopping.Load() && u.hold.Load() != holdReleased && u.quietIdle() && !isTimeout(err) && s.replaceable(u) {
-			// The server went away while the connection owed nothing:
-			// the client loses nothing; the session forgets it (claim).
-			u.lost.Store(true)
+		if err != nil && !u.stopping.Load() && u.quietIdle() && !isTimeout(err) && s.replaceable(u) && s.dropIdle(u) {
+			// The server went away while the connection owed nothing and
+			// the session was not using it: the client loses nothing.
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
 		if err != nil {
@@ -212,20 +211,19 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if typ == 'E' && u.quietIdle() && s.replaceable(u) {
+		if typ == 'E' && u.quietIdle() && s.replaceable(u) && u.hold.Load() == holdFree {
 			// An error while nothing is owed is the server ending the
 			// session (shutdown, crash, terminate): not the client's.
 			b, err := u.conn.R.Body()
 			if err != nil {
 				return fmt.Errorf("relay server→client: read: %w", err)
 			}
-			if code := errorCode(b); serverGoingAway(code) {
-				u.lost.Store(true)
+			code := errorCode(b)
+			if s.dropIdle(u) {
 				return fmt.Errorf("relay server→client: the server ended the idle connection (%s)", code)
 			}
-			s.log.Warn("unexpected error from an idle server connection; closing it", zap.String("sqlstate", errorCode(b)))
-			u.lost.Store(true)
-			return errors.New("relay server→client: unexpected error from an idle server connection")
+			// The session is sending on it: it learns from the error.
+			return fmt.Errorf("relay server→client: the server ended the connection (%s)", code)
 		}
 		if u.dropZ.Load() > 0 && typ != 'A' {
 			// An answer to a statement pgsplit injected: consume it.
@@ -406,6 +404,17 @@ func (s *session) readyForQuery(u *upstream, status byte) {
 	u.dropClose.Store(0)
 }
 
+// dropIdle takes an idle connection whose server ended it away from the
+// session, as a release would (startPump discards it, claim forgets it),
+// if the session is not using it. It reports whether it did.
+func (s *session) dropIdle(u *upstream) bool {
+	if !u.hold.CompareAndSwap(holdFree, holdDeciding) {
+		return false
+	}
+	u.hold.Store(holdReleased)
+	return true
+}
+
 // replaceable reports whether u, idle, can be replaced by another
 // connection without the client losing anything: a replica connection
 // (pins keep session state on the primary), or any under transaction
@@ -517,7 +526,7 @@ func (s *session) startPump(u *upstream) {
 		case u.lost.Load():
 			// Nothing owed reaches the client; the session discards the
 			// connection when it next looks (claim, relayQuery, release).
-			s.log.Info("server connection lost while it owed the client nothing, or before its answer (the read runs again elsewhere)", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
+			s.log.Info("server connection lost before its answer; the read runs again elsewhere", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
 		case errors.As(err, &cwe):
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
 		default:

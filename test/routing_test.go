@@ -448,3 +448,46 @@ func writingFunction(t *testing.T, name string) {
 		_ = rc.Close(ctx)
 	}
 }
+
+// TestRoutingSerializableReadOnlyGoesToPrimary: a hot standby refuses
+// serializable transactions, so a READ ONLY one that is SERIALIZABLE runs
+// on the primary, whether it says so in START TRANSACTION or in a SET
+// TRANSACTION right after BEGIN READ ONLY; plain READ ONLY stays on a
+// replica (the control).
+func TestRoutingSerializableReadOnlyGoesToPrimary(t *testing.T) {
+	p := routingProxy(t, nil)
+	c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
+	ctx := testCtx(t, 20*time.Second)
+	cases := []struct {
+		name  string
+		begin []string
+		want  string
+	}{
+		{"START TRANSACTION SERIALIZABLE READ ONLY DEFERRABLE", []string{"START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"}, "primary"},
+		{"BEGIN READ ONLY then SET TRANSACTION SERIALIZABLE", []string{"BEGIN READ ONLY", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"}, "primary"},
+		{"BEGIN READ ONLY (control)", []string{"BEGIN READ ONLY"}, "replica"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, q := range tc.begin {
+				if _, err := c.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			var port int
+			var iso, ro string
+			if err := c.QueryRow(ctx, "SELECT inet_server_port(), current_setting('transaction_isolation'), current_setting('transaction_read_only')").Scan(&port, &iso, &ro); err != nil {
+				t.Fatalf("read in the transaction: %v", err)
+			}
+			if _, err := c.Exec(ctx, "COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+			if got := role(port); got != tc.want {
+				t.Errorf("ran on the %s, want the %s", got, tc.want)
+			}
+			if ro != "on" || (tc.want == "primary" && iso != "serializable") {
+				t.Errorf("transaction_read_only %s, isolation %s", ro, iso)
+			}
+		})
+	}
+}

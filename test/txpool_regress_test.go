@@ -90,6 +90,11 @@ func TestTxPoolRegressSessionCharacteristicsLeak(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
 	a := connect(t, p.appDSN())
 	mustSimple(t, a, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+	// The session books the pin after it relayed the answer: give it a moment.
+	waitFor(t, 2*time.Second, "A pinned", func() (bool, string) {
+		n := p.srv.PinnedClients()
+		return n == 1, fmt.Sprintf("PinnedClients = %d", n)
+	})
 	if n := p.srv.PinnedClients(); n != 1 {
 		t.Fatalf("PinnedClients = %d, want 1 (A): else B may get another backend and prove nothing", n)
 	}
