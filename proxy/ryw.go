@@ -628,15 +628,20 @@ func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) {
 	}
 }
 
+// kindsOf lists the statements' kinds of st (one, or each of a multi-
+// statement string).
+func kindsOf(st router.Statement) []router.Kind {
+	if st.Kind == router.KindMulti {
+		return st.Kinds
+	}
+	return []router.Kind{st.Kind}
+}
+
 // mayWrite reports whether st may change data that a later read must see.
 // Session statements (SET, LISTEN, DISCARD, cursors, LOCK, savepoints…)
 // change none, nor do the reads the classifier proved.
 func mayWrite(st router.Statement) bool {
-	kinds := []router.Kind{st.Kind}
-	if st.Kind == router.KindMulti {
-		kinds = st.Kinds
-	}
-	for _, k := range kinds {
+	for _, k := range kindsOf(st) {
 		switch k {
 		case router.KindSelect:
 			if !st.ReadOnly { // nextval, a writable CTE, FOR UPDATE, a volatile function
@@ -654,11 +659,7 @@ func mayWrite(st router.Statement) bool {
 // changesCatalog reports whether st may create or change relations,
 // types or functions (DDL, or DO/CALL, which may run DDL).
 func changesCatalog(st router.Statement) bool {
-	kinds := []router.Kind{st.Kind}
-	if st.Kind == router.KindMulti {
-		kinds = st.Kinds
-	}
-	for _, k := range kinds {
+	for _, k := range kindsOf(st) {
 		switch k {
 		case router.KindDDL, router.KindDo, router.KindCall:
 			return true

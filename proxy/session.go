@@ -300,17 +300,8 @@ func (s *session) acquireForLogin() (*upstream, error) {
 		cfg := s.srv.cfg.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
 		defer cancel()
-		p := s.srv.poolForServer(srv, s.user, s.database)
-		c, err := s.checkout(ctx, p)
-		if err == nil && c.Params["in_hot_standby"] == "on" {
-			p.Discard(c)
-			err = errStandby
-		}
+		u, err := s.attachPrimary(ctx, srv)
 		if err == nil {
-			u := newUpstream(router.Primary, c, p, endpointOf(srv))
-			s.upMu.Lock()
-			s.ups[router.Primary] = u
-			s.upMu.Unlock()
 			return u, nil
 		}
 		var te *pool.TimeoutError
@@ -351,20 +342,8 @@ func (s *session) acquirePrimary(ctx context.Context) (*upstream, error) {
 		if err != nil {
 			return nil, err
 		}
-		p := s.srv.poolForServer(srv, s.user, s.database)
-		c, err := s.checkout(ctx, p)
-		if err == nil && c.Params["in_hot_standby"] == "on" {
-			// Promotion cannot be undone without a restart, so this is a
-			// server the checks have not caught up with yet.
-			p.Discard(c)
-			s.log.Error("a connection to the primary reports in_hot_standby = on: not used for writes", zap.String("server", srv.Addr()))
-			err = errStandby
-		}
+		u, err := s.attachPrimary(ctx, srv)
 		if err == nil {
-			u := newUpstream(router.Primary, c, p, endpointOf(srv))
-			s.upMu.Lock()
-			s.ups[router.Primary] = u
-			s.upMu.Unlock()
 			return u, nil
 		}
 		var te *pool.TimeoutError
@@ -378,6 +357,28 @@ func (s *session) acquirePrimary(ctx context.Context) (*upstream, error) {
 		s.srv.health.probeNow()
 		failed = srv
 	}
+}
+
+// attachPrimary checks out a connection to srv, the primary as the health
+// checks last saw it, and attaches it to the session; a connection that
+// reports in_hot_standby = on is discarded (errStandby): promotion cannot be
+// undone without a restart, so the checks have not caught up yet.
+func (s *session) attachPrimary(ctx context.Context, srv config.Server) (*upstream, error) {
+	p := s.srv.poolForServer(srv, s.user, s.database)
+	c, err := s.checkout(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if c.Params["in_hot_standby"] == "on" {
+		p.Discard(c)
+		s.log.Error("a connection to the primary reports in_hot_standby = on (a standby): not used for writes", zap.String("server", srv.Addr()))
+		return nil, errStandby
+	}
+	u := newUpstream(router.Primary, c, p, endpointOf(srv))
+	s.upMu.Lock()
+	s.ups[router.Primary] = u
+	s.upMu.Unlock()
+	return u, nil
 }
 
 // errStandby: the server pgsplit took for the primary is in recovery.
