@@ -309,6 +309,9 @@ func (s *session) awaitVerdict(u *upstream) bool {
 	case retry := <-u.verdict:
 		return retry
 	case <-u.exited:
+		if u.lost.Load() {
+			return true // its server went away before answering
+		}
 	case <-s.gone:
 	case <-t.C:
 	}
@@ -320,7 +323,7 @@ func (s *session) awaitVerdict(u *upstream) bool {
 	case retry := <-u.verdict:
 		return retry
 	case <-u.exited:
-		return false
+		return u.lost.Load()
 	}
 }
 

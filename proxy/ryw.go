@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,9 +82,10 @@ func (m *mark) raise(seq uint64) {
 
 // dbWrites is one database's marks (table mode). Guarded by the tracker's mu.
 type dbWrites struct {
-	all    mark             // the last write that may have touched any table
-	max    mark             // the last write of all
-	tables map[string]*mark // by relation name as router.Relations folds it
+	written atomic.Bool      // a commit was registered (read without mu)
+	all     mark             // the last write that may have touched any table
+	max     mark             // the last write of all
+	tables  map[string]*mark // by relation name as router.Relations folds it
 }
 
 // pendingCommit is a registered commit whose position is not known yet.
@@ -151,6 +153,7 @@ func (t *lsnTracker) commit(db *dbWrites, scope writeScope, client *mark, async 
 		client.raise(seq)
 	} else {
 		p.db, p.tables, p.all = db, scope.tables, scope.all
+		db.written.Store(true)
 		db.max.raise(seq)
 		if scope.all {
 			db.all.raise(seq)
@@ -485,14 +488,13 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 		m := &s.commits
 		return func() (uint64, uint64) { return m.lsn, m.seq }
 	}
-	t, db := s.srv.lsn, s.cls.writes
-	t.mu.Lock()
-	none := db.max.seq == 0
-	t.mu.Unlock()
-	if none {
-		return nil // nothing written through this pgsplit yet
+	db := s.cls.writes
+	if !db.written.Load() {
+		return nil // nothing written through this pgsplit yet: no lock, no tokens
 	}
-	var names []string
+	// A buffer of the session's: the names are used only until the read
+	// is routed (awaitReplica is synchronous), before the next readNeed.
+	names := s.relNames[:0]
 	for _, r := range reads {
 		var ok bool
 		if names, ok = router.Relations(r.sql, names); !ok || !s.cls.ReadsNamedOnly(r.st) {
@@ -500,6 +502,7 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 			break
 		}
 	}
+	s.relNames = names
 	if !all {
 		all = s.cls.readsAny(names)
 	}
@@ -568,8 +571,10 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 	if mode == config.RYWOff {
 		return
 	}
-	sc := writeScope{seq: seq, all: true, ddl: changesCatalog(st),
-		async: strings.Contains(strings.ToLower(s.settings["synchronous_commit"]), "'off'")}
+	sc := writeScope{seq: seq, all: true, ddl: changesCatalog(st)}
+	if v, ok := s.settings["synchronous_commit"]; ok {
+		sc.async = strings.Contains(strings.ToLower(v), "'off'")
+	}
 	if mode == config.RYWTable && !sc.ddl && s.cls.WritesNamedOnly(st) {
 		if names, ok := router.Relations(sql, nil); ok && !s.cls.writesAny(names) {
 			sc.tables, sc.all = names, false
@@ -577,6 +582,7 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 	}
 	u.recMu.Lock()
 	u.writes = append(u.writes, sc)
+	u.wrote.Store(true)
 	u.recMu.Unlock()
 }
 
@@ -584,43 +590,30 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 // is relayed: writes whose statements it ends join the open transaction's,
 // and when the transaction has committed they are registered.
 func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) {
+	if !u.wrote.Load() {
+		return // nothing written since the last commit: no lock per ReadyForQuery
+	}
 	u.recMu.Lock()
-	if len(u.writes) == 0 && !u.txWrote.all && len(u.txWrote.tables) == 0 {
-		u.recMu.Unlock()
-		return
-	}
 	z := u.zSeen + 1 // noteAnswer counts this ReadyForQuery after it is relayed
-	n := 0
 	for _, w := range u.writes {
-		if w.seq > z {
-			u.writes[n] = w
-			n++
-			continue
-		}
-		u.txWrote.all = u.txWrote.all || w.all
-		u.txWrote.ddl = u.txWrote.ddl || w.ddl
-		u.txWrote.async = u.txWrote.async || w.async
-		for _, t := range w.tables {
-			if !containsString(u.txWrote.tables, t) {
-				u.txWrote.tables = append(u.txWrote.tables, t)
-			}
+		if w.seq <= z {
+			u.txWrote.merge(w)
 		}
 	}
-	clear(u.writes[n:])
-	u.writes = u.writes[:n]
+	u.writes = slices.DeleteFunc(u.writes, func(w writeScope) bool { return w.seq <= z })
 	var done writeScope
 	if status == 'I' {
 		done, u.txWrote = u.txWrote, writeScope{}
 	}
+	u.wrote.Store(len(u.writes) > 0 || u.txWrote.all || len(u.txWrote.tables) > 0)
 	u.recMu.Unlock()
 	if status != 'I' || rolledBack || (!done.all && len(done.tables) == 0) {
 		return
 	}
-	async := done.async
 	if s.srv.cfg.Load().Routing.RYWMode() == config.RYWSession {
-		s.srv.lsn.commit(nil, done, &s.commits, async)
+		s.srv.lsn.commit(nil, done, &s.commits, done.async)
 	} else {
-		s.srv.lsn.commit(s.cls.writes, done, nil, async)
+		s.srv.lsn.commit(s.cls.writes, done, nil, done.async)
 	}
 	if done.ddl {
 		s.cls.catalogChanged()
@@ -671,13 +664,14 @@ func changesCatalog(st router.Statement) bool {
 // errUnexpectedAnswer: a position query did not return one value.
 var errUnexpectedAnswer = errors.New("unexpected answer to a WAL position query")
 
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
+// merge adds what w wrote to the open transaction's scope.
+func (sc *writeScope) merge(w writeScope) {
+	sc.all, sc.ddl, sc.async = sc.all || w.all, sc.ddl || w.ddl, sc.async || w.async
+	for _, t := range w.tables {
+		if !slices.Contains(sc.tables, t) {
+			sc.tables = append(sc.tables, t)
 		}
 	}
-	return false
 }
 
 // endpoint is the server u is connected to.

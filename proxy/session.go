@@ -89,7 +89,9 @@ type session struct {
 	// commits is the client's own last commit (read_your_writes: session),
 	// guarded by the Server's lsnTracker mu.
 	commits mark
-	waited  time.Duration // how long it waited for server connections
+	// relNames is readNeed's buffer of relation names (session goroutine).
+	relNames []string
+	waited   time.Duration // how long it waited for server connections
 
 	// Statistics: the database's counters (set at login), when the open
 	// transaction (or autocommit statement) began (unix ns, 0: none), when
@@ -277,7 +279,7 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 	if p == nil {
 		return nil, pgErr(codeCannotConnectNow, "no server available for reads: no replica in rotation and no primary known")
 	}
-	if srv == s.srv.currentPrimary() && cfg.Routing.ReadFrom == config.ReadFromReplicasOnly && s.readFloor == 0 {
+	if srv == s.srv.currentPrimary() && cfg.Routing.ReadFrom == config.ReadFromReplicasOnly {
 		return nil, pgErr(codeCannotConnectNow, "no replica available within the lag limits (routing.read_from: replicas_only)")
 	}
 	c, err := s.checkout(ctx, p)

@@ -35,6 +35,15 @@ func (s *session) claim() {
 		if u == nil {
 			continue
 		}
+		if u.lost.Load() && closed(u.exited) {
+			// Its server went away (see idleEnded): close it; the next
+			// statement takes another connection.
+			s.discard(u)
+			if s.active == u {
+				s.active = nil
+			}
+			continue
+		}
 		for {
 			if u.hold.CompareAndSwap(holdFree, holdSending) {
 				u.settleStatements()
@@ -64,6 +73,10 @@ func (s *session) claim() {
 func (s *session) settle() {
 	s.pooling.Store(s.mayPool())
 	for _, u := range s.ups {
+		if u != nil && closed(u.exited) && u.lostOwing() {
+			// Sent to a connection whose pump had ended (idleEnded).
+			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+		}
 		if u == nil || u.hold.Load() != holdSending {
 			continue
 		}
@@ -74,6 +87,16 @@ func (s *session) settle() {
 			continue
 		}
 		u.hold.Store(holdFree)
+	}
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -36,6 +36,7 @@ type upstream struct {
 	// transaction wrote so far (see noteCommit).
 	writes  []writeScope
 	txWrote writeScope
+	wrote   atomic.Bool // writes or txWrote are not empty (read without recMu)
 
 	pending  atomic.Int32  // Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
 	txStatus atomic.Uint32 // status byte of this connection's last ReadyForQuery
@@ -53,10 +54,12 @@ type upstream struct {
 	// up waiting (watchAbandoned), the answer goes to the client as it is.
 	watch   atomic.Int32
 	verdict chan bool
-	// lost: the connection failed while the safety net waited for the
-	// first answer (verdict says retry): nothing reached the client, so the
-	// session runs the statement again elsewhere.
-	lost atomic.Bool
+	// lost: the server ended the connection while it owed the client
+	// nothing, and the session held it (it may have sent something since;
+	// see idleEnded), or while the safety net waited for the first answer;
+	// then rerun is set too and verdict says retry: nothing reached the
+	// client, so the session runs the statement again elsewhere.
+	lost, rerun atomic.Bool
 
 	stopping atomic.Bool   // the session is stopping the pump on purpose
 	exited   chan struct{} // closed when the pump has ended
@@ -193,14 +196,13 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		if err != nil && u.stopping.Load() == false && u.watch.CompareAndSwap(watchWaiting, watchOff) {
 			// The server went away before answering a watched read:
 			// nothing reached the client, the session runs it again.
+			u.rerun.Store(true)
 			u.lost.Store(true)
 			u.verdict <- true
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if err != nil && !u.stopping.Load() && u.quietIdle() && !isTimeout(err) && s.replaceable(u) && s.dropIdle(u) {
-			// The server went away while the connection owed nothing and
-			// the session was not using it: the client loses nothing.
-			return fmt.Errorf("relay server→client: read: %w", err)
+		if err != nil && !u.stopping.Load() && u.quietIdle() && !isTimeout(err) && s.replaceable(u) {
+			return s.idleEnded(u, fmt.Errorf("relay server→client: read: %w", err))
 		}
 		if err != nil {
 			var ne net.Error
@@ -211,19 +213,14 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if typ == 'E' && u.quietIdle() && s.replaceable(u) && u.hold.Load() == holdFree {
+		if typ == 'E' && u.quietIdle() && s.replaceable(u) {
 			// An error while nothing is owed is the server ending the
 			// session (shutdown, crash, terminate): not the client's.
 			b, err := u.conn.R.Body()
 			if err != nil {
 				return fmt.Errorf("relay server→client: read: %w", err)
 			}
-			code := errorCode(b)
-			if s.dropIdle(u) {
-				return fmt.Errorf("relay server→client: the server ended the idle connection (%s)", code)
-			}
-			// The session is sending on it: it learns from the error.
-			return fmt.Errorf("relay server→client: the server ended the connection (%s)", code)
+			return s.idleEnded(u, fmt.Errorf("relay server→client: the server ended the idle connection (%s)", errorCode(b)))
 		}
 		if u.dropZ.Load() > 0 && typ != 'A' {
 			// An answer to a statement pgsplit injected: consume it.
@@ -404,15 +401,25 @@ func (s *session) readyForQuery(u *upstream, status byte) {
 	u.dropClose.Store(0)
 }
 
-// dropIdle takes an idle connection whose server ended it away from the
-// session, as a release would (startPump discards it, claim forgets it),
-// if the session is not using it. It reports whether it did.
-func (s *session) dropIdle(u *upstream) bool {
-	if !u.hold.CompareAndSwap(holdFree, holdDeciding) {
-		return false
+// idleEnded ends the pump of a connection whose server ended it while it
+// owed the client nothing. If the session is not using it, it goes as a
+// release would (startPump discards it, claim forgets it); if the session
+// holds it, it is marked lost: a watched read sent meanwhile runs again
+// elsewhere (awaitVerdict), anything else sent meanwhile gets 08006
+// (startPump, settle), and claim discards it.
+func (s *session) idleEnded(u *upstream, why error) error {
+	if u.hold.CompareAndSwap(holdFree, holdDeciding) {
+		u.hold.Store(holdReleased)
+	} else {
+		u.lost.Store(true)
 	}
-	u.hold.Store(holdReleased)
-	return true
+	return why
+}
+
+// lostOwing reports whether u's server went away after the session sent
+// it something that is not re-run elsewhere: the client must be told.
+func (u *upstream) lostOwing() bool {
+	return u.lost.Load() && !u.rerun.Load() && u.owesAnswers() && u.watch.Load() != watchWaiting
 }
 
 // replaceable reports whether u, idle, can be replaced by another
@@ -524,9 +531,12 @@ func (s *session) startPump(u *upstream) {
 			s.log.Info("pooled connection closed after a failure", zap.Stringer("role", u.target), zap.Error(err))
 		case u.stopping.Load():
 		case u.lost.Load():
-			// Nothing owed reaches the client; the session discards the
-			// connection when it next looks (claim, relayQuery, release).
-			s.log.Info("server connection lost before its answer; the read runs again elsewhere", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
+			// The session discards the connection when it next looks
+			// (claim, rerunElsewhere, release).
+			s.log.Info("server connection lost while it owed nothing, or before its answer", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
+			if u.lostOwing() {
+				s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+			}
 		case errors.As(err, &cwe):
 			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
 		default:

@@ -100,26 +100,6 @@ func ownConfig(servers ...config.Server) *config.Config {
 	return cfg
 }
 
-// startOwnProxy starts pgsplit with cfg and shuts it down when the test
-// ends (printing its log if the test failed).
-func startOwnProxy(t *testing.T, cfg *config.Config) *testProxy {
-	t.Helper()
-	p, err := launchProxy(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := p.shutdown(cfg.ShutdownTimeout + 10*time.Second); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("pgsplit log of this test's proxy (last 80 lines):\n%s", p.logs.tail(0, 80))
-			saveLog(t, p.logs.since(0))
-		}
-	})
-	return p
-}
-
 // nodeNames maps the ports of c's servers to their names.
 func nodeNames(c *pgcluster.Cluster) map[int]string {
 	m := map[int]string{c.Primary.Port: c.Primary.Name}
@@ -173,7 +153,7 @@ func TestReplicaKilledUnderReadLoadNoFailedReads(t *testing.T) {
 	c := startOwnCluster(t)
 	r0 := c.Replicas[0]
 	names := nodeNames(c)
-	p := startOwnProxy(t, ownConfig(ownServer(c.Primary, config.RolePrimary),
+	p := startProxyWith(t, ownConfig(ownServer(c.Primary, config.RolePrimary),
 		ownServer(c.Replicas[0], config.RoleReplica), ownServer(c.Replicas[1], config.RoleReplica)))
 
 	total := failoverSeconds(t)
@@ -202,16 +182,7 @@ func TestReplicaKilledUnderReadLoadNoFailedReads(t *testing.T) {
 		"SELECT inet_server_port(), count(*)::int FROM fo_small",
 		"SELECT inet_server_port(), length(note) FROM fo_small WHERE id = $1",
 	}
-	stopLoad := sync.OnceFunc(func() {
-		close(stop)
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("readers did not stop within 30s of the end of the load")
-		}
-	})
+	stopLoad := stopLoops(t, stop, &wg, "readers")
 	t.Cleanup(stopLoad)
 	for w := range workers {
 		cc := connectConfig(t, p.appDSN("application_name=fo-reader-"+strconv.Itoa(w)))
@@ -402,7 +373,7 @@ func TestReplicaKilledReadsNeverHang(t *testing.T) {
 			// reads as the time since its last replayed transaction, which
 			// would keep it out of rotation; this test is about answers.
 			cfg.Routing.MaxReplicaLag = 0
-			p := startOwnProxy(t, cfg)
+			p := startProxyWith(t, cfg)
 			var mu sync.Mutex
 			var onReplica atomic.Int64
 			stop := make(chan struct{})
@@ -531,7 +502,7 @@ func TestFailoverPromotedReplicaTakesWritesWithinOneSecond(t *testing.T) {
 	cfg := ownConfig(ownServer(c.Primary, config.RoleAuto),
 		ownServer(c.Replicas[0], config.RoleAuto), ownServer(c.Replicas[1], config.RoleAuto))
 	cfg.Pool.PoolTimeout = 2 * time.Second
-	p := startOwnProxy(t, cfg)
+	p := startProxyWith(t, cfg)
 	ctx := testCtx(t, 3*time.Minute)
 
 	const (
@@ -612,17 +583,8 @@ func TestFailoverPromotedReplicaTakesWritesWithinOneSecond(t *testing.T) {
 		mu.Unlock()
 		return err
 	})
-	stopLoops := sync.OnceFunc(func() {
-		close(stop)
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("writer and reader did not stop within 30s")
-		}
-	})
-	t.Cleanup(stopLoops)
+	stopAll := stopLoops(t, stop, &wg, "writer and reader")
+	t.Cleanup(stopAll)
 	ackedOn := func(port int) int {
 		mu.Lock()
 		defer mu.Unlock()
@@ -704,7 +666,7 @@ func TestFailoverPromotedReplicaTakesWritesWithinOneSecond(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	endAt := time.Now()
-	stopLoops()
+	stopAll()
 
 	// What the new primary has.
 	pc, err := pgx.Connect(ctx, c.AppDSN(promoted))
@@ -959,4 +921,19 @@ func TestStandbyConfiguredAsPrimaryGetsNoWrites(t *testing.T) {
 	if w := written(); w != "" {
 		t.Errorf("rows in fo_writes: %s", w)
 	}
+}
+
+// stopLoops returns a function, safe to call more than once, that closes
+// stop and waits (30 s at most) for the load goroutines in wg to end.
+func stopLoops(t *testing.T, stop chan struct{}, wg *sync.WaitGroup, what string) func() {
+	return sync.OnceFunc(func() {
+		close(stop)
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s did not stop within 30s of the end of the load", what)
+		}
+	})
 }

@@ -99,6 +99,13 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 	if mutate != nil {
 		mutate(cfg)
 	}
+	return startProxyWith(t, cfg)
+}
+
+// startProxyWith starts pgsplit with cfg and shuts it down when the test
+// ends (printing its log if the test failed).
+func startProxyWith(t *testing.T, cfg *config.Config) *testProxy {
+	t.Helper()
 	p, err := launchProxy(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +115,7 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 			t.Error(err)
 		}
 		if t.Failed() {
-			t.Logf("pgsplit log of this test's proxy (last 60 lines):\n%s", p.logs.tail(0, 60))
+			t.Logf("pgsplit log of this test's proxy (last 80 lines):\n%s", p.logs.tail(0, 80))
 			saveLog(t, p.logs.since(0))
 		}
 	})
