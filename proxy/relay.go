@@ -309,21 +309,21 @@ func (s *session) awaitVerdict(u *upstream) bool {
 	case retry := <-u.verdict:
 		return retry
 	case <-u.exited:
-		if u.lost.Load() {
-			return true // its server went away before answering
-		}
 	case <-s.gone:
 	case <-t.C:
 	}
 	if u.watch.CompareAndSwap(watchWaiting, watchAbandoned) {
-		return false
+		// Nothing of the answer was relayed: run it again only if the
+		// server went away (the pump ended lost, see idleEnded).
+		return closed(u.exited) && u.lost.Load()
 	}
-	// The pump decided meanwhile: take its verdict.
+	// The pump decided meanwhile (it may have relayed the answer and then
+	// lost the connection): take its verdict.
 	select {
 	case retry := <-u.verdict:
 		return retry
 	case <-u.exited:
-		return u.lost.Load()
+		return false
 	}
 }
 

@@ -364,7 +364,12 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		} else if err = u.conn.R.Forward(s.cw); err != nil && !errors.Is(err, wire.ErrBroken) {
 			err = &clientWriteError{err} // Forward wraps read failures in ErrBroken
 		}
-		if err == nil && u.conn.R.Buffered() == 0 {
+		// Flush when nothing more of the answer is buffered, and at the
+		// ReadyForQuery that ends all the client is owed even if the
+		// server sent more (a dying backend's FATAL right behind it): the
+		// connection may go back to the pool next, and nothing would
+		// flush what is buffered for the client.
+		if err == nil && (u.conn.R.Buffered() == 0 || (typ == 'Z' && u.pending.Load() == 0)) {
 			if werr := s.cw.Flush(); werr != nil {
 				err = &clientWriteError{werr}
 			}
@@ -491,14 +496,14 @@ func (e *clientWriteError) Unwrap() error { return e.err }
 func (s *session) startPump(u *upstream) {
 	go func() {
 		err := s.pump(u, s.zSignal)
-		// The pump flushes the client's output only when it has consumed
-		// everything read from the server, since more of the answer may
-		// follow. Once it ends nothing follows: at a ReadyForQuery that
-		// gives the connection back while the server has sent more (a
-		// dying backend's FATAL right behind the answer, which the pool
-		// then finds and discards), or at a read failure, the answer
-		// relayed so far would stay in cw while the client waits for it.
-		s.flushClient()
+		if !errors.Is(err, errReleased) {
+			// The pump flushes the client's output only when it has
+			// consumed everything read from the server (more of the answer
+			// may follow) or at the ReadyForQuery that ends what is owed.
+			// After a read failure nothing follows: what was relayed so
+			// far must not stay in cw while the client waits for it.
+			s.flushClient()
+		}
 		var cwe *clientWriteError
 		switch {
 		case errors.Is(err, errReleased):
