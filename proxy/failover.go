@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -83,14 +82,15 @@ func (s *Server) checked() {
 }
 
 // awaitPrimary waits until a primary is known and different from failed
-// (a server whose connection just failed; zero: any), or ctx ends: then a
-// 57P03 error for the client.
-func (s *Server) awaitPrimary(ctx context.Context, failed config.Server) (config.Server, error) {
+// (a server whose connection just failed; zero: any), or w's limit passes:
+// then a 57P03 error for the client.
+func (s *Server) awaitPrimary(w *waitLimit, failed config.Server) (config.Server, error) {
 	for {
 		p, changed, checked := s.primaryState()
 		if p.Host != "" && p != failed {
 			return p, nil
 		}
+		ctx := w.context()
 		select {
 		case <-changed:
 			failed = config.Server{} // a new verdict: take it, even the same server

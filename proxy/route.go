@@ -74,7 +74,7 @@ func (s *session) rywFallback() (decision, error) {
 // batchReadable is replicaReadable for the Executes of the batch.
 func (s *session) batchReadable(attached *upstream) bool {
 	b := &s.batch
-	if len(b.execs) == 0 {
+	if len(b.execs) == 0 || s.rywIdle() {
 		return true
 	}
 	reads := make([]readStmt, 0, len(b.execs))

@@ -551,6 +551,19 @@ func (s *session) replicaReadable(attached *upstream, all bool, reads ...readStm
 	return true
 }
 
+// rywIdle reports, without a lock or a look at the statements, that no
+// read needs to wait: read_your_writes is off, or (table mode) nothing was
+// written through this pgsplit in the database yet.
+func (s *session) rywIdle() bool {
+	switch s.srv.cfg.Load().Routing.RYWMode() {
+	case config.RYWOff:
+		return true
+	case config.RYWTable:
+		return !s.cls.writes.written.Load()
+	}
+	return false
+}
+
 // readStmt is one statement of a read: its text and classification.
 type readStmt struct {
 	sql string

@@ -270,19 +270,19 @@ func (s *session) failStartup(err error, user, database string) {
 // Errors are *pgError for the client.
 func (s *session) acquire(t router.Target) (*upstream, error) {
 	cfg := s.srv.cfg.Load()
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
-	defer cancel()
+	w := &waitLimit{d: cfg.Pool.PoolTimeout + cfg.Pool.ConnectTimeout}
+	defer w.done()
 	if t == router.Primary {
-		return s.acquirePrimary(ctx)
+		return s.acquirePrimary(w)
 	}
 	p, srv := s.srv.poolFor(t, s.user, s.database, s.readFloor)
 	if p == nil {
 		return nil, pgErr(codeCannotConnectNow, "no server available for reads: no replica in rotation and no primary known")
 	}
-	if srv == s.srv.currentPrimary() && cfg.Routing.ReadFrom == config.ReadFromReplicasOnly {
+	if cfg.Routing.ReadFrom == config.ReadFromReplicasOnly && srv == s.srv.currentPrimary() {
 		return nil, pgErr(codeCannotConnectNow, "no replica available within the lag limits (routing.read_from: replicas_only)")
 	}
-	c, err := s.checkout(ctx, p)
+	c, err := s.checkout(w, p)
 	if err != nil {
 		return nil, s.acquireError(t, srv, err)
 	}
@@ -300,9 +300,9 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 func (s *session) acquireForLogin() (*upstream, error) {
 	if srv := s.srv.currentPrimary(); srv.Host != "" {
 		cfg := s.srv.cfg.Load()
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.PoolTimeout+cfg.Pool.ConnectTimeout)
-		defer cancel()
-		u, err := s.attachPrimary(ctx, srv)
+		w := &waitLimit{d: cfg.Pool.PoolTimeout + cfg.Pool.ConnectTimeout}
+		defer w.done()
+		u, err := s.attachPrimary(w, srv)
 		if err == nil {
 			return u, nil
 		}
@@ -319,15 +319,37 @@ func (s *session) acquireForLogin() (*upstream, error) {
 	return s.acquire(router.Replica)
 }
 
+// waitLimit bounds the waits of one checkout (pool_timeout +
+// connect_timeout); its context is made only when a wait is needed, so an
+// idle connection is taken without one.
+type waitLimit struct {
+	d      time.Duration
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (w *waitLimit) context() context.Context {
+	if w.ctx == nil {
+		w.ctx, w.cancel = context.WithTimeout(context.Background(), w.d)
+	}
+	return w.ctx
+}
+
+func (w *waitLimit) done() {
+	if w.cancel != nil {
+		w.cancel()
+	}
+}
+
 // checkout takes a connection from p, waiting (and counting the wait) if
 // none is idle.
-func (s *session) checkout(ctx context.Context, p *pool.Pool) (*pool.Conn, error) {
+func (s *session) checkout(w *waitLimit, p *pool.Pool) (*pool.Conn, error) {
 	if c := p.TryAcquire(); c != nil {
 		return c, nil
 	}
 	began := time.Now()
 	s.waitingFrom.Store(began.UnixNano())
-	c, err := p.Acquire(ctx)
+	c, err := p.Acquire(w.context())
 	s.waitingFrom.Store(0)
 	s.waited += time.Since(began)
 	return c, err
@@ -337,14 +359,14 @@ func (s *session) checkout(ctx context.Context, p *pool.Pool) (*pool.Conn, error
 // health checks say takes writes, never one in recovery. While none is
 // known, or its connection fails, it waits (up to pool_timeout) for the
 // checks, which a failure starts at once, to find one; then 57P03.
-func (s *session) acquirePrimary(ctx context.Context) (*upstream, error) {
+func (s *session) acquirePrimary(w *waitLimit) (*upstream, error) {
 	var failed config.Server
 	for {
-		srv, err := s.srv.awaitPrimary(ctx, failed)
+		srv, err := s.srv.awaitPrimary(w, failed)
 		if err != nil {
 			return nil, err
 		}
-		u, err := s.attachPrimary(ctx, srv)
+		u, err := s.attachPrimary(w, srv)
 		if err == nil {
 			return u, nil
 		}
@@ -365,9 +387,9 @@ func (s *session) acquirePrimary(ctx context.Context) (*upstream, error) {
 // checks last saw it, and attaches it to the session; a connection that
 // reports in_hot_standby = on is discarded (errStandby): promotion cannot be
 // undone without a restart, so the checks have not caught up yet.
-func (s *session) attachPrimary(ctx context.Context, srv config.Server) (*upstream, error) {
+func (s *session) attachPrimary(w *waitLimit, srv config.Server) (*upstream, error) {
 	p := s.srv.poolForServer(srv, s.user, s.database)
-	c, err := s.checkout(ctx, p)
+	c, err := s.checkout(w, p)
 	if err != nil {
 		return nil, err
 	}
