@@ -91,6 +91,11 @@ type Pool struct {
 	// MaxPreparedStatements caps the statements pgsplit keeps prepared on
 	// one server connection; the least recently used is closed beyond it.
 	MaxPreparedStatements int `mapstructure:"max_prepared_statements"`
+	// ResetAfterFunctions resets a server connection (all session state but
+	// prepared statements) before another client gets it when it ran a
+	// function, DO block or CALL pgsplit cannot see into; false saves that
+	// round trip and lets such state leak to the next client.
+	ResetAfterFunctions bool `mapstructure:"reset_after_functions"`
 }
 
 // Pool profiles: the team's guide's recommended pool_size / max_overflow

@@ -34,6 +34,7 @@ func defaults() map[string]any {
 		"pool.pool_size":                20,
 		"pool.max_overflow":             40,
 		"pool.max_prepared_statements":  200,
+		"pool.reset_after_functions":    true,
 		"pool.pool_timeout":             "30s",
 		"pool.pool_recycle":             "1h",
 		"pool.pool_pre_ping":            true,

@@ -67,7 +67,7 @@ func settingValue(v any) string {
 	case []Server:
 		parts := make([]string, len(x))
 		for i, s := range x {
-			parts[i] = fmt.Sprintf("%s:%d/%s/%d", s.Host, s.Port, s.Role, s.Weight)
+			parts[i] = fmt.Sprintf("%s/%s/%d", s.Addr(), s.Role, s.Weight)
 		}
 		return strings.Join(parts, ",")
 	case []string:

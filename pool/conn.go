@@ -85,7 +85,7 @@ func dial(ctx context.Context, o *Options) (*Conn, error) {
 	}
 	now := time.Now()
 	return &Conn{
-		Addr:      fmt.Sprintf("%s:%d", o.Host, o.Port),
+		Addr:      o.Addr(),
 		PID:       hj.PID,
 		SecretKey: hj.SecretKey,
 		Params:    hj.ParameterStatuses,
@@ -242,6 +242,30 @@ func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
 		return fmt.Errorf("reset discard all: transaction status %q", st)
 	}
 	c.State.Clear()
+	return nil
+}
+
+// softResetSQL is DISCARD ALL without DEALLOCATE ALL and DISCARD PLANS: it
+// ends every kind of session state a function, DO block or procedure can
+// leave behind (settings, role, cursors, LISTEN, advisory locks, temporary
+// objects, sequence state) and keeps the prepared statements, which State
+// tracks. Every part is allowed on a hot standby.
+const softResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
+	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+
+// SoftReset brings an idle connection back to a clean session state but for
+// its prepared statements: for a connection that ran code pgsplit cannot
+// see into (router.Classifier.RunsUserCode). Its settings are then at the
+// server defaults, so State.Settings is cleared.
+func (c *Conn) SoftReset(ctx context.Context) error {
+	st, err := c.Exec(ctx, softResetSQL)
+	if err != nil {
+		return fmt.Errorf("reset after user code: %w", err)
+	}
+	if st != 'I' {
+		return fmt.Errorf("reset after user code: transaction status %q", st)
+	}
+	clear(c.State.Settings)
 	return nil
 }
 

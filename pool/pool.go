@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -51,8 +53,12 @@ type Options struct {
 
 // Name identifies the pool in errors and logs: user@database on host:port.
 func (o *Options) Name() string {
-	return fmt.Sprintf("%s@%s on %s:%d", o.User, o.Database, o.Host, o.Port)
+	return fmt.Sprintf("%s@%s on %s", o.User, o.Database, o.Addr())
 }
+
+// Addr is the server's address for dialing: host:port, [host]:port for an
+// IPv6 address (cancel requests are dialed with it).
+func (o *Options) Addr() string { return net.JoinHostPort(o.Host, strconv.Itoa(o.Port)) }
 
 // TimeoutError is returned when no connection became free within pool_timeout.
 type TimeoutError struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -302,5 +303,23 @@ func TestQueryParams(t *testing.T) {
 	}
 	if rows, err := c.QueryParams(ctx, "SELECT $1::int * 2", nil, []int16{0}, [][]byte{[]byte("21")}); err != nil || string(rows[0][0]) != "42" {
 		t.Fatalf("after an error: %q %v", rows, err)
+	}
+}
+
+// TestCancelAddressOfAnIPv6Server: the address cancel requests are dialed
+// with is [host]:port for an IPv6 server ("::1:5432" cannot be dialed).
+func TestCancelAddressOfAnIPv6Server(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		want string
+	}{{"::1", "[::1]:5432"}, {"fe80::1%lo", "[fe80::1%lo]:5432"}, {"127.0.0.1", "127.0.0.1:5432"}, {"db.example", "db.example:5432"}} {
+		o := &Options{Host: tc.host, Port: 5432}
+		got := o.Addr()
+		if got != tc.want {
+			t.Errorf("Addr() for host %q = %q, want %q", tc.host, got, tc.want)
+		}
+		if h, _, err := net.SplitHostPort(got); err != nil || h != tc.host {
+			t.Errorf("Addr() for host %q = %q does not split back: %q, %v", tc.host, got, h, err)
+		}
 	}
 }

@@ -62,10 +62,21 @@ func (e *explainer) start() {
 			if time.Since(e.last) < explainEvery {
 				continue // rate limit: the plan of a statement that keeps being slow comes again
 			}
-			e.explain(j)
+			e.explainSafely(j)
 			e.last = time.Now() // after the run: a gap between runs, however long they take
 		}
 	}()
+}
+
+// explainSafely is explain that survives a panic: that plan is lost, not
+// the process.
+func (e *explainer) explainSafely(j explainJob) {
+	defer func() {
+		if p := recover(); p != nil {
+			e.srv.log.Error("EXPLAIN of a slow statement failed with an internal error", zap.String("panic", fmt.Sprint(p)), zap.Stack("stack"))
+		}
+	}()
+	e.explain(j)
 }
 
 func (e *explainer) stop() {

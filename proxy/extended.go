@@ -62,12 +62,15 @@ type batch struct {
 	parsed     []*clientStmt
 	referenced []*clientStmt
 	seen       []string
-	refs       []string               // statement names used by Bind or Describe
-	portals    map[string]boundPortal // portal → what Bind bound to it
-	execs      []execution            // what the batch's Executes run
-	reason     string
-	primary    bool // something in the batch needs the primary
-	large      bool // over maxBatch or incomplete: streaming to the primary
+	// unnamedGone: the batch uses the unnamed statement, which the client
+	// has not prepared (injectStatements closes the server's first).
+	unnamedGone bool
+	refs        []string               // statement names used by Bind or Describe
+	portals     map[string]boundPortal // portal → what Bind bound to it
+	execs       []execution            // what the batch's Executes run
+	reason      string
+	primary     bool // something in the batch needs the primary
+	large       bool // over maxBatch or incomplete: streaming to the primary
 }
 
 // empty reports whether no message of a batch is being collected.
@@ -80,7 +83,7 @@ func (b *batch) reset() {
 	b.refs = b.refs[:0]
 	b.execs = b.execs[:0]
 	clear(b.portals)
-	b.primary, b.large = false, false
+	b.primary, b.large, b.unnamedGone = false, false, false
 	b.reason = ""
 	if cap(b.buf) > 4*maxBatch {
 		b.buf = nil
@@ -307,6 +310,9 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 			return fatal(codeProtocolViolation, "invalid Parse message")
 		}
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql), gen: s.cls.Generation()}
+		if cs.class.Unparsed {
+			s.srv.unparsed.Add(1)
+		}
 		if name != "" {
 			cs.server = serverStmtName(rest)
 			for k := 1; slices.Contains(b.seen, cs.server); k++ {
@@ -477,6 +483,10 @@ func (s *session) noteRef(name string) *clientStmt {
 	} else {
 		b.primary = true // unknown statement: let the primary report the error
 		b.reason = "unknown prepared statement"
+		// The server's unnamed statement may be another client's: it is
+		// closed first, so the server answers 26000 as it would this
+		// client alone.
+		b.unnamedGone = b.unnamedGone || name == ""
 	}
 	return cs
 }
@@ -539,6 +549,10 @@ func (s *session) injectStatements(u *upstream, b *batch) error {
 		}
 	}
 	victims := st.Prepared.Evict(st.Prepared.Len()+adding-s.maxPrepared, func(n string) bool { return used[n] })
+	if b.unnamedGone {
+		b.unnamedGone = false
+		closes = append(closes, "")
+	}
 	if len(closes)+len(parses)+len(victims) == 0 {
 		return nil
 	}
@@ -624,6 +638,9 @@ func (s *session) injectClose(u *upstream, name string) error {
 	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
 	u.dropClose.Add(1)
 	u.conn.State.Prepared.Remove(name)
+	if name == "" {
+		u.conn.State.Unnamed = nil
+	}
 	_, err := u.conn.W.Write(msg)
 	return err
 }

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
 	"sync"
@@ -68,6 +70,10 @@ type queryLog struct {
 
 type normalized struct{ text, fingerprint string }
 
+// errUnparsable stands for the parser's error when the guard kept a
+// statement from it.
+var errUnparsable = errors.New("kept from the parser")
+
 const queryLogBuffer = 8192
 
 // newQueryLog builds the query log: to cfg.File (rotated) when set, else
@@ -92,9 +98,21 @@ func (q *queryLog) start() {
 	go func() {
 		defer q.wg.Done()
 		for r := range q.ch {
-			q.write(r)
+			q.writeSafely(r)
 		}
 	}()
+}
+
+// writeSafely is write that survives a panic: one record whose text breaks
+// a library loses its line, not the process.
+func (q *queryLog) writeSafely(r *queryRecord) {
+	defer func() {
+		if p := recover(); p != nil {
+			q.dropped.Add(1)
+			q.out.Error("query-log record dropped after an internal error", zap.String("panic", fmt.Sprint(p)), zap.Stack("stack"))
+		}
+	}()
+	q.write(r)
 }
 
 // stop writes what is queued and closes the file. No record may be sent
@@ -194,10 +212,18 @@ func (q *queryLog) normalize(sql string) normalized {
 }
 
 // normalizeSQL is normalize without the cache.
+// A statement the parser guard refuses (router.Parsable) never reaches
+// libpg_query, whose normalize and fingerprint recurse without a stack
+// check and would crash the process on a deep enough statement.
 func normalizeSQL(sql string) normalized {
 	var n normalized
-	text, err := pg_query.Normalize(sql)
-	fp, err2 := pg_query.Fingerprint(sql)
+	var text, fp string
+	err := errUnparsable
+	var err2 error
+	if ok, _ := router.Parsable(sql, 0, 0); ok {
+		text, err = pg_query.Normalize(sql)
+		fp, err2 = pg_query.Fingerprint(sql)
+	}
 	if err != nil || err2 != nil {
 		h := fnv.New64a()
 		_, _ = h.Write([]byte(sql))

@@ -124,7 +124,9 @@ func (s *session) relayFunctionCall() error {
 		return err
 	}
 	u.pending.Add(1)
-	// no query record: nothing to show but an OID; it may write anything
+	// no query record: nothing to show but an OID; it may write anything,
+	// and leave any session state
+	u.userCode.Store(s.resetUserCode)
 	s.noteWrite(u, u.expectReady(), "", router.Statement{Kind: router.KindOther})
 	u.unsynced.Store(false) // a FunctionCall ends an unfinished batch, as a Query does
 	if err := s.cr.Forward(u.conn.W); err != nil {
@@ -140,7 +142,13 @@ func (s *session) relayQuery() error {
 		return err
 	}
 	sql := string(bytes.TrimRight(body, "\x00"))
+	if k := s.srv.knobs.OnQuery; k != nil {
+		k(sql)
+	}
 	st := s.cls.Classify(sql)
+	if st.Unparsed {
+		s.srv.unparsed.Add(1)
+	}
 	if st.Kind == router.KindDeallocate && st.Statements == 1 {
 		if cs, ok := s.stmts[st.PreparedName]; ok && cs.server != "" {
 			// A statement the client prepared with Parse: pgsplit keeps it

@@ -127,6 +127,9 @@ func (s *session) inTx() bool {
 // sent to u: pins, harmless settings to replay elsewhere, prepared
 // statements that a DISCARD or DEALLOCATE removes.
 func (s *session) afterStatement(u *upstream, st router.Statement) {
+	if s.resetUserCode && s.cls.RunsUserCode(st) {
+		u.userCode.Store(true)
+	}
 	before := s.route.Pins()
 	for _, p := range s.route.Observe(st) {
 		s.log.Debug("session pinned to the primary", zap.String("state", p))

@@ -48,6 +48,9 @@ type Server struct {
 	adminConns  atomic.Int64 // admin console sessions (logged in)
 	adminLogins atomic.Int64 // admin console logins in progress
 	misroutes   atomic.Int64 // statements a replica refused as writes, re-run on the primary
+	panics      atomic.Int64 // sessions and pumps ended by a recovered panic
+	unparsed    atomic.Int64 // statements kept from the parser (router.Parsable)
+	knobs       Knobs        // test hooks, fixed before Listen
 	readRetries atomic.Int64 // autocommit reads re-run because their replica went away before answering
 	qlog        *queryLog
 	metrics     *metrics

@@ -109,11 +109,16 @@ type session struct {
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
 	draining atomic.Bool   // close as soon as the client is idle
+	finished bool          // finish began (serve's goroutine)
+	// resetUserCode (pool.reset_after_functions): a connection that ran a
+	// function, DO or CALL is reset before it serves another client.
+	resetUserCode bool
 }
 
 func (s *session) serve() {
 	defer s.srv.forget(s)
 	defer s.conn.Close()
+	defer s.recoverSession() // before Close: it tells the client why
 	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
 	br := bufio.NewReaderSize(s.conn, clientBufSize)
 	s.br = br
@@ -195,6 +200,7 @@ func (s *session) serve() {
 	s.user, s.database, s.startup = u, database, setup
 	s.stats.Store(s.srv.stats.db(database))
 	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
+	s.resetUserCode = cfg.Pool.ResetAfterFunctions
 	for k, v := range setup {
 		s.settings[k] = v
 	}
@@ -573,6 +579,7 @@ func (s *session) sendFatal(e *pgError) {
 
 // finish gives back every server connection once the client is gone.
 func (s *session) finish(reason string) {
+	s.finished = true
 	s.claim()
 	fields := []zap.Field{zap.String("reason", reason)}
 	for _, u := range s.ups {

@@ -115,3 +115,23 @@ func FuzzAdminExtended(f *testing.F) {
 		}
 	})
 }
+
+// TestQueryLogNormalizeSurvivesDeepStatements: the query log's normalize
+// and fingerprint (libpg_query, no stack check) never see a statement the
+// parser guard refuses; before the guard, these ended the process with
+// SIGSEGV during cgo execution.
+func TestQueryLogNormalizeSurvivesDeepStatements(t *testing.T) {
+	for _, sql := range []string{
+		"SELECT 1" + strings.Repeat("+1", 100000),
+		"SELECT " + strings.Repeat("(", 5000) + "1" + strings.Repeat(")", 5000),
+		"SELECT ARRAY" + strings.Repeat("[", 3000) + "1" + strings.Repeat("]", 3000),
+	} {
+		n := normalizeSQL(sql)
+		if n.text != "(unparsable)" || !strings.HasPrefix(n.fingerprint, "x") {
+			t.Errorf("normalizeSQL of a %d-byte deep statement = %q, %q", len(sql), n.text, n.fingerprint)
+		}
+	}
+	if n := normalizeSQL("SELECT 1" + strings.Repeat("+1", 500)); n.text == "(unparsable)" {
+		t.Error("an ordinary statement is no longer normalized")
+	}
+}

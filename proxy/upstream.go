@@ -72,6 +72,11 @@ type upstream struct {
 	// known here, so the connection is reset with DISCARD ALL before it
 	// serves anyone else.
 	resetOnRelease atomic.Bool
+	// userCode: a statement sent here ran code pgsplit cannot see into (a
+	// function, DO, CALL: router.Classifier.RunsUserCode), which may have
+	// left session state no statement named; the connection gets
+	// pool.Conn.SoftReset before it serves anyone else.
+	userCode atomic.Bool
 
 	// Query-log records of statements sent here whose answers are not all
 	// relayed yet, in order (recMu: the session appends, the pump
@@ -192,7 +197,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 	var held []byte       // a RowDescription held back by the safety net
 	var lastRollback bool // since the last ReadyForQuery, the last COMMIT or ROLLBACK tag was ROLLBACK
 	for {
-		typ, _, err := u.conn.R.Next()
+		typ, n, err := u.conn.R.Next()
+		if k := s.srv.knobs.OnServerMessage; k != nil && err == nil {
+			k(typ, n)
+		}
 		if err != nil && u.stopping.Load() == false && u.watch.CompareAndSwap(watchWaiting, watchOff) {
 			// The server went away before answering a watched read:
 			// nothing reached the client, the session runs it again.
@@ -247,8 +255,13 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				if b, err := u.conn.R.Body(); err == nil {
 					var e pgproto3.ErrorResponse
 					if e.Decode(b) == nil {
-						s.log.Warn("a statement pgsplit sent on the client's behalf failed",
-							zap.Stringer("role", u.target), zap.String("sqlstate", e.Code), zap.String("message", e.Message))
+						// The message may quote the value of a SET: only
+						// with log.redact off.
+						fields := []zap.Field{zap.Stringer("role", u.target), zap.String("sqlstate", e.Code)}
+						if !s.srv.cfg.Load().Log.Redact {
+							fields = append(fields, zap.String("message", e.Message))
+						}
+						s.log.Warn("a statement pgsplit sent on the client's behalf failed", fields...)
 					}
 				}
 			}
@@ -495,7 +508,7 @@ func (e *clientWriteError) Unwrap() error { return e.err }
 // the session cannot go on without that server.
 func (s *session) startPump(u *upstream) {
 	go func() {
-		err := s.pump(u, s.zSignal)
+		err := s.runPump(u)
 		if !errors.Is(err, errReleased) {
 			// The pump flushes the client's output only when it has
 			// consumed everything read from the server (more of the answer
@@ -505,19 +518,16 @@ func (s *session) startPump(u *upstream) {
 			s.flushClient()
 		}
 		var cwe *clientWriteError
+		var ie *internalError
 		switch {
+		case errors.As(err, &ie):
+			s.sendFatal(fatal(codeInternalError, "pgsplit internal error; the connection was closed"))
 		case errors.Is(err, errReleased):
-			if u.resetOnRelease.Load() {
-				ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-				rerr := u.conn.Reset(ctx, 'I')
-				cancel()
-				if rerr != nil {
-					s.log.Info("reset of a formerly pinned connection failed; closing it", zap.Error(rerr))
-					s.upMu.Lock()
-					u.pool.Discard(u.conn)
-					s.upMu.Unlock()
-					break
-				}
+			if !s.resetReleased(u) {
+				s.upMu.Lock()
+				u.pool.Discard(u.conn)
+				s.upMu.Unlock()
+				break
 			}
 			// Under upMu: a cancel request being forwarded to this
 			// connection is delivered before anyone else can use it.
@@ -551,6 +561,32 @@ func (s *session) startPump(u *upstream) {
 		u.err = err
 		close(u.exited)
 	}()
+}
+
+// resetReleased resets a connection the pump is giving back, when it must
+// be: DISCARD ALL after a session let go of the state that pinned it, the
+// reset after user code (pool.Conn.SoftReset) after a function, DO or
+// CALL. It reports false, having logged why, when the reset failed and the
+// connection must be closed instead.
+func (s *session) resetReleased(u *upstream) bool {
+	var reset func(context.Context) error
+	var what string
+	switch {
+	case u.resetOnRelease.Load():
+		reset = func(ctx context.Context) error { return u.conn.Reset(ctx, 'I') }
+		what = "reset of a formerly pinned connection failed; closing it"
+	case u.userCode.Load():
+		reset, what = u.conn.SoftReset, "reset after a function, DO or CALL failed; closing the connection"
+	default:
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := reset(ctx); err != nil {
+		s.log.Info(what, zap.Error(err))
+		return false
+	}
+	return true
 }
 
 // flushClient sends the client what is buffered for it (unless the session
@@ -609,6 +645,13 @@ func (s *session) release(u *upstream) string {
 			s.log.Info("upstream rollback failed; closing the connection", zap.Error(err))
 			s.discard(u)
 			return "closed: rollback failed"
+		}
+		if u.userCode.Load() {
+			if err := u.conn.SoftReset(ctx); err != nil {
+				s.log.Info("reset after a function, DO or CALL failed; closing the connection", zap.Error(err))
+				s.discard(u)
+				return "closed: reset failed"
+			}
 		}
 		u.settleStatements()
 		s.forgetUpstream(u)

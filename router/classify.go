@@ -33,6 +33,12 @@ type Options struct {
 	// CacheSize is the number of classified statements kept (about; the
 	// cache is sharded): 0 means DefaultCacheSize, negative means no cache.
 	CacheSize int
+	// MaxParseDepth and MaxParseBytes (limits.max_parse_depth,
+	// limits.max_parse_bytes; 0: DefaultMaxParseDepth,
+	// DefaultMaxParseBytes) keep statements from the parser that could
+	// crash it: see Parsable. Such a statement goes to the primary.
+	MaxParseDepth int
+	MaxParseBytes int
 }
 
 // A Classifier classifies SQL strings. It is safe for concurrent use; its
@@ -43,6 +49,8 @@ type Classifier struct {
 	readFuncs  map[string]struct{}
 	writeFuncs map[string]struct{}
 	volatile   func(string) (bool, bool)
+	maxDepth   int
+	maxBytes   int
 	cache      *stmtCache
 	plans      sync.Map      // reflect.Type → walkPlan, see walk.go
 	gen        atomic.Uint64 // bumped by Reset: earlier answers may be stale
@@ -60,6 +68,8 @@ func NewClassifier(opts Options) *Classifier {
 		readFuncs:  nameSet(opts.ReadFunctions),
 		writeFuncs: nameSet(opts.WriteFunctions),
 		volatile:   opts.Volatile,
+		maxDepth:   opts.MaxParseDepth,
+		maxBytes:   opts.MaxParseBytes,
 		cache:      newStmtCache(size),
 	}
 }
@@ -78,6 +88,13 @@ func nameSet(names []string) map[string]struct{} {
 // then the cache, then the full parse (whose result it caches).
 func (c *Classifier) Classify(sql string) Statement {
 	hint, start := leadingHint(sql)
+	if len(sql) > 2*c.depthLimit() {
+		// Only a statement this long can nest past the limit (each level
+		// takes two bytes at least); even the fast path leaves it alone.
+		if ok, why := Parsable(sql, c.maxDepth, c.maxBytes); !ok {
+			return Statement{Kind: KindOther, Target: Primary, Reason: why, Hint: hint, Unparsed: true}
+		}
+	}
 	if st, ok := c.fastPath(sql, start, hint); ok {
 		return st
 	}
@@ -87,6 +104,14 @@ func (c *Classifier) Classify(sql string) Statement {
 	st := c.parse(sql, hint)
 	c.cache.put(sql, st)
 	return st
+}
+
+// depthLimit is MaxParseDepth with the default filled in.
+func (c *Classifier) depthLimit() int {
+	if c.maxDepth > 0 {
+		return c.maxDepth
+	}
+	return DefaultMaxParseDepth
 }
 
 // Reset drops every cached classification. Call it when the catalog behind

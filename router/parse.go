@@ -1,9 +1,12 @@
 package router
 
 import (
+	"errors"
+	"strconv"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -23,6 +26,9 @@ func (c *Classifier) parse(sql string, hint Target) Statement {
 		// but the text around it is not what the server will run.
 		return Statement{Kind: KindOther, Target: Primary, Reason: "NUL byte in statement", Hint: hint}
 	}
+	if ok, why := Parsable(sql, c.maxDepth, c.maxBytes); !ok {
+		return Statement{Kind: KindOther, Target: Primary, Reason: why, Hint: hint, Unparsed: true}
+	}
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
 		if st, ok := pgsplitCommand(sql); ok {
@@ -30,7 +36,7 @@ func (c *Classifier) parse(sql string, hint Target) Statement {
 			return st
 		}
 		// Let the server report the error, from the primary.
-		return Statement{Kind: KindOther, Target: Primary, Reason: "parse error: " + err.Error(), Hint: hint}
+		return Statement{Kind: KindOther, Target: Primary, Reason: parseErrorReason(err), Hint: hint}
 	}
 	var st Statement
 	switch len(tree.Stmts) {
@@ -48,6 +54,22 @@ func (c *Classifier) parse(sql string, hint Target) Statement {
 	}
 	st.Hint = hint
 	return st
+}
+
+// parseErrorReason says where the parser stopped but not what it read
+// there: its message quotes the offending token, which may be a literal
+// (a password, a name), and reasons are logged whatever log.redact says.
+func parseErrorReason(err error) string {
+	msg := err.Error()
+	if i := strings.IndexAny(msg, "\"'"); i >= 0 {
+		msg = strings.TrimSpace(msg[:i]) // what follows the quote is the statement's text
+	}
+	reason := "parse error: " + msg
+	var pe *parser.Error
+	if errors.As(err, &pe) && pe.Cursorpos > 0 {
+		reason += " (character " + strconv.Itoa(pe.Cursorpos) + ")"
+	}
+	return reason
 }
 
 // combine merges the statements of a multi-statement string. It goes to a

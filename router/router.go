@@ -135,6 +135,9 @@ type Statement struct {
 	Statements int
 	// Kinds lists each statement's Kind in order when Statements > 1.
 	Kinds []Kind
+	// Unparsed is true when the statement was kept from the parser as too
+	// large or too deep (see Parsable): Reason says which.
+	Unparsed bool
 }
 
 // Session state names in Statement.Pins and Unpins ("set <name>" for a

@@ -138,3 +138,57 @@ func foldRelation(sql string, t token) (string, bool) {
 	}
 	return text, true
 }
+
+// RunsUserCode reports whether st may run code the router cannot see into,
+// code that may change the session's state without a statement saying so
+// (set_config(…, false), LISTEN, an advisory lock, a temporary table inside
+// plpgsql): a DO block, a CALL, or a function that is neither a built-in
+// known to be safe nor one the catalog says is not VOLATILE. A function
+// listed in routing.read_functions still counts: reading only is not the
+// same as leaving the session as it was. The proxy resets a connection that
+// ran such a statement before another client gets it.
+func (c *Classifier) RunsUserCode(st Statement) bool {
+	if st.Kind == KindDo || st.Kind == KindCall {
+		return true
+	}
+	for _, k := range st.Kinds {
+		if k == KindDo || k == KindCall {
+			return true
+		}
+	}
+	for _, f := range st.Funcs {
+		if c.userCode(f) {
+			return true
+		}
+	}
+	return false
+}
+
+// userCode judges one name of Statement.Funcs for RunsUserCode.
+func (c *Classifier) userCode(full string) bool {
+	last, builtin := full, true
+	if i := strings.LastIndexByte(full, '.'); i >= 0 {
+		last, builtin = full[i+1:], full[:i] == "pg_catalog"
+	}
+	if builtin {
+		if _, ok := c.safeFuncs[last]; ok {
+			return false
+		}
+		// Built-ins whose effects the router knows: writers (routed to the
+		// primary), session-level set_config and advisory locks (pins).
+		lower := asciiLower(last)
+		if pin, unpin := funcPins(lower); pin != "" || unpin != "" || builtinWriter(lower) {
+			return false
+		}
+		switch lower {
+		case "set_config", "current_setting", "pg_is_in_recovery":
+			return false
+		}
+	}
+	if c.volatile != nil {
+		if v, known := c.volatile(full); known && !v {
+			return false
+		}
+	}
+	return true
+}

@@ -48,6 +48,7 @@ func baseConfig() *config.Config {
 			PoolPrePing:           true,
 			ConnectTimeout:        5 * time.Second,
 			MaxPreparedStatements: 200,
+			ResetAfterFunctions:   true,
 		},
 		// The foundation tests check behaviour on the primary's backends, so
 		// reads stay there; routing_test.go turns offloading on.
@@ -71,7 +72,7 @@ type testProxy struct {
 }
 
 // launchProxy starts pgsplit with cfg; shutdown stops it.
-func launchProxy(cfg *config.Config) (*testProxy, error) {
+func launchProxy(cfg *config.Config, knobs ...proxy.Knobs) (*testProxy, error) {
 	if problems := cfg.Validate(); len(problems) > 0 {
 		return nil, fmt.Errorf("invalid test configuration: %s", strings.Join(problems, "; "))
 	}
@@ -79,6 +80,9 @@ func launchProxy(cfg *config.Config) (*testProxy, error) {
 	srv, err := proxy.New(cfg, newLogger(logs))
 	if err != nil {
 		return nil, fmt.Errorf("proxy.New: %w", err)
+	}
+	for _, k := range knobs {
+		srv.SetKnobs(k)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -106,7 +110,13 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 // ends (printing its log if the test failed).
 func startProxyWith(t *testing.T, cfg *config.Config) *testProxy {
 	t.Helper()
-	p, err := launchProxy(cfg)
+	return startProxyWithKnobs(t, cfg, proxy.Knobs{})
+}
+
+// startProxyWithKnobs is startProxyWith with test hooks installed.
+func startProxyWithKnobs(t *testing.T, cfg *config.Config, knobs proxy.Knobs) *testProxy {
+	t.Helper()
+	p, err := launchProxy(cfg, knobs)
 	if err != nil {
 		t.Fatal(err)
 	}
