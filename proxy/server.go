@@ -314,6 +314,35 @@ func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User
 	return p
 }
 
+// dropEmptyPools removes the pools of (database, user) that hold no
+// connection, after a login the server refused for the database or the
+// user: a client must not make pgsplit keep a pool per name it tries.
+func (s *Server) dropEmptyPools(database, user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, p := range s.pools {
+		if k.database == database && k.user == user && p.Open() == 0 {
+			delete(s.pools, k)
+			p.Close()
+		}
+	}
+}
+
+// PoolCount is the number of pools pgsplit keeps now, and StatsDatabases
+// the number of databases it keeps statistics for.
+func (s *Server) PoolCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pools)
+}
+
+// StatsDatabases: see PoolCount.
+func (s *Server) StatsDatabases() int {
+	s.stats.mu.Lock()
+	defer s.stats.mu.Unlock()
+	return len(s.stats.dbs)
+}
+
 // pickReplicaLocked chooses a replica for a new session connection: the one
 // with the fewest open connections for (database, user) per unit of weight
 // (least_conn), or by turns (round_robin) or at random, as configured.

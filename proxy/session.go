@@ -198,7 +198,6 @@ func (s *session) serve() {
 	}
 	cfg := s.srv.cfg.Load()
 	s.user, s.database, s.startup = u, database, setup
-	s.stats.Store(s.srv.stats.db(database))
 	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
 	s.resetUserCode = cfg.Pool.ResetAfterFunctions
 	for k, v := range setup {
@@ -213,10 +212,18 @@ func (s *session) serve() {
 		var pe *pgError
 		if errors.As(err, &pe) {
 			pe.severity = "FATAL" // no session without a first server connection
+			if pe.code == codeInvalidCatalogName || strings.HasPrefix(pe.code, "28") {
+				// No such database, or pgsplit's login refused: the pools
+				// made for it hold nothing and must not pile up (any
+				// name is tried when databases is empty).
+				s.srv.dropEmptyPools(database, u.Name)
+			}
 		}
 		s.failStartup(err, user, database)
 		return
 	}
+	// Statistics only for a database the server has confirmed.
+	s.stats.Store(s.srv.stats.db(database))
 	s.cls = s.srv.classifierFor(database, u) // the database exists: the login worked
 	if err := s.greet(up.conn.Params); err != nil {
 		// No pump runs yet, so release's quiet path would wait forever.

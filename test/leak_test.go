@@ -223,3 +223,29 @@ func TestTxPoolUnnamedStatementIsNotShared(t *testing.T) {
 	}
 	mustSelectOne(t, b, "B after its error")
 }
+
+// TestUnknownDatabasesLeaveNoPools: with databases empty (any name may be
+// tried), logins to databases that do not exist leave no pool and no
+// statistics behind (before: one pool and one stats entry per name, for
+// as long as pgsplit ran).
+func TestUnknownDatabasesLeaveNoPools(t *testing.T) {
+	p := startProxy(t, func(c *config.Config) { c.Databases = nil })
+	ctx := testCtx(t, 60*time.Second)
+	mustSelectOne(t, connect(t, p.appDSN()), "a client of a real database")
+	pools, stats := p.srv.PoolCount(), p.srv.StatsDatabases()
+	for i := range 30 {
+		dsn := strings.Replace(p.appDSN(), "dbname="+appDatabase, fmt.Sprintf("dbname=nosuchdb_%d", i), 1)
+		c, err := pgx.Connect(ctx, dsn)
+		if err == nil {
+			closeConn(c)
+			t.Fatalf("logged in to nosuchdb_%d", i)
+		}
+		wantState(t, err, "3D000", "a database that does not exist")
+	}
+	if got := p.srv.PoolCount(); got != pools {
+		t.Errorf("%d pools after 30 logins to missing databases, %d before", got, pools)
+	}
+	if got := p.srv.StatsDatabases(); got != stats {
+		t.Errorf("statistics for %d databases after 30 logins to missing databases, %d before", got, stats)
+	}
+}
