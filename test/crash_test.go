@@ -125,3 +125,38 @@ func TestPanicInOneSessionEndsOnlyThatClient(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+// TestRedactedLogsQuoteNoTextOfUnparsableStatements: with log.redact on,
+// an unparsable statement's literals and the token the parser stopped at
+// reach no log line (the reason used to quote the token; the end-of-run
+// scan of every log checks the literals too).
+func TestRedactedLogsQuoteNoTextOfUnparsableStatements(t *testing.T) {
+	const literal, token = "Tr0ub4dor-literal", "hunter2token"
+	registerSecret(literal, "a literal of an unparsable statement")
+	registerSecret(token, "the token an unparsable statement stopped at")
+	p := startProxy(t, func(c *config.Config) { c.Log.Queries = config.QueriesAll })
+	ctx := testCtx(t, 30*time.Second)
+	mark := p.logs.mark()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
+		for _, sql := range []string{
+			"SELECT '" + literal + "' " + token + " " + token,
+			"UPDATE t SET pw = '" + literal + "' WHERE " + token + " " + token,
+			"/* pgsplit:replica */ SELECT '" + literal + "' FROM (" + token + " " + token,
+		} {
+			if _, err := c.Exec(ctx, sql); sqlState(err) != "42601" {
+				t.Errorf("%s: %v, want a syntax error", sql, err)
+			}
+		}
+		closeConn(c)
+	}
+	logged := p.logs.since(mark)
+	if !strings.Contains(logged, "(unparsable)") {
+		t.Errorf("the query log has no record of the unparsable statements:\n%s", logged)
+	}
+	for _, s := range []string{literal, token} {
+		if strings.Contains(logged, s) {
+			t.Errorf("the log quotes %q", s)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -96,6 +97,14 @@ func runMain(m *testing.M) int {
 	if err := p.shutdown(10 * time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "test: shared pgsplit:", err)
 		code = 1
+	}
+	// Passwords, verifiers, keys and literals tests marked secret must
+	// not appear in any log any pgsplit of the run wrote.
+	if found := scanLogsForSecrets(); len(found) > 0 {
+		fmt.Fprintln(os.Stderr, "test: secrets found in pgsplit's logs:\n  "+strings.Join(found, "\n  "))
+		code = 1
+	} else if testing.Verbose() {
+		fmt.Fprintf(os.Stderr, "test: scanned %d pgsplit logs for %d secrets: none found\n", len(allLogs), len(secretSet))
 	}
 	return code
 }

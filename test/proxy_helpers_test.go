@@ -77,6 +77,7 @@ func launchProxy(cfg *config.Config, knobs ...proxy.Knobs) (*testProxy, error) {
 		return nil, fmt.Errorf("invalid test configuration: %s", strings.Join(problems, "; "))
 	}
 	logs := &logBuffer{}
+	keepLog(logs)
 	srv, err := proxy.New(cfg, newLogger(logs))
 	if err != nil {
 		return nil, fmt.Errorf("proxy.New: %w", err)
