@@ -208,6 +208,10 @@ func (s *Server) QueryLogStats() QueryLogStats {
 	return QueryLogStats{Logged: s.qlog.logged.Load(), Dropped: s.qlog.dropped.Load()}
 }
 
+// ClientConnections counts the connections in max_client_conn now: from
+// accept, logged in or not.
+func (s *Server) ClientConnections() int64 { return s.clients.Load() }
+
 // Misroutes counts statements a replica refused as writes (SQLSTATE 25006)
 // that pgsplit ran again on the primary.
 func (s *Server) Misroutes() int64 { return s.misroutes.Load() }

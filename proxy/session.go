@@ -569,14 +569,7 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 // idle reports whether the client has no statement running and no
 // transaction open on any of its server connections.
 func (s *session) idle() bool {
-	s.upMu.Lock()
-	defer s.upMu.Unlock()
-	for _, u := range s.ups {
-		if u != nil && !u.quiet() {
-			return false
-		}
-	}
-	return byte(s.txStatus.Load()) == 'I'
+	return s.quietUpstreams() && byte(s.txStatus.Load()) == 'I'
 }
 
 // sendFatal writes a FATAL error to the client and closes the connection,
