@@ -33,7 +33,8 @@ bench:
 
 ## fuzz: a short run of every fuzz target.
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzReader -fuzztime 30s ./internal/wire/
+	$(GO) test -run XXX -fuzz FuzzReader$$ -fuzztime 30s ./internal/wire/
+	$(GO) test -run XXX -fuzz FuzzReaderLimit -fuzztime 30s ./internal/wire/
 	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime 30s ./proxy/
 	$(GO) test -run XXX -fuzz FuzzAppendExtended -fuzztime 30s ./proxy/
 	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime 30s ./proxy/

@@ -46,7 +46,47 @@ type Config struct {
 	Log             Log           `mapstructure:"log"`
 	Metrics         Metrics       `mapstructure:"metrics"`
 	Admin           Admin         `mapstructure:"admin"`
+	Limits          Limits        `mapstructure:"limits"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+// Limits bound what one client can make pgsplit hold or wait for, so that
+// a hostile or broken client costs memory and slots in proportion to what
+// it sends, never more. Each limit hit is logged and counted in
+// pgsplit_limit_hits_total{limit}.
+type Limits struct {
+	// MaxMessageSize caps one client message (bytes, after the type byte
+	// and length): a bigger one gets FATAL 54000 before pgsplit reads it.
+	MaxMessageSize int `mapstructure:"max_message_size"`
+	// MaxClientStatements and MaxClientStatementBytes cap the prepared
+	// statements (Parse) pgsplit keeps for one client: their number, and
+	// the bytes of their text and Parse messages together.
+	MaxClientStatements     int `mapstructure:"max_client_statements"`
+	MaxClientStatementBytes int `mapstructure:"max_client_statement_bytes"`
+	// MaxBatchBytes caps what pgsplit keeps of one extended-protocol batch
+	// before its Sync: the messages it holds back to route the batch as a
+	// whole (past this much the batch streams to the primary instead) and
+	// the statement and portal names a streamed batch leaves in its books.
+	MaxBatchBytes int `mapstructure:"max_batch_bytes"`
+	// StartupTimeout bounds a login from accept to the end of
+	// authentication (startup packet, TLS, password exchange).
+	StartupTimeout time.Duration `mapstructure:"startup_timeout"`
+	// ClientIdleTimeout closes a client idle outside a transaction for
+	// this long (0: never).
+	ClientIdleTimeout time.Duration `mapstructure:"client_idle_timeout"`
+	// IdleInTransactionTimeout ends a client idle inside a transaction for
+	// this long, rolling the transaction back (0: never).
+	IdleInTransactionTimeout time.Duration `mapstructure:"idle_in_transaction_timeout"`
+	// MaxConnectionsPerIP caps connections from one client address,
+	// counted from accept (0: no cap).
+	MaxConnectionsPerIP int `mapstructure:"max_connections_per_ip"`
+}
+
+// DefaultLimits is the limits section's defaults, for configurations built
+// in code.
+func DefaultLimits() Limits {
+	return Limits{MaxMessageSize: 64 << 20, MaxClientStatements: 1000, MaxClientStatementBytes: 16 << 20,
+		MaxBatchBytes: 1 << 20, StartupTimeout: 15 * time.Second}
 }
 
 // Server is one PostgreSQL server pgsplit may send statements to.

@@ -190,3 +190,79 @@ func TestSettingsMaskPasswords(t *testing.T) {
 		t.Errorf("%d settings, %d keys", len(got), len(Keys()))
 	}
 }
+
+// TestLimitsDefaults: the limits section's defaults as documented in
+// config.yaml, the same from Load and from DefaultLimits, and every key
+// settable from the environment.
+func TestLimitsDefaults(t *testing.T) {
+	cfg, err := Load(writeFile(t, minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Limits{MaxMessageSize: 64 << 20, MaxClientStatements: 1000, MaxClientStatementBytes: 16 << 20,
+		MaxBatchBytes: 1 << 20, StartupTimeout: 15 * time.Second}
+	if cfg.Limits != want || DefaultLimits() != want {
+		t.Fatalf("limits defaults: got %+v, DefaultLimits %+v, want %+v", cfg.Limits, DefaultLimits(), want)
+	}
+	shipped, err := Load("../config.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shipped.Limits != want {
+		t.Fatalf("config.yaml's limits differ from the defaults: %+v", shipped.Limits)
+	}
+	env := []string{
+		"PGSPLIT_LIMITS_MAX_MESSAGE_SIZE=1048576", "PGSPLIT_LIMITS_MAX_CLIENT_STATEMENTS=5",
+		"PGSPLIT_LIMITS_MAX_CLIENT_STATEMENT_BYTES=65536", "PGSPLIT_LIMITS_MAX_BATCH_BYTES=65536",
+		"PGSPLIT_LIMITS_STARTUP_TIMEOUT=2", "PGSPLIT_LIMITS_CLIENT_IDLE_TIMEOUT=1h",
+		"PGSPLIT_LIMITS_IDLE_IN_TRANSACTION_TIMEOUT=30s", "PGSPLIT_LIMITS_MAX_CONNECTIONS_PER_IP=7",
+	}
+	cfg, err = Load(writeFile(t, minimal), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = Limits{MaxMessageSize: 1 << 20, MaxClientStatements: 5, MaxClientStatementBytes: 65536, MaxBatchBytes: 65536,
+		StartupTimeout: 2 * time.Second, ClientIdleTimeout: time.Hour, IdleInTransactionTimeout: 30 * time.Second, MaxConnectionsPerIP: 7}
+	if cfg.Limits != want {
+		t.Fatalf("limits from the environment: got %+v, want %+v", cfg.Limits, want)
+	}
+}
+
+// TestLimitsRefused: each bad limits value is refused with its key and
+// value.
+func TestLimitsRefused(t *testing.T) {
+	body := minimal + `
+limits:
+  max_message_size: 2000000000
+  max_client_statements: 0
+  max_client_statement_bytes: 10
+  max_batch_bytes: 100
+  startup_timeout: 0s
+  client_idle_timeout: -1s
+  idle_in_transaction_timeout: -5s
+  max_connections_per_ip: -1
+`
+	_, err := Load(writeFile(t, body), nil)
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	text := err.Error()
+	for _, w := range []string{
+		"limits.max_message_size: 2000000000 is not allowed: must be 65536 (64 kB) to 1073741824 (1 GB",
+		"limits.max_client_statements: 0 is not allowed",
+		"limits.max_client_statement_bytes: 10 is not allowed",
+		"limits.max_batch_bytes: 100 is not allowed",
+		"limits.startup_timeout: 0s is not allowed: must be a positive duration",
+		"limits.client_idle_timeout: -1s is not allowed",
+		"limits.idle_in_transaction_timeout: -5s is not allowed",
+		"limits.max_connections_per_ip: -1 is not allowed",
+	} {
+		if !strings.Contains(text, w) {
+			t.Errorf("missing %q in:\n%s", w, text)
+		}
+	}
+	if strings.Count(text, "\n") != 8 {
+		t.Errorf("want one line per problem (8), got:\n%s", text)
+	}
+}

@@ -63,6 +63,15 @@ func defaults() map[string]any {
 		"routing.max_replica_lag_bytes": 0,
 		"admin.users":                   []any{},
 		"shutdown_timeout":              "30s",
+		// See DefaultLimits.
+		"limits.max_message_size":            64 << 20,
+		"limits.max_client_statements":       1000,
+		"limits.max_client_statement_bytes":  16 << 20,
+		"limits.max_batch_bytes":             1 << 20,
+		"limits.startup_timeout":             "15s",
+		"limits.client_idle_timeout":         "0s",
+		"limits.idle_in_transaction_timeout": "0s",
+		"limits.max_connections_per_ip":      0,
 	}
 }
 

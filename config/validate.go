@@ -180,6 +180,7 @@ func (c *Config) Validate() []string {
 	if c.Log.FileMaxBackups < 0 {
 		bad("log.file_max_backups", c.Log.FileMaxBackups, "must be 0 or more")
 	}
+	c.Limits.validate(bad)
 	switch c.Log.Format {
 	case "json", "console":
 	default:
@@ -196,4 +197,38 @@ func fmtVal(v any) string {
 		return x.String()
 	}
 	return fmt.Sprint(v)
+}
+
+// Bounds of the limits section: a message cap under 64 kB would refuse
+// ordinary statements, one over PostgreSQL's own 1 GB is no cap.
+const (
+	minMessageSize = 64 << 10
+	maxMessageSize = 1 << 30
+)
+
+func (l Limits) validate(bad func(key string, val any, allowed string)) {
+	if l.MaxMessageSize < minMessageSize || l.MaxMessageSize > maxMessageSize {
+		bad("limits.max_message_size", l.MaxMessageSize, fmt.Sprintf("must be %d (64 kB) to %d (1 GB, PostgreSQL's own limit) bytes", minMessageSize, maxMessageSize))
+	}
+	if l.MaxClientStatements < 1 {
+		bad("limits.max_client_statements", l.MaxClientStatements, "must be at least 1")
+	}
+	if l.MaxClientStatementBytes < minMessageSize {
+		bad("limits.max_client_statement_bytes", l.MaxClientStatementBytes, fmt.Sprintf("must be at least %d (64 kB)", minMessageSize))
+	}
+	if l.MaxBatchBytes < minMessageSize {
+		bad("limits.max_batch_bytes", l.MaxBatchBytes, fmt.Sprintf("must be at least %d (64 kB)", minMessageSize))
+	}
+	if l.StartupTimeout <= 0 {
+		bad("limits.startup_timeout", l.StartupTimeout, "must be a positive duration, e.g. 15s")
+	}
+	if l.ClientIdleTimeout < 0 {
+		bad("limits.client_idle_timeout", l.ClientIdleTimeout, "must be 0 (never) or a positive duration, e.g. 1h")
+	}
+	if l.IdleInTransactionTimeout < 0 {
+		bad("limits.idle_in_transaction_timeout", l.IdleInTransactionTimeout, "must be 0 (never) or a positive duration, e.g. 5m")
+	}
+	if l.MaxConnectionsPerIP < 0 {
+		bad("limits.max_connections_per_ip", l.MaxConnectionsPerIP, "must be 0 (no cap) or more")
+	}
 }

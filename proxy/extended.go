@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,11 +14,15 @@ import (
 	"github.com/pgsplit/pgsplit/router"
 )
 
-// maxBatch is how much of an extended-protocol batch pgsplit holds back to
-// route it as a whole. A larger batch (big Bind parameters, say), or one
-// whose end has not arrived when the client stops sending, is sent to the
-// primary without waiting for its end.
-const maxBatch = 1 << 20
+// defaultMaxBatch is how much of an extended-protocol batch pgsplit holds
+// back to route it as a whole when limits.max_batch_bytes is not set (a
+// session built in a unit test). A larger batch (big Bind parameters, say),
+// or one whose end has not arrived when the client stops sending, is sent
+// to the primary without waiting for its end.
+const defaultMaxBatch = 1 << 20
+
+// batchKeep is the largest batch buffer kept between batches.
+const batchKeep = 4 << 20
 
 // clientStmt is a named (or the unnamed) prepared statement as the client
 // created it with Parse. A named statement lives on the servers under a
@@ -61,16 +64,18 @@ type batch struct {
 	// must not reuse one of those (42P05, or a statement the batch needs).
 	parsed     []*clientStmt
 	referenced []*clientStmt
-	seen       []string
+	seen       map[string]bool
 	// unnamedGone: the batch uses the unnamed statement, which the client
 	// has not prepared (injectStatements closes the server's first).
 	unnamedGone bool
+	renamed     int                    // the last suffix a Parse was renamed with (see appendExtended)
+	books       int                    // bytes of seen's names and of portals (limits.max_batch_bytes)
 	refs        []string               // statement names used by Bind or Describe
 	portals     map[string]boundPortal // portal → what Bind bound to it
 	execs       []execution            // what the batch's Executes run
 	reason      string
 	primary     bool // something in the batch needs the primary
-	large       bool // over maxBatch or incomplete: streaming to the primary
+	large       bool // over the batch limit or incomplete: streaming to the primary
 }
 
 // empty reports whether no message of a batch is being collected.
@@ -79,14 +84,22 @@ func (b *batch) empty() bool { return len(b.buf) == 0 && len(b.execs) == 0 }
 func (b *batch) reset() {
 	b.buf = b.buf[:0]
 	b.parses = b.parses[:0]
-	b.parsed, b.referenced, b.seen = b.parsed[:0], b.referenced[:0], b.seen[:0]
+	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0]
+	clear(b.seen)
+	b.renamed, b.books = 0, 0
 	b.refs = b.refs[:0]
 	b.execs = b.execs[:0]
 	clear(b.portals)
 	b.primary, b.large, b.unnamedGone = false, false, false
 	b.reason = ""
-	if cap(b.buf) > 4*maxBatch {
+	if cap(b.buf) > batchKeep {
 		b.buf = nil
+	}
+	if len(b.seen) > 1024 {
+		b.seen = nil // a map does not shrink: do not keep a flood's
+	}
+	if len(b.portals) > 1024 {
+		b.portals = nil
 	}
 }
 
@@ -108,7 +121,7 @@ func (s *session) relayExtended(typ byte) error {
 		return err
 	}
 	complete := typ == 'S' || typ == 'H'
-	if !complete && len(b.buf) <= maxBatch && s.cr.Buffered() > 0 {
+	if !complete && len(b.buf) <= s.maxBatch() && s.cr.Buffered() > 0 {
 		return nil // more of the batch is already here
 	}
 	if typ == 'S' && s.parseOnly() {
@@ -236,6 +249,9 @@ func (s *session) streamExtended(typ byte) error {
 	if err := s.appendExtended(typ, body); err != nil {
 		return err
 	}
+	if err := s.checkBooks(); err != nil {
+		return err
+	}
 	if err := s.sendBatch(u, typ, "incomplete or large batch"); err != nil {
 		return err
 	}
@@ -309,25 +325,31 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		if !ok || !ok2 {
 			return fatal(codeProtocolViolation, "invalid Parse message")
 		}
+		if err := s.roomForStatement(name, len(body)); err != nil {
+			return err
+		}
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql), gen: s.cls.Generation()}
 		if cs.class.Unparsed {
 			s.srv.unparsed.Add(1)
 		}
 		if name != "" {
 			cs.server = serverStmtName(rest)
-			for k := 1; slices.Contains(b.seen, cs.server); k++ {
+			for b.seen[cs.server] {
 				// The batch parsed or uses that name already (the same
 				// statement under two client names, or a name parsed
-				// again after the client closed it): another name.
-				cs.server = serverStmtName(append(append([]byte(nil), rest...), fmt.Sprintf("\x00%d", k)...))
+				// again after the client closed it): another name. The
+				// suffix only grows within a batch, so a flood of one
+				// name costs one hash per Parse.
+				b.renamed++
+				cs.server = serverStmtName(append(append([]byte(nil), rest...), fmt.Sprintf("\x00%d", b.renamed)...))
 			}
-			b.seen = append(b.seen, cs.server)
+			b.see(cs.server)
 		}
 		b.parsed = append(b.parsed, cs)
 		b.buf = append(append(append(b.buf, cs.server...), 0), rest...)
 		cs.parse = append([]byte(nil), b.buf[start:]...)
 		binary.BigEndian.PutUint32(cs.parse[1:], uint32(len(cs.parse)-1))
-		s.stmts[name] = cs
+		s.keepStatement(name, cs)
 		b.parses = append(b.parses, name)
 		s.noteClass(cs.class)
 	case 'B':
@@ -340,12 +362,16 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		if b.portals == nil {
 			b.portals = map[string]boundPortal{}
 		}
+		if _, ok := b.portals[portal]; !ok {
+			b.books += len(portal) + 64 // with the map entry
+		}
 		bp := boundPortal{stmt: cs}
 		if qc := s.srv.qlog.cfg.Load(); qc.ExplainSlow && qc.Queries != config.QueriesOff && bp.stmt != nil && explainable(s.classOf(bp.stmt)) {
 			// Should this Execute be slow, the explainer binds the same
 			// values. Copied here (not at the Execute): the Bind may have
 			// been streamed in an earlier message.
 			bp.params = &bindParams{parse: bp.stmt.parse, bind: append([]byte(nil), body...)}
+			b.books += len(body)
 		}
 		b.portals[portal] = bp
 		b.buf = append(append(b.buf, portal...), 0)
@@ -465,6 +491,17 @@ func serverName(cs *clientStmt, name string) string {
 	return name
 }
 
+// see records a server statement name the batch parsed or uses.
+func (b *batch) see(name string) {
+	if b.seen == nil {
+		b.seen = map[string]bool{}
+	}
+	if !b.seen[name] {
+		b.seen[name] = true
+		b.books += len(name) + 64 // with the map entry
+	}
+}
+
 func (s *session) noteRef(name string) *clientStmt {
 	cs := s.stmts[name]
 	b := &s.batch
@@ -477,7 +514,7 @@ func (s *session) noteRef(name string) *clientStmt {
 	if cs != nil {
 		b.referenced = append(b.referenced, cs)
 		if cs.server != "" {
-			b.seen = append(b.seen, cs.server)
+			b.see(cs.server)
 		}
 		s.noteClass(s.classOf(cs))
 	} else {

@@ -25,6 +25,8 @@ type metrics struct {
 	slow     prometheus.Counter
 	errors   *prometheus.CounterVec
 	wait     prometheus.Histogram
+	// limitHits counts the limits section's hits (see clientlimits.go).
+	limitHits *prometheus.CounterVec
 
 	srv  *http.Server
 	ln   net.Listener
@@ -50,7 +52,13 @@ func newMetrics(s *Server) *metrics {
 		Name: "pgsplit_pool_wait_seconds", Help: "Time statements waited for a server connection.",
 		Buckets: []float64{.0001, .001, .01, .1, .5, 1, 5, 30},
 	})
-	m.reg.MustRegister(m.queries, m.duration, m.slow, m.errors, m.wait,
+	m.limitHits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgsplit_limit_hits_total", Help: "Times a client hit one of the limits section's limits, by limit.",
+	}, []string{"limit"})
+	for _, l := range limitNames() {
+		m.limitHits.WithLabelValues(l)
+	}
+	m.reg.MustRegister(m.queries, m.duration, m.slow, m.errors, m.wait, m.limitHits,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_client_connections", Help: "Client connections (logged in or logging in)."},
 			func() float64 { return float64(s.clients.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_pinned_clients", Help: "Clients pinned to their server connections."},

@@ -70,20 +70,41 @@ func (s *session) relayClient() string {
 	}
 }
 
-// nextMessage reads the next client message's header. A message that
-// breaks the framing gets FATAL 08P01; the error says why the session
-// ends.
+// nextMessage reads the next client message's header, ending the session
+// when an idle limit runs out first (see idleWait). A message that breaks
+// the framing gets FATAL 08P01, one over limits.max_message_size FATAL
+// 54000; the error says why the session ends.
 func (s *session) nextMessage() (byte, error) {
-	typ, _, err := s.cr.Next()
-	if err != nil {
+	for {
+		limits := s.srv.cfg.Load().Limits
+		limit, at := s.idleWait(limits)
+		if limit != "" || s.idleArmed {
+			// A timeout stops Next before it consumes a header byte, so
+			// the stream stays usable (see wire.Reader.Next).
+			_ = s.conn.SetReadDeadline(at)
+			s.idleArmed = limit != ""
+		}
+		typ, _, err := s.cr.Next()
+		if err == nil {
+			return typ, nil
+		}
 		var fe *wire.FrameError
-		if errors.As(err, &fe) {
+		switch {
+		case errors.As(err, &fe) && fe.TooLarge():
+			s.sendFatal(s.messageTooLarge(fe, limits.MaxMessageSize))
+			return 0, errors.New("limit: " + fe.Error())
+		case errors.As(err, &fe):
 			s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
 			return 0, errors.New("protocol violation: " + fe.Error())
+		case limit != "" && isTimeout(err) && !s.cr.Broken():
+			if pe := s.idleExpired(limits); pe != nil {
+				s.sendFatal(pe)
+				return 0, errors.New(pe.msg)
+			}
+			continue
 		}
 		return 0, errors.New("client connection closed")
 	}
-	return typ, nil
 }
 
 // relayMessage routes one client message.

@@ -30,10 +30,6 @@ import (
 	"github.com/pgsplit/pgsplit/router"
 )
 
-// AuthTimeout bounds the startup and login phase of a client, as
-// PostgreSQL's authentication_timeout does.
-const AuthTimeout = 60 * time.Second
-
 // Server accepts clients and relays them to the primary in session mode.
 type Server struct {
 	log      *zap.Logger
@@ -44,7 +40,8 @@ type Server struct {
 
 	ln          net.Listener
 	draining    atomic.Bool
-	clients     atomic.Int64 // logged-in and logging-in clients, for max_client_conn
+	clients     atomic.Int64 // connections counted in max_client_conn, from accept
+	overflow    atomic.Int64 // connections over max_client_conn that may be admin logins (see takeSeat)
 	adminConns  atomic.Int64 // admin console sessions (logged in)
 	adminLogins atomic.Int64 // admin console logins in progress
 	misroutes   atomic.Int64 // statements a replica refused as writes, re-run on the primary
@@ -69,6 +66,9 @@ type Server struct {
 	shutdownOnce sync.Once
 	started      time.Time
 	wg           sync.WaitGroup
+
+	ipMu    sync.Mutex
+	ipConns map[string]int // connections by client IP address, from accept
 
 	mu       sync.Mutex
 	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
@@ -107,7 +107,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{log: log, sessions: map[uint32]*session{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
+	s := &Server{log: log, sessions: map[uint32]*session{}, ipConns: map[string]int{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
 		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, primaryCh: make(chan struct{}), checkedCh: make(chan struct{}), stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now()}
 	if err := s.setAuth(cfg); err != nil {
 		return nil, err
@@ -210,6 +210,10 @@ func (s *Server) MetricsAddr() net.Addr {
 func (s *Server) QueryLogStats() QueryLogStats {
 	return QueryLogStats{Logged: s.qlog.logged.Load(), Dropped: s.qlog.dropped.Load()}
 }
+
+// ClientConnections counts the connections in max_client_conn now: from
+// accept, logged in or not.
+func (s *Server) ClientConnections() int64 { return s.clients.Load() }
 
 // Misroutes counts statements a replica refused as writes (SQLSTATE 25006)
 // that pgsplit ran again on the primary.

@@ -100,6 +100,10 @@ type session struct {
 	txBegan     atomic.Int64
 	connectedAt time.Time
 	lastRequest atomic.Int64
+	readyAt     atomic.Int64           // unix ns of the last ReadyForQuery a pump relayed (idle limits)
+	idleArmed   bool                   // nextMessage set a read deadline for an idle limit
+	stmtBytes   int                    // at least the bytes of stmts' texts and Parses (see keepStatement)
+	limits      config.Limits          // as at login, for the statement and batch caps
 	admin       *adminSession          // set for admin console sessions
 	waitingFrom atomic.Int64           // unix ns since the client waits for a connection or RESUME (0: not waiting)
 	pinnedBy    atomic.Pointer[string] // connPins joined, for SHOW CLIENTS
@@ -123,12 +127,22 @@ func (s *session) serve() {
 	br := bufio.NewReaderSize(s.conn, clientBufSize)
 	s.br = br
 	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
-	s.cr = wire.NewReader(br, 0)
+	s.cr = wire.NewReader(br, s.srv.cfg.Load().Limits.MaxMessageSize)
 	s.txStatus.Store('I')
 	s.zSignal = make(chan struct{}, 1)
 	s.settings, s.stmts = map[string]string{}, map[string]*clientStmt{}
 
-	_ = s.conn.SetDeadline(time.Now().Add(AuthTimeout))
+	// startup_timeout counts from accept, and so does max_client_conn: a
+	// connection that never finishes its startup packet holds a place
+	// for startup_timeout at most.
+	seat, pe := s.srv.takeSeat(s.conn.RemoteAddr(), s.log)
+	if pe != nil {
+		refuseEarly(s.conn, pe)
+		return
+	}
+	defer seat.release()
+	s.limits = s.srv.cfg.Load().Limits
+	_ = s.conn.SetDeadline(s.connectedAt.Add(s.limits.StartupTimeout))
 	if s.srv.draining.Load() {
 		// Shutdown began before the deadline above was set, which may have
 		// overwritten drain's wake-up: wake the startup reads again.
@@ -140,6 +154,7 @@ func (s *session) serve() {
 		return
 	}
 	if st.cancel != nil {
+		seat.release()
 		s.srv.cancel(st.cancel, s.conn.RemoteAddr())
 		return
 	}
@@ -152,19 +167,13 @@ func (s *session) serve() {
 	// an admin gets in when clients fill it, and unauthenticated
 	// connections cannot take a logged-in admin's place.
 	admin := database == config.AdminDatabase
-	counter, limit, what := &s.srv.clients, int64(s.srv.cfg.Load().MaxClientConn), "clients already (max_client_conn)"
 	au := s.srv.auth.Load()
 	if admin {
-		counter, limit, what = &s.srv.adminLogins, maxAdminConns, fmt.Sprintf("admin console logins in progress already (%d)", maxAdminConns)
 		au = s.srv.adminAuth.Load()
 	}
-	if n := counter.Add(1); n > limit {
-		counter.Add(-1)
-		s.failStartup(fatal(codeTooManyConnections, "sorry, too many "+what), user, database)
+	if pe := seat.seatFor(admin, s.log); pe != nil {
+		s.failStartup(pe, user, database)
 		return
-	}
-	if !admin {
-		defer counter.Add(-1)
 	}
 
 	if st.minor > 0 || len(st.unknown) > 0 {
@@ -177,7 +186,7 @@ func (s *session) serve() {
 		err = fatal(codeAdminShutdown, "the database system is shutting down")
 	}
 	if admin {
-		counter.Add(-1) // logged in, or not: no longer a login in progress
+		seat.move(nil) // logged in, or not: no longer a login in progress
 		if err == nil {
 			s.serveAdmin(u)
 			return
@@ -187,6 +196,9 @@ func (s *session) serve() {
 		s.failStartup(err, user, database)
 		return
 	}
+	// Authenticated: startup_timeout is over. Waiting for a server
+	// connection is bounded by pool_timeout.
+	_ = s.conn.SetDeadline(time.Time{})
 	if !s.srv.servesDatabase(database) {
 		s.failStartup(fatal(codeInvalidCatalogName, fmt.Sprintf("database %q is not served by pgsplit (not listed in databases)", database)), user, database)
 		return
@@ -232,6 +244,7 @@ func (s *session) serve() {
 	}
 	_ = s.conn.SetDeadline(time.Time{})
 	s.log.Info("client connected", zap.Uint32("backend_pid", up.conn.PID), zap.String("server", up.conn.Addr))
+	s.readyAt.Store(time.Now().UnixNano())
 	s.ready.Store(true)
 	if s.draining.Load() {
 		// drain ran while the client was logging in and could not end the
@@ -251,7 +264,17 @@ func (s *session) serve() {
 // failStartup tells the client why it cannot log in, logs it, and returns.
 func (s *session) failStartup(err error, user, database string) {
 	var pe *pgError
-	if !errors.As(err, &pe) {
+	var fe *wire.FrameError
+	switch {
+	case errors.As(err, &fe) && fe.TooLarge() && fe.Type != 0:
+		pe = s.messageTooLarge(fe, s.limits.MaxMessageSize) // a password message
+	case errors.As(err, &fe) && fe.TooLarge():
+		s.srv.limitHit(s.log, limitStartupPacket, zap.Int("max", wire.MaxStartupLen))
+		fallthrough
+	case errors.As(err, &fe):
+		pe = fatal(codeProtocolViolation, fe.Error())
+	}
+	if pe == nil && !errors.As(err, &pe) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
 			s.log.Debug("client left during startup", zap.Error(err))
 			return
@@ -262,7 +285,8 @@ func (s *session) failStartup(err error, user, database string) {
 			// drain woke the login's reads: pgsplit is shutting down.
 			pe = fatal(codeAdminShutdown, "the database system is shutting down")
 		case errors.As(err, &ne) && ne.Timeout():
-			pe = fatal(codeProtocolViolation, "timeout during startup and authentication")
+			s.srv.limitHit(s.log, limitStartupTimeout, zap.Duration("timeout", s.srv.cfg.Load().Limits.StartupTimeout))
+			pe = fatal(codeProtocolViolation, "timeout during startup and authentication (limits.startup_timeout)")
 		default:
 			pe = fatal(codeInternalError, "pgsplit: "+err.Error())
 		}
@@ -558,14 +582,7 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 // idle reports whether the client has no statement running and no
 // transaction open on any of its server connections.
 func (s *session) idle() bool {
-	s.upMu.Lock()
-	defer s.upMu.Unlock()
-	for _, u := range s.ups {
-		if u != nil && !u.quiet() {
-			return false
-		}
-	}
-	return byte(s.txStatus.Load()) == 'I'
+	return s.quietUpstreams() && byte(s.txStatus.Load()) == 'I'
 }
 
 // sendFatal writes a FATAL error to the client and closes the connection,

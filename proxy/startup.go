@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -104,11 +103,7 @@ func readStartup(br *bufio.Reader, bw *bufio.Writer) (*startup, error) {
 	for {
 		body, err := wire.ReadStartup(br)
 		if err != nil {
-			var fe *wire.FrameError
-			if errors.As(err, &fe) {
-				return nil, fatal(codeProtocolViolation, fe.Error())
-			}
-			return nil, err
+			return nil, err // a *wire.FrameError becomes 08P01 in failStartup
 		}
 		code, st, err := parseStartup(body)
 		if err != nil {

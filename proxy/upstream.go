@@ -411,6 +411,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 func (s *session) readyForQuery(u *upstream, status byte) {
 	u.txStatus.Store(uint32(status))
 	s.txStatus.Store(uint32(status))
+	s.readyAt.Store(time.Now().UnixNano())
 
 	u.pending.Add(-1)
 	// A batch is over: any Parse/Close answers still expected were

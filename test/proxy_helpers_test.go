@@ -54,8 +54,17 @@ func baseConfig() *config.Config {
 		// reads stay there; routing_test.go turns offloading on.
 		Routing:         config.Routing{ReadFrom: config.ReadFromPrimary, Transactions: config.TxPrimary, LoadBalance: config.BalanceLeastConn},
 		Log:             config.DefaultLog(),
+		Limits:          baseLimits(),
 		ShutdownTimeout: 5 * time.Second,
 	}
+}
+
+// baseLimits are the limits' defaults, with room for TestLargeRow's
+// 100 MB parameter.
+func baseLimits() config.Limits {
+	l := config.DefaultLimits()
+	l.MaxMessageSize = 128 << 20
+	return l
 }
 
 // testProxy is a pgsplit server running in this process.

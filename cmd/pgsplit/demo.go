@@ -61,6 +61,7 @@ func demo(stdout, stderr io.Writer) error {
 			MaxPreparedStatements: 200, ResetAfterFunctions: true},
 		Routing:         config.DefaultRouting(),
 		Log:             demoLog(),
+		Limits:          config.DefaultLimits(),
 		ShutdownTimeout: 5 * time.Second,
 	}
 	if problems := cfg.Validate(); len(problems) > 0 {

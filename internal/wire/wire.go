@@ -15,11 +15,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // MaxMessageLen is the largest message body accepted by default: PostgreSQL
 // itself caps messages at 1 GB.
 const MaxMessageLen = 1 << 30
+
+// bodyChunk is how much of a body Body reads into a buffer before it has
+// seen more bytes arrive: a buffer grows with what was received, so a
+// length field that promises a gigabyte and sends nothing costs this much.
+const bodyChunk = 64 << 10
 
 // MaxStartupLen is PostgreSQL's limit for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 const MaxStartupLen = 10000
@@ -45,6 +51,10 @@ func (e *FrameError) Error() string {
 	}
 	return fmt.Sprintf("message type %q of %d bytes exceeds the limit of %d bytes", e.Type, e.Len, e.Max)
 }
+
+// TooLarge reports whether the header was refused for its size (rather
+// than for a length too small to be a message).
+func (e *FrameError) TooLarge() bool { return e.Len >= e.Min }
 
 // Reader reads framed messages from a bufio.Reader. It is owned by one
 // goroutine at a time; a body returned by Body is valid only until the next
@@ -110,18 +120,29 @@ func (r *Reader) Next() (typ byte, n int, err error) {
 }
 
 // Body reads the rest of the current message into a buffer that is valid
-// until the next call on r.
+// until the next call on r. The buffer grows as the bytes arrive (doubling
+// from bodyChunk), so memory follows what the peer sent, not what its
+// length field claimed.
 func (r *Reader) Body() ([]byte, error) {
 	n := r.left
-	if cap(r.buf) < n {
-		r.buf = make([]byte, n)
+	b := r.buf[:0]
+	if cap(b) < min(n, bodyChunk) {
+		b = make([]byte, 0, min(n, bodyChunk))
 	}
-	b := r.buf[:n]
-	if _, err := io.ReadFull(r.br, b); err != nil {
-		r.broken = true
-		return nil, fmt.Errorf("%w: %w", ErrBroken, err)
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(n, 2*cap(b))-len(b))
+		}
+		m, err := io.ReadFull(r.br, b[len(b):min(n, cap(b))])
+		b = b[:len(b)+m]
+		r.left -= m
+		if err != nil {
+			r.broken = true
+			r.buf = nil
+			return nil, fmt.Errorf("%w: %w", ErrBroken, err)
+		}
 	}
-	r.left = 0
+	r.buf = b
 	if cap(r.buf) > r.bufKeep {
 		r.buf = nil // do not pin a huge buffer for the connection's life
 	}

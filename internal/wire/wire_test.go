@@ -6,8 +6,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
+	"runtime"
 	"testing"
+	"testing/iotest"
 
 	"go.uber.org/goleak"
 )
@@ -198,4 +201,90 @@ func BenchmarkForward(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestBodyAllocatesWhatArrives: a header that claims 2^31−1 bytes (a
+// Reader whose limit lets it through) followed by 10 bytes costs kilobytes,
+// not the gigabytes the length field promises; the old Body allocated the
+// whole claimed length before reading a byte.
+func TestBodyAllocatesWhatArrives(t *testing.T) {
+	for _, claim := range []uint32{1<<31 - 1, MaxMessageLen + 4} {
+		in := binary.BigEndian.AppendUint32([]byte{'P'}, claim)
+		in = append(in, "0123456789"...)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		r := NewReader(bufio.NewReader(bytes.NewReader(in)), math.MaxInt32)
+		if _, n, err := r.Next(); err != nil || n != int(claim-4) {
+			t.Fatalf("claim %d: Next = %d, %v", claim, n, err)
+		}
+		if _, err := r.Body(); !errors.Is(err, ErrBroken) {
+			t.Fatalf("claim %d: want ErrBroken for a body that never arrives, got %v", claim, err)
+		}
+		runtime.ReadMemStats(&after)
+		if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
+			t.Fatalf("claim %d: Body allocated %d bytes for 10 bytes received", claim, got)
+		} else {
+			t.Logf("claim %d bytes, 10 received: %d bytes allocated", claim, got)
+		}
+	}
+}
+
+// TestBodyGrowsAcrossChunks reads bodies around the chunk sizes whole and
+// unchanged, through a reader that hands out a few bytes at a time.
+func TestBodyGrowsAcrossChunks(t *testing.T) {
+	for _, n := range []int{0, 1, bodyChunk - 1, bodyChunk, bodyChunk + 1, 3*bodyChunk + 17, 1 << 20} {
+		body := make([]byte, n)
+		for i := range body {
+			body[i] = byte(i * 7)
+		}
+		in := append(msg('Q', string(body)), msg('S', "")...)
+		r := NewReader(bufio.NewReaderSize(iotest.HalfReader(bytes.NewReader(in)), 16), 0)
+		if _, _, err := r.Next(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := r.Body()
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("%d bytes: body differs (%d bytes, %v)", n, len(got), err)
+		}
+		if typ, _, err := r.Next(); err != nil || typ != 'S' {
+			t.Fatalf("%d bytes: next message %q, %v", n, typ, err)
+		}
+	}
+}
+
+// FuzzReaderLimit claims only that no input makes a Reader with a small
+// limit panic, return a body over its limit, or allocate far beyond the
+// input's size.
+func FuzzReaderLimit(f *testing.F) {
+	f.Add([]byte{'P', 0x7f, 0xff, 0xff, 0xff, 1, 2, 3}, 100)
+	f.Add(append(msg('Q', "SELECT 1\x00"), 'Q', 0, 0, 0, 0), 4)
+	f.Add([]byte{'Q', 0, 0, 0, 3}, 1000)
+	f.Fuzz(func(t *testing.T, in []byte, limit int) {
+		limit = 1 + abs(limit)%(1<<20)
+		r := NewReader(bufio.NewReaderSize(bytes.NewReader(in), 16), limit)
+		for range 100 {
+			_, n, err := r.Next()
+			if err != nil {
+				return
+			}
+			if n > limit {
+				t.Fatalf("Next returned %d bytes over the limit %d", n, limit)
+			}
+			b, err := r.Body()
+			if err != nil {
+				return
+			}
+			if len(b) != n || cap(b) > max(2*len(in), bodyChunk) {
+				t.Fatalf("body of %d bytes (cap %d) for a header of %d and %d input bytes", len(b), cap(b), n, len(in))
+			}
+		}
+	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
 }
