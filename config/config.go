@@ -80,13 +80,19 @@ type Limits struct {
 	// MaxConnectionsPerIP caps connections from one client address,
 	// counted from accept (0: no cap).
 	MaxConnectionsPerIP int `mapstructure:"max_connections_per_ip"`
+	// MaxParseDepth and MaxParseBytes keep statements nested deeper or
+	// longer than this from the SQL parser (router.Parsable: libpg_query
+	// crashes the process on deep enough statements); they go to the
+	// primary unparsed.
+	MaxParseDepth int `mapstructure:"max_parse_depth"`
+	MaxParseBytes int `mapstructure:"max_parse_bytes"`
 }
 
 // DefaultLimits is the limits section's defaults, for configurations built
 // in code.
 func DefaultLimits() Limits {
 	return Limits{MaxMessageSize: 64 << 20, MaxClientStatements: 1000, MaxClientStatementBytes: 16 << 20,
-		MaxBatchBytes: 1 << 20, StartupTimeout: 15 * time.Second}
+		MaxBatchBytes: 1 << 20, StartupTimeout: 15 * time.Second, MaxParseDepth: 1000, MaxParseBytes: 1 << 20}
 }
 
 // Server is one PostgreSQL server pgsplit may send statements to.

@@ -200,7 +200,7 @@ func TestLimitsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Limits{MaxMessageSize: 64 << 20, MaxClientStatements: 1000, MaxClientStatementBytes: 16 << 20,
-		MaxBatchBytes: 1 << 20, StartupTimeout: 15 * time.Second}
+		MaxBatchBytes: 1 << 20, StartupTimeout: 15 * time.Second, MaxParseDepth: 1000, MaxParseBytes: 1 << 20}
 	if cfg.Limits != want || DefaultLimits() != want {
 		t.Fatalf("limits defaults: got %+v, DefaultLimits %+v, want %+v", cfg.Limits, DefaultLimits(), want)
 	}
@@ -222,7 +222,8 @@ func TestLimitsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = Limits{MaxMessageSize: 1 << 20, MaxClientStatements: 5, MaxClientStatementBytes: 65536, MaxBatchBytes: 65536,
-		StartupTimeout: 2 * time.Second, ClientIdleTimeout: time.Hour, IdleInTransactionTimeout: 30 * time.Second, MaxConnectionsPerIP: 7}
+		StartupTimeout: 2 * time.Second, ClientIdleTimeout: time.Hour, IdleInTransactionTimeout: 30 * time.Second, MaxConnectionsPerIP: 7,
+		MaxParseDepth: 1000, MaxParseBytes: 1 << 20}
 	if cfg.Limits != want {
 		t.Fatalf("limits from the environment: got %+v, want %+v", cfg.Limits, want)
 	}

@@ -72,6 +72,8 @@ func defaults() map[string]any {
 		"limits.client_idle_timeout":         "0s",
 		"limits.idle_in_transaction_timeout": "0s",
 		"limits.max_connections_per_ip":      0,
+		"limits.max_parse_depth":             1000,
+		"limits.max_parse_bytes":             1 << 20,
 	}
 }
 

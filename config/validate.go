@@ -231,4 +231,12 @@ func (l Limits) validate(bad func(key string, val any, allowed string)) {
 	if l.MaxConnectionsPerIP < 0 {
 		bad("limits.max_connections_per_ip", l.MaxConnectionsPerIP, "must be 0 (no cap) or more")
 	}
+	if l.MaxParseDepth < 10 || l.MaxParseDepth > 2500 {
+		// libpg_query was seen to crash on 30,000 levels and refuses
+		// 5,000; 2,500 keeps a margin.
+		bad("limits.max_parse_depth", l.MaxParseDepth, "must be 10 to 2500")
+	}
+	if l.MaxParseBytes < 1024 {
+		bad("limits.max_parse_bytes", l.MaxParseBytes, "must be at least 1024 bytes")
+	}
 }

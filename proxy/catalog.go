@@ -127,6 +127,8 @@ func (s *Server) classifierFor(database string, u config.User) *dbClassifier {
 			WriteFunctions: cfg.Routing.WriteFunctions,
 			ReadFunctions:  cfg.Routing.ReadFunctions,
 			Volatile:       d.lookup,
+			MaxParseDepth:  cfg.Limits.MaxParseDepth,
+			MaxParseBytes:  cfg.Limits.MaxParseBytes,
 		})
 		s.classifiers[database] = d
 	}
