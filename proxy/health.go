@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/pool"
 )
 
 // healthMonitor asks every server, every routing.health_check_interval,
@@ -286,6 +287,10 @@ func (s *Server) Nodes() []NodeStatus {
 // pg_hba, no such database, no CONNECT privilege) as opposed to a server
 // that is down or not accepting connections.
 func loginRefused(err error) bool {
+	var nk *pool.NoClientKeyError
+	if errors.As(err, &nk) {
+		return true // no login can be tried yet: says nothing of the server
+	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return false

@@ -167,7 +167,7 @@ func (s *session) serve() {
 			return
 		}
 	}
-	u, err := au.authenticate(s.cr, s.cw, user)
+	u, err := au.authenticate(s.cr, s.cw, user, database)
 	if err == nil && s.srv.draining.Load() {
 		err = fatal(codeAdminShutdown, "the database system is shutting down")
 	}
@@ -412,7 +412,8 @@ var errStandby = errors.New("the server is in recovery (a standby)")
 func (s *session) acquireError(t router.Target, srv config.Server, err error) error {
 	var te *pool.TimeoutError
 	timedOut := errors.As(err, &te)
-	if t == router.Replica && !timedOut {
+	var nk *pool.NoClientKeyError
+	if t == router.Replica && !timedOut && !errors.As(err, &nk) {
 		s.srv.markDown(srv)
 	}
 	var se *pgconn.PgError
