@@ -36,6 +36,27 @@ func LoginConfig(host string, port int, user, secretText, database string, timeo
 	return cfg, nil
 }
 
+// LoginError is pgsplit's own refusal to go on with a server's login: the
+// server asks for a method the secret pgsplit holds cannot answer, or the
+// server's SCRAM factors or signature do not match the verifier. Like a
+// server's 28P01, it says nothing about whether the server is up.
+type LoginError struct{ msg string }
+
+func (e *LoginError) Error() string { return "upstream login: " + e.msg }
+
+// IsLoginRefusal reports whether err is pgsplit's own refusal of a user's
+// login to a server (*LoginError, *NoClientKeyError): the user's secret is
+// the problem, not the server.
+func IsLoginRefusal(err error) bool {
+	var le *LoginError
+	var nk *NoClientKeyError
+	return errors.As(err, &le) || errors.As(err, &nk)
+}
+
+func loginErrorf(format string, args ...any) error {
+	return &LoginError{msg: fmt.Sprintf(format, args...)}
+}
+
 // SetLogin makes cfg (from ConnConfig) log in as cfg.User with secretText,
 // which is a plain password (pgconn's own login), an md5 hash (md5
 // challenges answered from the hash) or a SCRAM-SHA-256 verifier (SCRAM
@@ -53,7 +74,7 @@ func SetLogin(cfg *pgconn.Config, secretText string, keys *secret.KeyRing) error
 		user := cfg.User
 		cfg.BuildFrontend = authFrontend(func(code uint32, data []byte) ([]byte, error) {
 			if code != authMD5 {
-				return nil, fmt.Errorf("the server asks for %s but pgsplit holds only an md5 hash for user %q: it can answer md5 only (pg_hba.conf method md5 with an md5 password in pg_authid), or configure the plain password", authName(code), user)
+				return nil, loginErrorf("the server asks for %s but pgsplit holds only an md5 hash for user %q: it can answer md5 only (pg_hba.conf method md5 with an md5 password in pg_authid), or configure the plain password", authName(code), user)
 			}
 			if len(data) != 4 {
 				return nil, errors.New("malformed AuthenticationMD5Password")
@@ -76,7 +97,7 @@ func SetLogin(cfg *pgconn.Config, secretText string, keys *secret.KeyRing) error
 		switch code {
 		case authSASL:
 			if !hasMechanism(data, "SCRAM-SHA-256") {
-				return nil, fmt.Errorf("the server does not offer SCRAM-SHA-256 and pgsplit holds only a SCRAM verifier for user %q", user)
+				return nil, loginErrorf("the server does not offer SCRAM-SHA-256 and pgsplit holds only a SCRAM verifier for user %q", user)
 			}
 			var err error
 			if login, err = secret.NewLogin(v, key); err != nil {
@@ -89,7 +110,7 @@ func SetLogin(cfg *pgconn.Config, secretText string, keys *secret.KeyRing) error
 			}
 			final, err := login.Final(string(data))
 			if err != nil {
-				return nil, fmt.Errorf("user %q: %w", user, err)
+				return nil, loginErrorf("user %q: %v", user, err)
 			}
 			return (&pgproto3.SASLResponse{Data: []byte(final)}).Encode(nil)
 		case authSASLFinal:
@@ -98,7 +119,7 @@ func SetLogin(cfg *pgconn.Config, secretText string, keys *secret.KeyRing) error
 			}
 			return nil, login.Verify(string(data))
 		}
-		return nil, fmt.Errorf("the server asks for %s but pgsplit holds only a SCRAM verifier for user %q: the server must use scram-sha-256 (pg_hba.conf)", authName(code), user)
+		return nil, loginErrorf("the server asks for %s but pgsplit holds only a SCRAM verifier for user %q: the server must use scram-sha-256 (pg_hba.conf)", authName(code), user)
 	})
 	return nil
 }
@@ -189,7 +210,11 @@ func (f *authFilter) Read(p []byte) (int, error) {
 		}
 		out, err := f.answer(code, msg[9:])
 		if err != nil {
-			return 0, fmt.Errorf("upstream login: %w", err)
+			var le *LoginError
+			if !errors.As(err, &le) {
+				err = &LoginError{msg: err.Error()}
+			}
+			return 0, err
 		}
 		if out != nil {
 			if _, err := f.w.Write(out); err != nil {

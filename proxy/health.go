@@ -287,9 +287,8 @@ func (s *Server) Nodes() []NodeStatus {
 // pg_hba, no such database, no CONNECT privilege) as opposed to a server
 // that is down or not accepting connections.
 func loginRefused(err error) bool {
-	var nk *pool.NoClientKeyError
-	if errors.As(err, &nk) {
-		return true // no login can be tried yet: says nothing of the server
+	if pool.IsLoginRefusal(err) {
+		return true // the user's secret cannot log in (yet): says nothing of the server
 	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {

@@ -412,8 +412,9 @@ var errStandby = errors.New("the server is in recovery (a standby)")
 func (s *session) acquireError(t router.Target, srv config.Server, err error) error {
 	var te *pool.TimeoutError
 	timedOut := errors.As(err, &te)
-	var nk *pool.NoClientKeyError
-	if t == router.Replica && !timedOut && !errors.As(err, &nk) {
+	// A secret that cannot log in is the user's problem: the replica stays
+	// in rotation for everyone else.
+	if t == router.Replica && !timedOut && !pool.IsLoginRefusal(err) {
 		s.srv.markDown(srv)
 	}
 	var se *pgconn.PgError
