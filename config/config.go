@@ -12,6 +12,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/secret"
 )
 
 // Roles a server can be configured with.
@@ -111,12 +113,52 @@ func (s Server) Addr() string { return net.JoinHostPort(s.Host, strconv.Itoa(s.P
 type Auth struct {
 	Method string `mapstructure:"method"`
 	Users  []User `mapstructure:"users"`
+	// AuthUser, when set, names an auth.users entry that pgsplit logs in
+	// to the primary as to look up, with AuthQuery, users not in the list
+	// (as PgBouncer's auth_user and auth_query do).
+	AuthUser string `mapstructure:"auth_user"`
+	// AuthQuery takes the user name as $1 and returns (name, password)
+	// with the password as pg_authid holds it (SCRAM verifier or md5 hash).
+	AuthQuery string `mapstructure:"auth_query"`
 }
 
-// User is one login known to pgsplit.
+// ServiceUser is the login of pgsplit's own connections (role probe,
+// limits check, health checks, positions, catalog reloads): auth_user if
+// set, else the first auth.users entry with a plain password (which works
+// before any client logged in), else the first entry. Call it on a valid
+// configuration (auth.users is not empty).
+func (a Auth) ServiceUser() User {
+	for _, u := range a.Users {
+		if a.AuthUser != "" && u.Name == a.AuthUser {
+			return u
+		}
+	}
+	for _, u := range a.Users {
+		if a.AuthUser == "" && secret.KindOf(u.Password) == secret.Plain {
+			return u
+		}
+	}
+	return a.Users[0]
+}
+
+// DefaultAuthQuery is auth.auth_query's default, PgBouncer's: pg_shadow is
+// readable by superusers only, so auth_user is a superuser or the query
+// calls a SECURITY DEFINER function that reads it.
+const DefaultAuthQuery = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
+
+// User is one login known to pgsplit. Its secret comes from exactly one of
+// Password, PasswordFile and PasswordEnv; Load reads the file or the
+// variable into Password (ResolveSecrets), so the rest of pgsplit only
+// reads Password, which holds a plain password, an md5 hash ("md5" + 32
+// hex digits) or a SCRAM-SHA-256 verifier as in pg_authid.rolpassword.
 type User struct {
 	Name     string `mapstructure:"name"`
 	Password string `mapstructure:"password"`
+	// PasswordFile is a file holding the secret (trailing newlines
+	// dropped); it must not be readable by other users (mode 0600/0640).
+	PasswordFile string `mapstructure:"password_file"`
+	// PasswordEnv names an environment variable holding the secret.
+	PasswordEnv string `mapstructure:"password_env"`
 }
 
 // String never shows the password, so a User can be logged safely.

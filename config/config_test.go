@@ -191,6 +191,123 @@ func TestSettingsMaskPasswords(t *testing.T) {
 	}
 }
 
+// A verifier or an md5 hash of the right form, built by hand (the config
+// package only checks their shape; internal/secret tests their meaning).
+const (
+	testVerifier = "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$" +
+		"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA="
+	testMD5 = "md5a3556571e93b0d20722ba62be61e8c2d"
+)
+
+func TestUsersEnvAcceptsVerifiersAndMD5Hashes(t *testing.T) {
+	cfg, err := Load(writeFile(t, minimal), []string{"PGSPLIT_AUTH_METHOD=md5", "PGSPLIT_AUTH_USERS=a:" + testVerifier + ",b:" + testMD5 + ",c:plain:pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := cfg.Auth.Users
+	if len(u) != 3 || u[0].Password != testVerifier || u[1].Password != testMD5 || u[2].Password != "plain:pw" {
+		t.Fatalf("users: %d, passwords not kept whole", len(u))
+	}
+	if cfg.Auth.ServiceUser().Name != "c" {
+		t.Fatalf("service user %q, want the first one with a plain password", cfg.Auth.ServiceUser().Name)
+	}
+}
+
+func TestPasswordFileAndEnvAreRead(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "pw")
+	if err := os.WriteFile(f, []byte(testVerifier+"\r\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	body := `
+servers: [{ host: 127.0.0.1, port: 5432, role: primary }]
+auth:
+  users:
+    - { name: a, password_file: ` + f + ` }
+    - { name: b, password_env: B_PW }
+`
+	cfg, err := Load(writeFile(t, body), []string{"B_PW=s3cret-b\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Auth.Users[0].Password != testVerifier || cfg.Auth.Users[1].Password != "s3cret-b" {
+		t.Fatal("password_file / password_env not read, or trailing newline kept")
+	}
+}
+
+// TestSecretProblemsNameTheKeyAndHideTheValue: each misuse of a secret is
+// refused with the key named and without the secret in the message.
+func TestSecretProblemsNameTheKeyAndHideTheValue(t *testing.T) {
+	dir := t.TempDir()
+	loose := filepath.Join(dir, "loose")
+	if err := os.WriteFile(loose, []byte("Loose-s3cret"), 0o604); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secrets := []string{"Loose-s3cret", "Both-s3cret", testVerifier[15:], testMD5[3:], "SCRAM-SHA-256$4096:bad"}
+	cases := []struct {
+		name, method, user, extra, key, says string
+	}{
+		{"missing file", "", "{ name: a, password_file: " + filepath.Join(dir, "absent") + " }", "", "auth.users[0].password_file", "no such file"},
+		{"world-readable file", "", "{ name: a, password_file: " + loose + " }", "", "auth.users[0].password_file", "accessible to every user"},
+		{"empty file", "", "{ name: a, password_file: " + empty + " }", "", "auth.users[0].password_file", "is empty"},
+		{"unset env", "", "{ name: a, password_env: NOPE_PW }", "", "auth.users[0].password_env", `"NOPE_PW" is not set`},
+		{"two sources", "", "{ name: a, password: Both-s3cret, password_env: A_PW }", "", "auth.users[0].password_env", "only one of"},
+		{"malformed verifier", "", "{ name: a, password: 'SCRAM-SHA-256$4096:bad' }", "", "auth.users[0].password", "malformed SCRAM-SHA-256 verifier"},
+		{"md5 hash under scram", "scram-sha-256", "{ name: a, password: " + testMD5 + " }", "", "auth.users[0].password", "md5 hash cannot check SCRAM"},
+		{"verifier under trust", "trust", "{ name: a, password: '" + testVerifier + "' }", "", "auth.users[0].password", "not allowed with auth.method trust"},
+		{"md5 admin under trust", "trust", "{ name: a, password: pw }", "admin: { users: [{ name: adm, password: " + testMD5 + " }] }", "admin.users[0].password", "md5 hash cannot check SCRAM"},
+		{"auth_user not listed", "", "{ name: a, password: pw }", "", "auth.auth_user", "must be one of auth.users"},
+		{"auth_user with verifier", "", "{ name: look, password: '" + testVerifier + "' }", "", "auth.auth_user", "only a SCRAM verifier"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			method := tc.method
+			if method == "" {
+				method = "scram-sha-256"
+			}
+			authUser := ""
+			if strings.HasPrefix(tc.key, "auth.auth_user") {
+				authUser = ", auth_user: look"
+			}
+			body := "servers: [{ host: 127.0.0.1, port: 5432, role: primary }]\nauth: { method: " + method + authUser + ", users: [" + tc.user + "] }\n" + tc.extra + "\n"
+			_, err := Load(writeFile(t, body), []string{"A_PW=x"})
+			if err == nil {
+				t.Fatal("loaded")
+			}
+			if !strings.Contains(err.Error(), tc.key+": ") || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("error %q: want key %s and %q", err, tc.key, tc.says)
+			}
+			for _, s := range secrets {
+				if strings.Contains(err.Error(), s) {
+					t.Fatalf("error shows a secret: %v", err)
+				}
+			}
+		})
+	}
+}
+
+func TestAuthQueryDefaultsAndNeedsParameter(t *testing.T) {
+	cfg, err := Load(writeFile(t, minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Auth.AuthQuery != DefaultAuthQuery || cfg.Auth.AuthUser != "" {
+		t.Fatalf("auth_query %q, auth_user %q", cfg.Auth.AuthQuery, cfg.Auth.AuthUser)
+	}
+	_, err = Load(writeFile(t, minimal), []string{"PGSPLIT_AUTH_AUTH_USER=app", "PGSPLIT_AUTH_AUTH_QUERY=SELECT usename, passwd FROM pg_shadow WHERE usename = 'app'"})
+	if err == nil || !strings.Contains(err.Error(), "auth.auth_query: must take the user name as $1") {
+		t.Fatalf("auth_query without $1: %v", err)
+	}
+	cfg, err = Load(writeFile(t, minimal), []string{"PGSPLIT_AUTH_AUTH_USER=app"})
+	if err != nil || cfg.Auth.ServiceUser().Name != "app" {
+		t.Fatalf("auth_user app: %v", err)
+	}
+}
+
 // TestLimitsDefaults: the limits section's defaults as documented in
 // config.yaml, the same from Load and from DefaultLimits, and every key
 // settable from the environment.

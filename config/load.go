@@ -28,6 +28,8 @@ func defaults() map[string]any {
 		"servers":                       []any{},
 		"auth.method":                   AuthSCRAM,
 		"auth.users":                    []any{},
+		"auth.auth_user":                "",
+		"auth.auth_query":               DefaultAuthQuery,
 		"databases":                     []string{},
 		"pool.mode":                     ModeTransaction,
 		"pool.profile":                  ProfileProduction,
@@ -168,6 +170,7 @@ func Load(path string, environ []string) (*Config, error) {
 	}
 	defaultWeights(&cfg, v)
 	applyProfile(&cfg, v, env)
+	problems = append(problems, cfg.ResolveSecrets(environ)...)
 	// Validate even after a decode problem, so one run lists every problem;
 	// a key that failed to decode is not reported a second time.
 	for _, vp := range cfg.Validate() {
@@ -358,6 +361,8 @@ func parseServersEnv(s string) ([]any, error) {
 }
 
 // parseUsersEnv reads PGSPLIT_AUTH_USERS: comma-separated name:password.
+// The password is everything after the first colon, so an md5 hash or a
+// SCRAM verifier (which hold ':' and '$' but never ',') fits as it is.
 // The value is never echoed back in errors because it holds passwords.
 func parseUsersEnv(s string) ([]any, error) {
 	var out []any

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/secret"
 )
 
 // Validate returns one line per problem, each naming the key, the bad value
@@ -63,8 +66,10 @@ func (c *Config) Validate() []string {
 		p = append(p, "auth.users: empty is not allowed: list at least one { name, password } (pgsplit also uses them to log in to the servers)")
 	}
 	// users checks a list of logins; noPassword says why an empty password
-	// is refused ("" when it is allowed).
-	users := func(list string, us []User, noPassword string) {
+	// is refused ("" when it is allowed); method is how its clients prove
+	// the password, and upstream whether pgsplit logs in to the servers
+	// with it.
+	users := func(list string, us []User, noPassword, method string, upstream bool) {
 		seen := map[string]bool{}
 		for i, u := range us {
 			key := fmt.Sprintf("%s[%d]", list, i)
@@ -75,8 +80,23 @@ func (c *Config) Validate() []string {
 				bad(key+".name", u.Name, "each user may be listed once")
 			}
 			seen[u.Name] = true
-			if u.Password == "" && noPassword != "" {
-				p = append(p, fmt.Sprintf("%s.password: empty is not allowed %s", key, noPassword))
+			from := key + ".password"
+			switch {
+			case u.PasswordFile != "":
+				from = key + ".password_file"
+			case u.PasswordEnv != "":
+				from = key + ".password_env"
+			}
+			if u.Password == "" {
+				if from != key+".password" {
+					p = append(p, from+": not read yet (config.Load reads it: Config.ResolveSecrets)")
+				} else if noPassword != "" {
+					p = append(p, fmt.Sprintf("%s.password: empty is not allowed %s", key, noPassword))
+				}
+				continue
+			}
+			if problem := secretProblem(u.Password, method, upstream); problem != "" {
+				p = append(p, from+": "+problem)
 			}
 		}
 	}
@@ -84,8 +104,15 @@ func (c *Config) Validate() []string {
 	if c.Auth.Method == AuthTrust {
 		authNoPassword = ""
 	}
-	users("auth.users", c.Auth.Users, authNoPassword)
-	users("admin.users", c.Admin.Users, "(admin logins always need a password: SCRAM when auth.method is trust)")
+	// The console can shut pgsplit down: its logins always prove a
+	// password, with SCRAM when auth.method is trust.
+	adminMethod := c.Auth.Method
+	if adminMethod == AuthTrust {
+		adminMethod = AuthSCRAM
+	}
+	users("auth.users", c.Auth.Users, authNoPassword, c.Auth.Method, true)
+	users("admin.users", c.Admin.Users, "(admin logins always need a password: SCRAM when auth.method is trust)", adminMethod, false)
+	p = append(p, c.Auth.lookupProblems()...)
 
 	switch c.Pool.Mode {
 	case ModeSession, ModeTransaction:
@@ -239,4 +266,51 @@ func (l Limits) validate(bad func(key string, val any, allowed string)) {
 	if l.MaxParseBytes < 1024 {
 		bad("limits.max_parse_bytes", l.MaxParseBytes, "must be at least 1024 bytes")
 	}
+}
+
+// secretProblem says why a user's secret cannot serve clients that log in
+// with method (and, if upstream, pgsplit's own logins to the servers); ""
+// when it can. It never includes the secret.
+func secretProblem(pw, method string, upstream bool) string {
+	switch secret.KindOf(pw) {
+	case secret.SCRAM:
+		if _, err := secret.ParseVerifier(pw); err != nil {
+			return err.Error()
+		}
+		if upstream && method == AuthTrust {
+			return "a SCRAM verifier is not allowed with auth.method trust: pgsplit logs in to the servers with the key it recovers from a client's SCRAM proof, and trust asks for none (give the plain password, or use scram-sha-256)"
+		}
+	case secret.MD5:
+		if method == AuthSCRAM {
+			return "an md5 hash cannot check SCRAM logins (auth.method scram-sha-256; admin logins use SCRAM when auth.method is trust): give the plain password or the SCRAM verifier (pg_authid.rolpassword after SET password_encryption = 'scram-sha-256'), or use auth.method md5"
+		}
+	}
+	return ""
+}
+
+// lookupProblems checks auth.auth_user and auth.auth_query.
+func (a Auth) lookupProblems() []string {
+	if a.AuthUser == "" {
+		return nil
+	}
+	var p []string
+	var lookup *User
+	for i := range a.Users {
+		if a.Users[i].Name == a.AuthUser {
+			lookup = &a.Users[i]
+		}
+	}
+	switch {
+	case lookup == nil:
+		p = append(p, fmt.Sprintf("auth.auth_user: %q is not allowed: must be one of auth.users (pgsplit logs in as it to look up the others)", a.AuthUser))
+	case secret.KindOf(lookup.Password) == secret.SCRAM:
+		p = append(p, fmt.Sprintf("auth.auth_user: %q has only a SCRAM verifier in auth.users: pgsplit needs its plain password (password, password_file or password_env) to log in as it before any client does", a.AuthUser))
+	}
+	if a.Method == AuthTrust {
+		p = append(p, "auth.auth_user: not allowed with auth.method trust: a looked-up user logs in to the servers with what its client proves, and trust asks for nothing")
+	}
+	if !strings.Contains(a.AuthQuery, "$1") {
+		p = append(p, "auth.auth_query: must take the user name as $1, e.g. "+DefaultAuthQuery)
+	}
+	return p
 }

@@ -61,7 +61,7 @@ func ConnConfig(host string, port int, user, password, database string, timeout 
 }
 
 func dial(ctx context.Context, o *Options) (*Conn, error) {
-	cfg, err := ConnConfig(o.Host, o.Port, o.User, o.Password, o.Database, o.ConnectTimeout)
+	cfg, err := LoginConfig(o.Host, o.Port, o.User, o.Password, o.Database, o.ConnectTimeout, o.Keys)
 	if err != nil {
 		return nil, err
 	}

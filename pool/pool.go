@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/internal/secret"
 )
 
 // PingAfter is how long a connection must sit idle before pool_pre_ping
@@ -37,10 +39,13 @@ var ErrClosed = errors.New("pool is closed")
 // Options describes one pool. Zero durations mean: no recycle, no connect
 // timeout.
 type Options struct {
-	Host           string
-	Port           int
-	User           string
+	Host string
+	Port int
+	User string
+	// Password is the user's plain password, md5 hash or SCRAM verifier
+	// (see SetLogin); Keys holds the ClientKeys a verifier logs in with.
 	Password       string
+	Keys           *secret.KeyRing
 	Database       string
 	Size           int           // pool_size
 	MaxOverflow    int           // max_overflow

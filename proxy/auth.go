@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"bufio"
-	"crypto/md5"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -13,84 +13,220 @@ import (
 	"github.com/xdg-go/scram"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/secret"
 	"github.com/pgsplit/pgsplit/internal/wire"
 )
 
-// authenticator checks client logins against auth.users. It is built once
-// per configuration (SCRAM keys are derived once per user, not per login)
-// and is read-only afterwards, so sessions share it without locking.
+// authenticator checks client logins against auth.users (or admin.users)
+// and, when auth.auth_user is set, against the users lookup finds. It is
+// built once per configuration (SCRAM keys are derived once per user, not
+// per login) and is read-only afterwards, so sessions share it without
+// locking; keys and lookup are the Server's, shared across reloads.
 type authenticator struct {
 	list   string // the configuration key of the users, for errors
 	method string
 	users  map[string]config.User
 	scram  map[string]scram.StoredCredentials
+	// verifiers holds the parsed verifier of each user configured with one:
+	// a SCRAM login of such a user leaves its ClientKey in keys.
+	verifiers map[string]*secret.Verifier
+	keys      *secret.KeyRing
+	// lookup finds users not in users (auth.auth_query); nil: none.
+	lookup userLookup
+	// mockKey salts the SCRAM exchange run for a user that does not exist,
+	// so that its salt is stable per name, as PostgreSQL's mock salt is.
+	mockKey []byte
+}
+
+// userLookup finds the stored password (verifier or md5 hash) of a user
+// that is not configured; found is false for no such user.
+type userLookup interface {
+	find(user, database string) (password string, found bool, err error)
 }
 
 const scramIterations = 4096
 
-func newAuthenticator(method string, users []config.User, list string) (*authenticator, error) {
-	au := &authenticator{list: list, method: method, users: map[string]config.User{}, scram: map[string]scram.StoredCredentials{}}
+// newAuthenticator prepares the logins of users under method. keys (may
+// be nil for admin users, who never log in upstream) receives ClientKeys.
+func newAuthenticator(method string, users []config.User, list string, keys *secret.KeyRing, lookup userLookup) (*authenticator, error) {
+	au := &authenticator{list: list, method: method, users: map[string]config.User{}, scram: map[string]scram.StoredCredentials{},
+		verifiers: map[string]*secret.Verifier{}, keys: keys, lookup: lookup, mockKey: make([]byte, 32)}
+	if _, err := rand.Read(au.mockKey); err != nil {
+		return nil, err
+	}
 	for _, u := range users {
 		au.users[u.Name] = u
-		if method != config.AuthSCRAM {
+		if method == config.AuthTrust {
 			continue
 		}
-		salt := make([]byte, 16)
-		if _, err := rand.Read(salt); err != nil {
-			return nil, err
-		}
-		cl, err := scram.SHA256.NewClient(u.Name, u.Password, "")
+		creds, v, err := scramCredentials(u, method)
 		if err != nil {
-			return nil, fmt.Errorf("%s %s: password cannot be used with SCRAM: %w", list, u.Name, err)
+			return nil, fmt.Errorf("%s %s: %w", list, u.Name, err)
 		}
-		creds, err := cl.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: scramIterations})
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: deriving SCRAM keys: %w", list, u.Name, err)
+		if v != nil {
+			au.verifiers[u.Name] = v
 		}
-		au.scram[u.Name] = creds
+		if creds != nil {
+			au.scram[u.Name] = *creds
+		}
 	}
 	return au, nil
 }
 
-// authenticate runs the client side of the login for user and returns the
-// matching configured user. Errors are *pgError with 28000 or 28P01.
-func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user string) (config.User, error) {
-	u, ok := au.users[user]
-	if !ok {
-		return config.User{}, fatal(codeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's %s", user, au.list))
+// scramCredentials returns what a SCRAM login of u checks: the verifier's
+// keys, or keys derived from a plain password (under auth.method
+// scram-sha-256 only: md5 logins need none). An md5 hash has none.
+func scramCredentials(u config.User, method string) (*scram.StoredCredentials, *secret.Verifier, error) {
+	switch secret.KindOf(u.Password) {
+	case secret.SCRAM:
+		v, err := secret.ParseVerifier(u.Password)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &scram.StoredCredentials{KeyFactors: scram.KeyFactors{Salt: string(v.Salt), Iters: v.Iterations}, StoredKey: v.StoredKey, ServerKey: v.ServerKey}, v, nil
+	case secret.MD5:
+		return nil, nil, nil
 	}
+	if method != config.AuthSCRAM {
+		return nil, nil, nil
+	}
+	salt := make([]byte, 16)
+	if _, err := rand.Read(salt); err != nil {
+		return nil, nil, err
+	}
+	cl, err := scram.SHA256.NewClient(u.Name, u.Password, "")
+	if err != nil {
+		return nil, nil, fmt.Errorf("password cannot be used with SCRAM: %w", err)
+	}
+	creds, err := cl.GetStoredCredentialsWithError(scram.KeyFactors{Salt: string(salt), Iters: scramIterations})
+	if err != nil {
+		return nil, nil, fmt.Errorf("deriving SCRAM keys: %w", err)
+	}
+	return &creds, nil, nil
+}
+
+// authenticate runs the client side of the login for user (to database)
+// and returns the matching user, configured or looked up. Errors are
+// *pgError: 28000 or 28P01 for a refused login; a user auth_query does not
+// find gets the very answer a wrong password gets.
+func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, database string) (config.User, error) {
 	failed := fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
+	u, ok := au.users[user]
+	creds, hasCreds := au.scram[user]
+	v := au.verifiers[user]
+	if !ok {
+		if au.lookup == nil {
+			return config.User{}, fatal(codeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's %s", user, au.list))
+		}
+		pw, found, err := au.lookup.find(user, database)
+		if err != nil {
+			return config.User{}, fatal(codeCannotConnect, "pgsplit could not look up the login (auth.auth_query): "+err.Error())
+		}
+		if !found || secretProblem(pw, au.method) != "" {
+			return config.User{}, au.mockExchange(r, w, user, failed)
+		}
+		u = config.User{Name: user, Password: pw}
+		c, lv, err := scramCredentials(u, au.method)
+		if err != nil {
+			return config.User{}, au.mockExchange(r, w, user, failed)
+		}
+		if c != nil {
+			creds, hasCreds = *c, true
+		}
+		v = lv
+	}
 	switch au.method {
 	case config.AuthTrust:
 		return u, nil
 	case config.AuthMD5:
-		var salt [4]byte
-		if _, err := rand.Read(salt[:]); err != nil {
-			return u, err
+		if v != nil {
+			// As PostgreSQL does for an md5 line and a SCRAM secret: the
+			// login is SCRAM.
+			return u, au.scramExchange(r, w, creds, v, failed)
 		}
-		if err := send(w, &pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
-			return u, err
-		}
-		body, err := readAuthMsg(r)
-		if err != nil {
-			return u, err
-		}
-		var pm pgproto3.PasswordMessage
-		if err := pm.Decode(body); err != nil {
-			return u, fatal(codeProtocolViolation, "invalid password packet")
-		}
-		if subtle.ConstantTimeCompare([]byte(pm.Password), []byte(md5Password(u.Name, u.Password, salt))) != 1 {
-			return u, failed
-		}
-		return u, nil
+		return u, md5Exchange(r, w, u, failed)
 	case config.AuthSCRAM:
-		return u, au.scramExchange(r, w, u, failed)
+		if !hasCreds {
+			return u, au.mockExchange(r, w, user, failed)
+		}
+		return u, au.scramExchange(r, w, creds, v, failed)
 	}
 	return u, fatal(codeInternalError, "unknown auth.method")
 }
 
-func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgError) error {
-	creds := au.scram[u.Name]
+// secretProblem says why a looked-up password cannot serve a login with
+// method ("" if it can): what config.Validate refuses for auth.users.
+func secretProblem(pw, method string) string {
+	switch secret.KindOf(pw) {
+	case secret.MD5:
+		if method == config.AuthSCRAM {
+			return "md5 hash under scram-sha-256"
+		}
+	case secret.Plain:
+		if pw == "" {
+			return "no password"
+		}
+	}
+	return ""
+}
+
+// md5Exchange runs an md5 login of u, whose password is plain or an md5 hash.
+func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgError) error {
+	var salt [4]byte
+	if _, err := rand.Read(salt[:]); err != nil {
+		return err
+	}
+	if err := send(w, &pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+		return err
+	}
+	body, err := readAuthMsg(r)
+	if err != nil {
+		return err
+	}
+	var pm pgproto3.PasswordMessage
+	if err := pm.Decode(body); err != nil {
+		return fatal(codeProtocolViolation, "invalid password packet")
+	}
+	hash := u.Password
+	if secret.KindOf(hash) != secret.MD5 {
+		hash = secret.MD5Hash(u.Name, u.Password)
+	}
+	if subtle.ConstantTimeCompare([]byte(pm.Password), []byte(secret.MD5Response(hash, salt))) != 1 {
+		return failed
+	}
+	return nil
+}
+
+// mockExchange runs a login that cannot succeed, for a user that does not
+// exist (or cannot log in with this method), so that the client learns
+// nothing it would not learn from a wrong password: the same challenge
+// type, a salt stable per name, and the same 28P01 at the end.
+func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user string, failed *pgError) error {
+	if au.method == config.AuthMD5 {
+		if err := md5Exchange(r, w, config.User{Name: user, Password: secret.MD5Hash(user, string(au.mockKey))}, failed); err != nil {
+			return err
+		}
+		return failed // a client that guessed the random password still does not get in
+	}
+	m := hmac.New(sha256.New, au.mockKey)
+	m.Write([]byte(user))
+	sum := m.Sum(nil)
+	keys := make([]byte, 64)
+	if _, err := rand.Read(keys); err != nil {
+		return err
+	}
+	creds := scram.StoredCredentials{KeyFactors: scram.KeyFactors{Salt: string(sum[:16]), Iters: scramIterations}, StoredKey: keys[:32], ServerKey: keys[32:]}
+	if err := au.scramExchange(r, w, creds, nil, failed); err != nil {
+		return err
+	}
+	return failed
+}
+
+// scramExchange runs a SCRAM-SHA-256 login against creds. With v (the
+// user is configured or looked up with a verifier), a successful login
+// leaves the ClientKey recovered from the client's proof in au.keys, for
+// pgsplit's logins to the servers.
+func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds scram.StoredCredentials, v *secret.Verifier, failed *pgError) error {
 	// PostgreSQL clients leave the SCRAM user name empty: the startup
 	// packet's user is the one that counts, so the lookup ignores it.
 	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
@@ -112,7 +248,8 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, u config
 	if init.AuthMechanism != "SCRAM-SHA-256" {
 		return fatal(codeProtocolViolation, fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", init.AuthMechanism))
 	}
-	first, err := conv.Step(string(init.Data))
+	clientFirst := string(init.Data)
+	first, err := conv.Step(clientFirst)
 	if err != nil {
 		return fatal(codeProtocolViolation, "malformed SCRAM message: "+err.Error())
 	}
@@ -127,20 +264,23 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, u config
 	if err := resp.Decode(body); err != nil {
 		return fatal(codeProtocolViolation, "invalid SASL response")
 	}
-	final, err := conv.Step(string(resp.Data))
+	clientFinal := string(resp.Data)
+	final, err := conv.Step(clientFinal)
 	if err != nil || !conv.Valid() {
 		return failed
 	}
+	if v != nil && au.keys != nil {
+		authMsg, proof, err := secret.AuthMessage(clientFirst, first, clientFinal)
+		if err != nil {
+			return failed
+		}
+		key, err := secret.RecoverClientKey(v, authMsg, proof)
+		if err != nil {
+			return failed
+		}
+		au.keys.Put(v, key)
+	}
 	return send(w, &pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
-}
-
-// md5Password is what a client sends for md5 authentication:
-// "md5" + md5hex(md5hex(password + user) + salt).
-func md5Password(user, password string, salt [4]byte) string {
-	inner := md5.Sum([]byte(password + user))
-	h := hex.EncodeToString(inner[:])
-	outer := md5.Sum(append([]byte(h), salt[:]...))
-	return "md5" + hex.EncodeToString(outer[:])
 }
 
 // readAuthMsg reads the client's next message, which must be a 'p'

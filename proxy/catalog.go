@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/secret"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -248,7 +249,7 @@ var errNoServer = errors.New("no server available: no primary known")
 // ReadVolatility reads, from pg_proc of database on srv, whether each user
 // function is VOLATILE (any overload), keyed by "name" and "schema.name".
 func ReadVolatility(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration) (map[string]bool, error) {
-	rows, err := queryOnce(ctx, srv, u, database, timeout, "pgsplit catalog", volatilityQuery)
+	rows, err := queryOnce(ctx, srv, u, nil, database, timeout, "pgsplit catalog", volatilityQuery)
 	if err != nil {
 		return nil, err
 	}
@@ -257,9 +258,10 @@ func ReadVolatility(ctx context.Context, srv config.Server, u config.User, datab
 
 // queryOnce opens a connection of its own to srv (outside the pools: for
 // the CLI and for checks before the pools exist), runs one query and closes
-// the connection. application_name says what pgsplit is doing.
-func queryOnce(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration, appName, sql string) ([][][]byte, error) {
-	pc, err := pool.ConnConfig(srv.Host, srv.Port, u.Name, u.Password, database, timeout)
+// the connection. application_name says what pgsplit is doing. keys (nil:
+// none) holds the ClientKey of a user configured with a SCRAM verifier.
+func queryOnce(ctx context.Context, srv config.Server, u config.User, keys *secret.KeyRing, database string, timeout time.Duration, appName, sql string) ([][][]byte, error) {
+	pc, err := pool.LoginConfig(srv.Host, srv.Port, u.Name, u.Password, database, timeout, keys)
 	if err != nil {
 		return nil, err
 	}

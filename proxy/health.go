@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/pool"
 )
 
 // healthMonitor asks every server, every routing.health_check_interval,
@@ -286,6 +287,9 @@ func (s *Server) Nodes() []NodeStatus {
 // pg_hba, no such database, no CONNECT privilege) as opposed to a server
 // that is down or not accepting connections.
 func loginRefused(err error) bool {
+	if pool.IsLoginRefusal(err) {
+		return true // the user's secret cannot log in (yet): says nothing of the server
+	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return false

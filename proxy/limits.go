@@ -108,14 +108,14 @@ const limitsQuery = `SELECT current_setting('max_connections')::int,
 	(SELECT count(*) FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate)::int`
 
 func readLimits(ctx context.Context, cfg *config.Config, srv config.Server, l *ServerLimit) error {
-	u := cfg.Auth.Users[0]
+	u := cfg.Auth.ServiceUser()
 	db := "postgres"
 	if len(cfg.Databases) > 0 {
 		db = cfg.Databases[0]
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Pool.ConnectTimeout+5*time.Second)
 	defer cancel()
-	rows, err := queryOnce(ctx, srv, u, db, cfg.Pool.ConnectTimeout, "pgsplit limits check", limitsQuery)
+	rows, err := queryOnce(ctx, srv, u, nil, db, cfg.Pool.ConnectTimeout, "pgsplit limits check", limitsQuery)
 	if err != nil {
 		return err
 	}

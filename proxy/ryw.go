@@ -691,7 +691,7 @@ func (sc *writeScope) merge(w writeScope) {
 func (u *upstream) endpoint() endpoint { return u.ep }
 
 // monitorConn opens one of pgsplit's own connections to srv (health checks,
-// positions): database postgres as the first auth user, else the first
+// positions): database postgres as auth.ServiceUser, else the first
 // listed database when postgres refuses the login.
 func (s *Server) monitorConn(ctx context.Context, srv config.Server, appName string) (*pgconn.PgConn, error) {
 	cfg := s.cfg.Load()
@@ -702,7 +702,8 @@ func (s *Server) monitorConn(ctx context.Context, srv config.Server, appName str
 	var err error
 	for _, db := range dbs {
 		var pc *pgconn.Config
-		pc, err = pool.ConnConfig(srv.Host, srv.Port, cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, db, cfg.Pool.ConnectTimeout)
+		u := cfg.Auth.ServiceUser()
+		pc, err = pool.LoginConfig(srv.Host, srv.Port, u.Name, u.Password, db, cfg.Pool.ConnectTimeout, s.keys)
 		if err == nil {
 			pc.RuntimeParams["application_name"] = appName
 			var c *pgconn.PgConn

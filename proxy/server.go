@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/secret"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -59,6 +60,11 @@ type Server struct {
 	lsn         *lsnTracker // read-your-writes positions
 	pause       pauseGate
 	adminAuth   atomic.Pointer[authenticator]
+	// keys holds the ClientKeys of verifier users, from their clients'
+	// logins, for SCRAM pass-through; lookups is auth.auth_query's cache.
+	// Both live as long as the Server, across reloads.
+	keys    *secret.KeyRing
+	lookups *userLookups
 	// reloader re-reads the configuration for RELOAD (set before Serve).
 	reloader func() error
 	// shutdownReq is closed by the admin console's SHUTDOWN.
@@ -108,7 +114,9 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 		log = zap.NewNop()
 	}
 	s := &Server{log: log, sessions: map[uint32]*session{}, ipConns: map[string]int{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
-		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, primaryCh: make(chan struct{}), checkedCh: make(chan struct{}), stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now()}
+		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, primaryCh: make(chan struct{}), checkedCh: make(chan struct{}), stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now(),
+		keys: secret.NewKeyRing()}
+	s.lookups = newUserLookups(s)
 	if err := s.setAuth(cfg); err != nil {
 		return nil, err
 	}
@@ -126,7 +134,11 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 
 // setAuth builds the authenticators of cfg's users and admin users.
 func (s *Server) setAuth(cfg *config.Config) error {
-	au, err := newAuthenticator(cfg.Auth.Method, cfg.Auth.Users, "auth.users")
+	var lookup userLookup
+	if cfg.Auth.AuthUser != "" {
+		lookup = s.lookups
+	}
+	au, err := newAuthenticator(cfg.Auth.Method, cfg.Auth.Users, "auth.users", s.keys, lookup)
 	if err != nil {
 		return err
 	}
@@ -136,7 +148,7 @@ func (s *Server) setAuth(cfg *config.Config) error {
 	if adminMethod == config.AuthTrust {
 		adminMethod = config.AuthSCRAM
 	}
-	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users")
+	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users", nil, nil)
 	if err != nil {
 		return err
 	}
@@ -308,7 +320,7 @@ func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User
 	}
 	p := pool.New(pool.Options{
 		Host: srv.Host, Port: srv.Port,
-		User: u.Name, Password: u.Password, Database: database,
+		User: u.Name, Password: u.Password, Keys: s.keys, Database: database,
 		Size: cfg.Pool.PoolSize, MaxOverflow: cfg.Pool.MaxOverflow,
 		Timeout: cfg.Pool.PoolTimeout, Recycle: cfg.Pool.PoolRecycle, PrePing: cfg.Pool.PoolPrePing,
 		ConnectTimeout: cfg.Pool.ConnectTimeout,
@@ -615,7 +627,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.mu.Unlock()
 	if len(cfg.Auth.Users) > 0 {
-		s.refreshCatalogs(cfg.Auth.Users[0])
+		s.refreshCatalogs(cfg.Auth.ServiceUser())
 	}
 	s.log.Info("configuration reloaded")
 	return nil
@@ -715,7 +727,7 @@ func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error)
 		if srv.Role != config.RoleAuto {
 			continue
 		}
-		inRecovery, err := probeRecovery(ctx, srv, cfg.Auth.Users[0], cfg.Pool.ConnectTimeout)
+		inRecovery, err := probeRecovery(ctx, srv, cfg.Auth.ServiceUser(), cfg.Pool.ConnectTimeout)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", srv.Addr(), err))
 			continue
@@ -728,7 +740,7 @@ func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error)
 }
 
 func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration) (bool, error) {
-	rows, err := queryOnce(ctx, srv, u, "postgres", timeout, "pgsplit role probe", "SELECT pg_is_in_recovery()")
+	rows, err := queryOnce(ctx, srv, u, nil, "postgres", timeout, "pgsplit role probe", "SELECT pg_is_in_recovery()")
 	if err != nil {
 		return false, err
 	}

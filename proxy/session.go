@@ -181,7 +181,7 @@ func (s *session) serve() {
 			return
 		}
 	}
-	u, err := au.authenticate(s.cr, s.cw, user)
+	u, err := au.authenticate(s.cr, s.cw, user, database)
 	if err == nil && s.srv.draining.Load() {
 		err = fatal(codeAdminShutdown, "the database system is shutting down")
 	}
@@ -449,7 +449,9 @@ var errStandby = errors.New("the server is in recovery (a standby)")
 func (s *session) acquireError(t router.Target, srv config.Server, err error) error {
 	var te *pool.TimeoutError
 	timedOut := errors.As(err, &te)
-	if t == router.Replica && !timedOut {
+	// A secret that cannot log in is the user's problem: the replica stays
+	// in rotation for everyone else.
+	if t == router.Replica && !timedOut && !pool.IsLoginRefusal(err) {
 		s.srv.markDown(srv)
 	}
 	var se *pgconn.PgError

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/pgsplit/pgsplit/internal/secret"
 )
 
 func startupPacket(version uint32, kv ...string) []byte {
@@ -145,11 +147,11 @@ func TestStartupSettingsQuoting(t *testing.T) {
 	}
 }
 
-// md5Password must match PostgreSQL's construction; the expected value was
+// The md5 answer must match PostgreSQL's construction; the expected value was
 // computed independently with Python's hashlib:
 // "md5" + md5(md5("secret"+"bob").hexdigest() + b"\x01\x02\x03\x04").
 func TestMD5Password(t *testing.T) {
-	if got, want := md5Password("bob", "secret", [4]byte{1, 2, 3, 4}), "md5f21dfe33ff3a9e03dbc3e008251fe5cc"; got != want {
+	if got, want := secret.MD5Response(secret.MD5Hash("bob", "secret"), [4]byte{1, 2, 3, 4}), "md5f21dfe33ff3a9e03dbc3e008251fe5cc"; got != want {
 		t.Fatalf("got %s want %s", got, want)
 	}
 }

@@ -80,14 +80,20 @@ type testProxy struct {
 	shutdownErr error
 }
 
-// launchProxy starts pgsplit with cfg; shutdown stops it.
+// launchProxy starts pgsplit with cfg, logging at level info; shutdown
+// stops it.
 func launchProxy(cfg *config.Config, knobs ...proxy.Knobs) (*testProxy, error) {
+	return launchProxyAt(cfg, zapcore.InfoLevel, knobs...)
+}
+
+// launchProxyAt is launchProxy logging at level.
+func launchProxyAt(cfg *config.Config, level zapcore.Level, knobs ...proxy.Knobs) (*testProxy, error) {
 	if problems := cfg.Validate(); len(problems) > 0 {
 		return nil, fmt.Errorf("invalid test configuration: %s", strings.Join(problems, "; "))
 	}
 	logs := &logBuffer{}
 	keepLog(logs)
-	srv, err := proxy.New(cfg, newLogger(logs))
+	srv, err := proxy.New(cfg, newLoggerAt(logs, level))
 	if err != nil {
 		return nil, fmt.Errorf("proxy.New: %w", err)
 	}
@@ -120,13 +126,19 @@ func startProxy(t *testing.T, mutate func(*config.Config)) *testProxy {
 // ends (printing its log if the test failed).
 func startProxyWith(t *testing.T, cfg *config.Config) *testProxy {
 	t.Helper()
-	return startProxyWithKnobs(t, cfg, proxy.Knobs{})
+	return startProxyAt(t, cfg, zapcore.InfoLevel)
 }
 
 // startProxyWithKnobs is startProxyWith with test hooks installed.
 func startProxyWithKnobs(t *testing.T, cfg *config.Config, knobs proxy.Knobs) *testProxy {
 	t.Helper()
-	p, err := launchProxy(cfg, knobs)
+	return startProxyAt(t, cfg, zapcore.InfoLevel, knobs)
+}
+
+// startProxyAt is startProxyWith logging at level, with test hooks.
+func startProxyAt(t *testing.T, cfg *config.Config, level zapcore.Level, knobs ...proxy.Knobs) *testProxy {
+	t.Helper()
+	p, err := launchProxyAt(cfg, level, knobs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,11 +319,11 @@ func (b *logBuffer) waitEntry(t *testing.T, mark int, timeout time.Duration, wha
 	}
 }
 
-// newLogger is the logger pgsplit's main builds (JSON, level info), writing
-// to w.
-func newLogger(w zapcore.WriteSyncer) *zap.Logger {
+// newLoggerAt is the logger pgsplit's main builds (JSON), writing to w at
+// level.
+func newLoggerAt(w zapcore.WriteSyncer, level zapcore.Level) *zap.Logger {
 	ec := zap.NewProductionEncoderConfig()
 	ec.TimeKey = "ts"
 	ec.EncodeTime = zapcore.ISO8601TimeEncoder
-	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(ec), w, zapcore.InfoLevel))
+	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(ec), w, level))
 }

@@ -87,7 +87,7 @@ func catalogFor(cfg *config.Config, database string, stderr io.Writer) map[strin
 	if !ok || len(cfg.Auth.Users) == 0 {
 		return nil
 	}
-	u := cfg.Auth.Users[0]
+	u := cfg.Auth.ServiceUser()
 	if database == "" {
 		database = u.Name
 	}
