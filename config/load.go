@@ -62,6 +62,14 @@ func defaults() map[string]any {
 		"routing.max_replica_lag_bytes": 0,
 		"admin.users":                   []any{},
 		"shutdown_timeout":              "30s",
+		"tls.mode":                      TLSDisable,
+		"tls.cert_file":                 "",
+		"tls.key_file":                  "",
+		"tls.client_ca_file":            "",
+		"server_tls.mode":               SSLPrefer,
+		"server_tls.ca_file":            "",
+		"server_tls.cert_file":          "",
+		"server_tls.key_file":           "",
 	}
 }
 

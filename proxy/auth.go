@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -53,8 +54,10 @@ func newAuthenticator(method string, users []config.User, list string) (*authent
 }
 
 // authenticate runs the client side of the login for user and returns the
-// matching configured user. Errors are *pgError with 28000 or 28P01.
-func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user string) (config.User, error) {
+// matching configured user; cs is the client connection's TLS (nil for
+// plain text), whose verified certificate method cert checks. Errors are
+// *pgError with 28000 or 28P01.
+func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user string, cs *tls.ConnectionState) (config.User, error) {
 	u, ok := au.users[user]
 	if !ok {
 		return config.User{}, fatal(codeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's %s", user, au.list))
@@ -85,6 +88,18 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user stri
 		return u, nil
 	case config.AuthSCRAM:
 		return u, au.scramExchange(r, w, u, failed)
+	case config.AuthCert:
+		// As PostgreSQL's cert method: the CN of a certificate verified
+		// against tls.client_ca_file must be the user name. The client is
+		// not told which CN it showed; the log is.
+		switch cn := certUser(cs); {
+		case cn == "":
+			return u, fatal(codeInvalidAuthSpec, "connection requires a valid client certificate")
+		case cn != user:
+			return u, &pgError{severity: "FATAL", code: codeInvalidAuthSpec, msg: fmt.Sprintf("certificate authentication failed for user %q", user),
+				logDetail: fmt.Sprintf("the client certificate's CN is %q", cn)}
+		}
+		return u, nil
 	}
 	return u, fatal(codeInternalError, "unknown auth.method")
 }

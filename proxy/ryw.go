@@ -702,7 +702,7 @@ func (s *Server) monitorConn(ctx context.Context, srv config.Server, appName str
 	var err error
 	for _, db := range dbs {
 		var pc *pgconn.Config
-		pc, err = pool.ConnConfig(srv.Host, srv.Port, cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, db, cfg.Pool.ConnectTimeout)
+		pc, err = pool.ConnConfig(srv.Host, srv.Port, upstreamTLS(cfg.ServerTLS), cfg.Auth.Users[0].Name, cfg.Auth.Users[0].Password, db, cfg.Pool.ConnectTimeout)
 		if err == nil {
 			pc.RuntimeParams["application_name"] = appName
 			var c *pgconn.PgConn
