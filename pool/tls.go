@@ -50,9 +50,10 @@ func describeTLS(nc net.Conn) string {
 	return DescribeTLS(tc.ConnectionState())
 }
 
-// DescribeTLS formats a TLS connection's version and cipher suite.
+// DescribeTLS formats a TLS connection's version and cipher suite, with
+// OpenSSL's version names as PgBouncer shows them ("TLSv1.3").
 func DescribeTLS(cs tls.ConnectionState) string {
-	return fmt.Sprintf("%s/%s", tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
+	return fmt.Sprintf("%s/%s", strings.Replace(tls.VersionName(cs.Version), "TLS ", "TLSv", 1), tls.CipherSuiteName(cs.CipherSuite))
 }
 
 // plainConn is the socket under a TLS connection (nc itself otherwise), for
