@@ -374,22 +374,31 @@ func TestServerTLS(t *testing.T) {
 		t.Fatalf("plaintext app login straight to the server: want 28000, got %v", err)
 	}
 
-	proxyFor := func(t *testing.T, st config.ServerTLS) *testProxy {
+	// proxyFor starts pgsplit in front of the server with st; the cases
+	// that must fail have no health checks, which would take the primary
+	// out (57P03) before the login shows the real refusal.
+	proxyFor := func(t *testing.T, st config.ServerTLS, healthChecks bool) *testProxy {
 		cfg := baseConfig()
 		cfg.Servers = []config.Server{{Host: sc.Primary.Host, Port: sc.Primary.Port, Role: config.RolePrimary}}
 		cfg.Auth.Users = []config.User{{Name: "app", Password: "app"}}
 		cfg.Pool.Mode = config.ModeSession
+		cfg.Admin.Users = []config.User{{Name: adminUser, Password: adminPassword}}
+		if healthChecks {
+			cfg.Routing.HealthCheckInterval = 200 * time.Millisecond // its connection uses server_tls too
+		}
 		cfg.ServerTLS = st
 		return startProxyWith(t, cfg)
 	}
-	// encrypted checks that every app backend on the server is on TLS.
+	// encrypted checks that every app backend on the server (pooled and
+	// the health check's) is on TLS.
 	encrypted := func(t *testing.T) {
 		var all bool
-		var n int
-		err := su.QueryRow(testCtx(t, 10*time.Second), `SELECT coalesce(bool_and(s.ssl), false), count(*)
-			FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'app'`).Scan(&all, &n)
-		if err != nil || !all || n == 0 {
-			t.Fatalf("pg_stat_ssl of pgsplit's backends: all ssl %v, %d backends, %v", all, n, err)
+		var n, health int
+		err := su.QueryRow(testCtx(t, 10*time.Second), `SELECT coalesce(bool_and(s.ssl), false), count(*),
+			count(*) FILTER (WHERE a.application_name = 'pgsplit health check')
+			FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = 'app'`).Scan(&all, &n, &health)
+		if err != nil || !all || n < 2 || health == 0 {
+			t.Fatalf("pg_stat_ssl of pgsplit's backends: all ssl %v, %d backends (%d health check), %v", all, n, health, err)
 		}
 	}
 	for _, tc := range []struct {
@@ -401,18 +410,27 @@ func TestServerTLS(t *testing.T) {
 		{"default (prefer)", config.ServerTLS{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := proxyFor(t, tc.st)
+			p := proxyFor(t, tc.st, true)
 			p.watchLogs(t)
 			c := connect(t, p.appDSN())
 			mustSelectOne(t, c, "through pgsplit over server TLS")
 			encrypted(t)
+			servers := adminRows(t, connect(t, p.adminDSN()), "SHOW SERVERS")
+			for _, r := range servers {
+				if tls, _ := r["tls"].(string); !strings.HasPrefix(tls, "TLSv1.") {
+					t.Fatalf("SHOW SERVERS row without its TLS: %v", r)
+				}
+			}
+			if len(servers) == 0 {
+				t.Fatal("SHOW SERVERS: no server connection")
+			}
 			if tc.st.Mode == config.SSLVerifyFull {
 				cancelSleep(t, c, su)
 			}
 		})
 	}
 	t.Run("disable is refused by the server", func(t *testing.T) {
-		p := proxyFor(t, config.ServerTLS{Mode: config.SSLDisable})
+		p := proxyFor(t, config.ServerTLS{Mode: config.SSLDisable}, false)
 		p.watchLogs(t)
 		err := connectErr(t, p.appDSN())
 		if pe := wantState(t, err, "28000", "login with server_tls.mode disable"); !strings.Contains(pe.Message, "no encryption") {
@@ -421,7 +439,7 @@ func TestServerTLS(t *testing.T) {
 	})
 	t.Run("verify-full against another CA is refused", func(t *testing.T) {
 		other := newTLSBed(t)
-		p := proxyFor(t, config.ServerTLS{Mode: config.SSLVerifyFull, CAFile: other.CAFile})
+		p := proxyFor(t, config.ServerTLS{Mode: config.SSLVerifyFull, CAFile: other.CAFile}, false)
 		p.watchLogs(t)
 		if err := connectErr(t, p.appDSN()); err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Fatalf("want a certificate error, got %v", err)
