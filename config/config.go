@@ -28,6 +28,9 @@ const (
 	AuthTrust = "trust"
 	AuthMD5   = "md5"
 	AuthSCRAM = "scram-sha-256"
+	// AuthCert: the client's TLS certificate, verified against
+	// tls.client_ca_file, proves the user whose name is its subject CN.
+	AuthCert = "cert"
 )
 
 // Pool modes.
@@ -49,6 +52,8 @@ type Config struct {
 	Metrics         Metrics       `mapstructure:"metrics"`
 	Admin           Admin         `mapstructure:"admin"`
 	Limits          Limits        `mapstructure:"limits"`
+	TLS             TLS           `mapstructure:"tls"`
+	ServerTLS       ServerTLS     `mapstructure:"server_tls"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 }
 
@@ -298,6 +303,68 @@ const AdminDatabase = "pgsplit"
 type Metrics struct {
 	// Listen is the address of /metrics, /healthz and /readyz; empty: off.
 	Listen string `mapstructure:"listen"`
+}
+
+// Client-side TLS modes (tls.mode).
+const (
+	TLSDisable = "disable" // SSLRequest answered 'N', as before TLS existed
+	TLSAllow   = "allow"   // TLS offered; plaintext clients still accepted
+	TLSRequire = "require" // plaintext clients refused with FATAL 28000
+)
+
+// TLS is the TLS pgsplit offers its clients (the tls section). File paths
+// may be shown (SHOW CONFIG); the key file's contents never are.
+type TLS struct {
+	// Mode is disable, allow or require ("" means disable).
+	Mode     string `mapstructure:"mode"`
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	// ClientCAFile, when set, makes pgsplit ask clients for a certificate
+	// and verify one that is given against these CAs (auth.method cert
+	// needs it).
+	ClientCAFile string `mapstructure:"client_ca_file"`
+}
+
+// TLSMode is Mode with the default filled in.
+func (t TLS) TLSMode() string {
+	if t.Mode == "" {
+		return TLSDisable
+	}
+	return t.Mode
+}
+
+// Server-side TLS modes (server_tls.mode): libpq's sslmode values with
+// libpq's meanings.
+const (
+	SSLDisable    = "disable"
+	SSLAllow      = "allow"
+	SSLPrefer     = "prefer"
+	SSLRequire    = "require"
+	SSLVerifyCA   = "verify-ca"
+	SSLVerifyFull = "verify-full"
+)
+
+// ServerTLS is how pgsplit secures its own connections to the servers (the
+// server_tls section): pooled connections, health checks, catalog reads
+// and probes alike.
+type ServerTLS struct {
+	// Mode is a libpq sslmode ("" means prefer, libpq's default).
+	Mode string `mapstructure:"mode"`
+	// CAFile holds the CAs that sign the servers' certificates
+	// (libpq's sslrootcert); verify-ca and verify-full need it.
+	CAFile string `mapstructure:"ca_file"`
+	// CertFile and KeyFile are the client certificate pgsplit shows the
+	// servers (libpq's sslcert and sslkey), for hba method cert.
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
+// SSLMode is Mode with the default filled in.
+func (t ServerTLS) SSLMode() string {
+	if t.Mode == "" {
+		return SSLPrefer
+	}
+	return t.Mode
 }
 
 // Query-log settings.

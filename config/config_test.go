@@ -2,11 +2,14 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/testcert"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -382,5 +385,111 @@ limits:
 	}
 	if strings.Count(text, "\n") != 8 {
 		t.Errorf("want one line per problem (8), got:\n%s", text)
+	}
+}
+
+// tlsFiles writes a CA, a server certificate and key signed by it, and a
+// second key that does not match the certificate, into a temporary folder.
+func tlsFiles(t *testing.T) (ca, cert, key, otherKey string) {
+	t.Helper()
+	dir := t.TempDir()
+	f, err := testcert.WriteServer(dir, "config test CA", "127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := f.CA.Server("127.0.0.1")
+	if err == nil {
+		_, otherKey, err = other.Write(dir, "other")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.CAFile, f.CertFile, f.KeyFile, otherKey
+}
+
+// The tls and server_tls sections: defaults (no client TLS, libpq's prefer
+// towards the servers), files that load, and a refusal naming the key and
+// the value for each kind of mistake, without the key's contents.
+func TestTLSSections(t *testing.T) {
+	ca, cert, key, otherKey := tlsFiles(t)
+	cfg, err := Load(writeFile(t, minimal), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS.Mode != TLSDisable || cfg.ServerTLS.Mode != SSLPrefer || cfg.TLS.CertFile != "" {
+		t.Fatalf("defaults: %+v %+v", cfg.TLS, cfg.ServerTLS)
+	}
+
+	good := minimal + fmt.Sprintf("tls: { mode: require, cert_file: %q, key_file: %q, client_ca_file: %q }\n", cert, key, ca) +
+		fmt.Sprintf("server_tls: { mode: verify-full, ca_file: %q, cert_file: %q, key_file: %q }\n", ca, cert, key)
+	cfg, err = Load(writeFile(t, good), []string{"PGSPLIT_AUTH_METHOD=cert"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS.Mode != TLSRequire || cfg.TLS.ClientCAFile != ca || cfg.ServerTLS.Mode != SSLVerifyFull || cfg.Auth.Method != AuthCert {
+		t.Fatalf("not applied: %+v %+v", cfg.TLS, cfg.ServerTLS)
+	}
+	if _, err := Load(writeFile(t, minimal), []string{"PGSPLIT_TLS_MODE=allow", "PGSPLIT_TLS_CERT_FILE=" + cert, "PGSPLIT_TLS_KEY_FILE=" + key,
+		"PGSPLIT_SERVER_TLS_MODE=disable"}); err != nil {
+		t.Fatalf("from the environment: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name, body string
+		env        []string
+		want       []string
+	}{
+		{"bad modes", minimal + "tls: { mode: prefer }\nserver_tls: { mode: verify }\n", nil,
+			[]string{`tls.mode: "prefer" is not allowed: must be disable, allow or require`, `server_tls.mode: "verify" is not allowed: must be disable, allow, prefer, require, verify-ca or verify-full`}},
+		{"require without a certificate", minimal + "tls: { mode: require }\n", nil,
+			[]string{"tls.cert_file: empty is not allowed with tls.mode require", "tls.key_file: empty is not allowed with tls.mode require"}},
+		{"missing files", minimal + "tls: { mode: allow, cert_file: /nonexistent/c.pem, key_file: " + key + ", client_ca_file: /nonexistent/ca.pem }\n", nil,
+			[]string{`tls.cert_file: "/nonexistent/c.pem" does not exist`, `tls.client_ca_file: "/nonexistent/ca.pem" does not exist`}},
+		{"key of another certificate", minimal + fmt.Sprintf("tls: { mode: allow, cert_file: %q, key_file: %q }\n", cert, otherKey), nil,
+			[]string{"tls.cert_file, tls.key_file: ", "private key does not match public key"}},
+		{"a key as the CA", minimal + fmt.Sprintf("server_tls: { ca_file: %q }\ntls: { client_ca_file: %q }\n", key, key), nil,
+			[]string{`server_tls.ca_file: "` + key + `" holds no PEM certificate`, `tls.client_ca_file: "` + key + `" holds no PEM certificate`}},
+		{"verify without a CA, half a pair", minimal + fmt.Sprintf("server_tls: { mode: verify-ca, cert_file: %q }\n", cert), nil,
+			[]string{"server_tls.ca_file: empty is not allowed with server_tls.mode verify-ca", "server_tls.cert_file, server_tls.key_file: set both"}},
+		{"cert auth without client CAs", minimal + fmt.Sprintf("tls: { mode: require, cert_file: %q, key_file: %q }\n", cert, key), []string{"PGSPLIT_AUTH_METHOD=cert"},
+			[]string{`auth.method: "cert" is not allowed: needs tls.mode allow or require and tls.client_ca_file`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(writeFile(t, tc.body), tc.env)
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("want a config error, got %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("missing %q in:\n%v", w, err)
+				}
+			}
+			keyPEM, _ := os.ReadFile(key)
+			if strings.Contains(err.Error(), "PRIVATE KEY") || strings.Contains(err.Error(), string(keyPEM[30:60])) {
+				t.Errorf("the error shows key contents:\n%v", err)
+			}
+		})
+	}
+}
+
+// SHOW CONFIG lists the TLS keys with their paths.
+func TestSettingsShowTLSPaths(t *testing.T) {
+	ca, cert, key, _ := tlsFiles(t)
+	cfg, err := Load(writeFile(t, minimal), []string{"PGSPLIT_TLS_MODE=allow", "PGSPLIT_TLS_CERT_FILE=" + cert, "PGSPLIT_TLS_KEY_FILE=" + key,
+		"PGSPLIT_SERVER_TLS_CA_FILE=" + ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Setting{}
+	for _, s := range cfg.Settings() {
+		got[s.Key] = s
+	}
+	if got["tls.mode"].Value != "allow" || got["tls.mode"].Default != "disable" || got["tls.key_file"].Value != key ||
+		got["server_tls.mode"].Default != "prefer" || got["server_tls.ca_file"].Value != ca || !got["tls.cert_file"].Changeable {
+		t.Fatalf("settings: %+v %+v %+v %+v", got["tls.mode"], got["tls.key_file"], got["server_tls.mode"], got["server_tls.ca_file"])
+	}
+	if got["server_tls.mode"].Changeable {
+		t.Errorf("server_tls.mode should need a restart: %+v", got["server_tls.mode"])
 	}
 }

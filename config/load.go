@@ -76,6 +76,14 @@ func defaults() map[string]any {
 		"limits.max_connections_per_ip":      0,
 		"limits.max_parse_depth":             1000,
 		"limits.max_parse_bytes":             1 << 20,
+		"tls.mode":                           TLSDisable,
+		"tls.cert_file":                      "",
+		"tls.key_file":                       "",
+		"tls.client_ca_file":                 "",
+		"server_tls.mode":                    SSLPrefer,
+		"server_tls.ca_file":                 "",
+		"server_tls.cert_file":               "",
+		"server_tls.key_file":                "",
 	}
 }
 

@@ -19,7 +19,8 @@ type Setting struct {
 // needsRestart reports the keys a reload does not change.
 func needsRestart(key string) bool {
 	switch key {
-	case "listen", "servers", "log.format", "log.file", "log.file_max_size_mb", "log.file_max_backups", "metrics.listen":
+	case "listen", "servers", "log.format", "log.file", "log.file_max_size_mb", "log.file_max_backups", "metrics.listen",
+		"server_tls.mode", "server_tls.ca_file", "server_tls.cert_file", "server_tls.key_file":
 		return true
 	}
 	return false

@@ -59,8 +59,12 @@ func (c *Config) Validate() []string {
 
 	switch c.Auth.Method {
 	case AuthTrust, AuthMD5, AuthSCRAM:
+	case AuthCert:
+		if c.TLS.TLSMode() == TLSDisable || c.TLS.ClientCAFile == "" {
+			bad("auth.method", c.Auth.Method, "needs tls.mode allow or require and tls.client_ca_file (the CAs that sign the clients' certificates)")
+		}
 	default:
-		bad("auth.method", c.Auth.Method, "must be trust, md5 or scram-sha-256")
+		bad("auth.method", c.Auth.Method, "must be trust, md5, scram-sha-256 or cert")
 	}
 	if len(c.Auth.Users) == 0 {
 		p = append(p, "auth.users: empty is not allowed: list at least one { name, password } (pgsplit also uses them to log in to the servers)")
@@ -101,8 +105,8 @@ func (c *Config) Validate() []string {
 		}
 	}
 	authNoPassword := "with auth.method " + c.Auth.Method
-	if c.Auth.Method == AuthTrust {
-		authNoPassword = ""
+	if c.Auth.Method == AuthTrust || c.Auth.Method == AuthCert {
+		authNoPassword = "" // the password is only pgsplit's login to the servers
 	}
 	// The console can shut pgsplit down: its logins always prove a
 	// password, with SCRAM when auth.method is trust.
@@ -208,12 +212,73 @@ func (c *Config) Validate() []string {
 		bad("log.file_max_backups", c.Log.FileMaxBackups, "must be 0 or more")
 	}
 	c.Limits.validate(bad)
+	p = append(p, c.TLS.validate()...)
+	p = append(p, c.ServerTLS.validate()...)
 	switch c.Log.Format {
 	case "json", "console":
 	default:
 		bad("log.format", c.Log.Format, "must be json or console")
 	}
 	return p
+}
+
+// validate checks the tls section: the mode, and that the files it names
+// load (a certificate and its key, the client CAs).
+func (t TLS) validate() []string {
+	var p []string
+	switch t.Mode {
+	case "", TLSDisable, TLSAllow, TLSRequire:
+	default:
+		p = append(p, fmt.Sprintf("tls.mode: %s is not allowed: must be disable, allow or require", fmtVal(t.Mode)))
+	}
+	if t.TLSMode() != TLSDisable {
+		for _, f := range []struct{ key, path string }{{"tls.cert_file", t.CertFile}, {"tls.key_file", t.KeyFile}} {
+			if f.path == "" {
+				p = append(p, fmt.Sprintf("%s: empty is not allowed with tls.mode %s: name the PEM file of pgsplit's server certificate and its key", f.key, t.Mode))
+			}
+		}
+	}
+	p = append(p, pairProblems("tls.cert_file", t.CertFile, "tls.key_file", t.KeyFile)...)
+	if t.ClientCAFile != "" {
+		if _, err := LoadCAPool("tls.client_ca_file", t.ClientCAFile); err != nil {
+			p = append(p, err.Error())
+		}
+	}
+	return p
+}
+
+// validate checks the server_tls section.
+func (t ServerTLS) validate() []string {
+	var p []string
+	switch t.Mode {
+	case "", SSLDisable, SSLAllow, SSLPrefer, SSLRequire, SSLVerifyCA, SSLVerifyFull:
+	default:
+		p = append(p, fmt.Sprintf("server_tls.mode: %s is not allowed: must be disable, allow, prefer, require, verify-ca or verify-full (libpq's sslmode)", fmtVal(t.Mode)))
+	}
+	if (t.Mode == SSLVerifyCA || t.Mode == SSLVerifyFull) && t.CAFile == "" {
+		p = append(p, fmt.Sprintf("server_tls.ca_file: empty is not allowed with server_tls.mode %s: name the PEM file of the CAs that sign the servers' certificates", t.Mode))
+	}
+	if t.CAFile != "" {
+		if _, err := LoadCAPool("server_tls.ca_file", t.CAFile); err != nil {
+			p = append(p, err.Error())
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		p = append(p, "server_tls.cert_file, server_tls.key_file: set both (pgsplit's client certificate for the servers and its key) or neither")
+	}
+	return append(p, pairProblems("server_tls.cert_file", t.CertFile, "server_tls.key_file", t.KeyFile)...)
+}
+
+// pairProblems reports a certificate and key that are both named but do
+// not load as a pair.
+func pairProblems(certKey, certFile, keyKey, keyFile string) []string {
+	if certFile == "" || keyFile == "" {
+		return nil
+	}
+	if _, err := LoadKeyPair(certKey, certFile, keyKey, keyFile); err != nil {
+		return []string{err.Error()}
+	}
+	return nil
 }
 
 func fmtVal(v any) string {
@@ -277,7 +342,7 @@ func secretProblem(pw, method string, upstream bool) string {
 		if _, err := secret.ParseVerifier(pw); err != nil {
 			return err.Error()
 		}
-		if upstream && method == AuthTrust {
+		if upstream && (method == AuthTrust || method == AuthCert) {
 			return "a SCRAM verifier is not allowed with auth.method trust: pgsplit logs in to the servers with the key it recovers from a client's SCRAM proof, and trust asks for none (give the plain password, or use scram-sha-256)"
 		}
 	case secret.MD5:

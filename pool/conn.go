@@ -28,6 +28,9 @@ type Conn struct {
 	Params map[string]string
 	// State is the session state left on the connection; see State.
 	State State
+	// TLS describes the connection's encryption ("TLSv1.3/…"; "" for
+	// plain text), for SHOW SERVERS.
+	TLS string
 
 	raw net.Conn
 	// R frames messages from the server; W buffers messages to it.
@@ -47,21 +50,22 @@ func (c *Conn) Raw() net.Conn { return c.raw }
 const bufSize = 32 << 10
 
 // ConnConfig is the pgconn configuration of every connection pgsplit opens
-// to a server (pooled, catalog, probes): plain TCP (upstream TLS comes
-// later), one host, and nothing taken from pgsplit's own PG* environment.
-func ConnConfig(host string, port int, user, password, database string, timeout time.Duration) (*pgconn.Config, error) {
-	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d sslmode=disable", host, port))
+// to a server (pooled, health checks, catalog, probes): one host, TLS as t
+// says (pgconn's own sslmode handling: allow and prefer keep the fallback
+// attempt it builds for the same host), and nothing taken from pgsplit's
+// own PG* environment.
+func ConnConfig(host string, port int, t TLS, user, password, database string, timeout time.Duration) (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%d %s", connQuote(host), port, t.connString()))
 	if err != nil {
 		return nil, fmt.Errorf("upstream config: %w", err)
 	}
 	cfg.User, cfg.Password, cfg.Database, cfg.ConnectTimeout = user, password, database, timeout
 	cfg.RuntimeParams = map[string]string{}
-	cfg.Fallbacks = nil
 	return cfg, nil
 }
 
 func dial(ctx context.Context, o *Options) (*Conn, error) {
-	cfg, err := LoginConfig(o.Host, o.Port, o.User, o.Password, o.Database, o.ConnectTimeout, o.Keys)
+	cfg, err := LoginConfig(o.Host, o.Port, o.TLS, o.User, o.Password, o.Database, o.ConnectTimeout, o.Keys)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +97,7 @@ func dial(ctx context.Context, o *Options) (*Conn, error) {
 		R:         wire.NewReader(bufio.NewReaderSize(hj.Conn, bufSize), 0),
 		W:         bufio.NewWriterSize(hj.Conn, bufSize),
 		State:     newState(),
+		TLS:       describeTLS(hj.Conn),
 		created:   now,
 		lastUsed:  now,
 	}, nil
@@ -310,7 +315,7 @@ func (c *Conn) checkIdle() error {
 	if c.R.Buffered() > 0 {
 		return errUnexpectedData
 	}
-	if err := socketCheck(c.raw); err != nil {
+	if err := socketCheck(plainConn(c.raw)); err != nil {
 		return fmt.Errorf("idle check: %w", err)
 	}
 	return nil

@@ -25,8 +25,8 @@ func (e *NoClientKeyError) Error() string {
 
 // LoginConfig is ConnConfig for a user whose secret is a plain password,
 // an md5 hash or a SCRAM verifier (see SetLogin).
-func LoginConfig(host string, port int, user, secretText, database string, timeout time.Duration, keys *secret.KeyRing) (*pgconn.Config, error) {
-	cfg, err := ConnConfig(host, port, user, "", database, timeout)
+func LoginConfig(host string, port int, tlsCfg TLS, user, secretText, database string, timeout time.Duration, keys *secret.KeyRing) (*pgconn.Config, error) {
+	cfg, err := ConnConfig(host, port, tlsCfg, user, "", database, timeout)
 	if err != nil {
 		return nil, err
 	}

@@ -53,6 +53,7 @@ type Options struct {
 	Recycle        time.Duration // pool_recycle
 	PrePing        bool          // pool_pre_ping
 	ConnectTimeout time.Duration
+	TLS            TLS // server_tls
 	Logger         *zap.Logger
 }
 

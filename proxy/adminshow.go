@@ -255,7 +255,7 @@ func showServers(s *session) *resultSet {
 				request = c.LastUsed
 			}
 			r.rows = append(r.rows, []any{"S", e.key.user, e.key.database, state, host, port, lhost, lport, c.Created, request,
-				closeNeeded, link, int64(c.PID), "", app, int64(c.Prepared), srv.roleOf(e.key.server)})
+				closeNeeded, link, int64(c.PID), c.Conn.TLS, app, int64(c.Prepared), srv.roleOf(e.key.server)})
 		}
 	}
 	return r
@@ -292,7 +292,7 @@ func showClients(s *session) *resultSet {
 		}
 		r.rows = append(r.rows, []any{"C", c.user.Name, c.database, state, host, port, lhost, lport, c.connectedAt, request,
 			int64(wait / time.Second), int64((wait % time.Second) / time.Microsecond), strconv.FormatUint(uint64(c.pid), 10),
-			strings.Join(links, ","), "", c.appName, string(rune(byte(c.txStatus.Load()))), pinned})
+			strings.Join(links, ","), c.tlsInfo, c.appName, string(rune(byte(c.txStatus.Load()))), pinned})
 	}
 	return r
 }

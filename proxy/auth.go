@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 
@@ -106,10 +107,12 @@ func scramCredentials(u config.User, method string) (*scram.StoredCredentials, *
 }
 
 // authenticate runs the client side of the login for user (to database)
-// and returns the matching user, configured or looked up. Errors are
-// *pgError: 28000 or 28P01 for a refused login; a user auth_query does not
-// find gets the very answer a wrong password gets.
-func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, database string) (config.User, error) {
+// and returns the matching user, configured or looked up; cs is the client
+// connection's TLS (nil for plain text), whose verified certificate method
+// cert checks. Errors are *pgError: 28000 or 28P01 for a refused login; a
+// user auth_query does not find gets the very answer a wrong password
+// gets.
+func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, database string, cs *tls.ConnectionState) (config.User, error) {
 	failed := fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	u, ok := au.users[user]
 	creds, hasCreds := au.scram[user]
@@ -150,6 +153,18 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 			return u, au.mockExchange(r, w, user, failed)
 		}
 		return u, au.scramExchange(r, w, creds, v, failed)
+	case config.AuthCert:
+		// As PostgreSQL's cert method: the CN of a certificate verified
+		// against tls.client_ca_file must be the user name. The client is
+		// not told which CN it showed; the log is.
+		switch cn := certUser(cs); {
+		case cn == "":
+			return u, fatal(codeInvalidAuthSpec, "connection requires a valid client certificate")
+		case cn != user:
+			return u, &pgError{severity: "FATAL", code: codeInvalidAuthSpec, msg: fmt.Sprintf("certificate authentication failed for user %q", user),
+				logDetail: fmt.Sprintf("the client certificate's CN is %q", cn)}
+		}
+		return u, nil
 	}
 	return u, fatal(codeInternalError, "unknown auth.method")
 }

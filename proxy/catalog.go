@@ -248,8 +248,8 @@ var errNoServer = errors.New("no server available: no primary known")
 
 // ReadVolatility reads, from pg_proc of database on srv, whether each user
 // function is VOLATILE (any overload), keyed by "name" and "schema.name".
-func ReadVolatility(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration) (map[string]bool, error) {
-	rows, err := queryOnce(ctx, srv, u, nil, database, timeout, "pgsplit catalog", volatilityQuery)
+func ReadVolatility(ctx context.Context, srv config.Server, u config.User, database string, timeout time.Duration, st config.ServerTLS) (map[string]bool, error) {
+	rows, err := queryOnce(ctx, srv, u, nil, database, timeout, st, "pgsplit catalog", volatilityQuery)
 	if err != nil {
 		return nil, err
 	}
@@ -259,9 +259,10 @@ func ReadVolatility(ctx context.Context, srv config.Server, u config.User, datab
 // queryOnce opens a connection of its own to srv (outside the pools: for
 // the CLI and for checks before the pools exist), runs one query and closes
 // the connection. application_name says what pgsplit is doing. keys (nil:
-// none) holds the ClientKey of a user configured with a SCRAM verifier.
-func queryOnce(ctx context.Context, srv config.Server, u config.User, keys *secret.KeyRing, database string, timeout time.Duration, appName, sql string) ([][][]byte, error) {
-	pc, err := pool.LoginConfig(srv.Host, srv.Port, u.Name, u.Password, database, timeout, keys)
+// none) holds the ClientKey of a user configured with a SCRAM verifier;
+// st is server_tls.
+func queryOnce(ctx context.Context, srv config.Server, u config.User, keys *secret.KeyRing, database string, timeout time.Duration, st config.ServerTLS, appName, sql string) ([][][]byte, error) {
+	pc, err := pool.LoginConfig(srv.Host, srv.Port, upstreamTLS(st), u.Name, u.Password, database, timeout, keys)
 	if err != nil {
 		return nil, err
 	}

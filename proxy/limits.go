@@ -115,7 +115,7 @@ func readLimits(ctx context.Context, cfg *config.Config, srv config.Server, l *S
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Pool.ConnectTimeout+5*time.Second)
 	defer cancel()
-	rows, err := queryOnce(ctx, srv, u, nil, db, cfg.Pool.ConnectTimeout, "pgsplit limits check", limitsQuery)
+	rows, err := queryOnce(ctx, srv, u, nil, db, cfg.Pool.ConnectTimeout, cfg.ServerTLS, "pgsplit limits check", limitsQuery)
 	if err != nil {
 		return err
 	}

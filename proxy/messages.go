@@ -29,6 +29,9 @@ type pgError struct {
 	code     string
 	msg      string
 	detail   string
+	// logDetail goes to pgsplit's log only, never to the client (as
+	// PostgreSQL's errdetail_log).
+	logDetail string
 }
 
 func (e *pgError) Error() string { return e.code + ": " + e.msg }

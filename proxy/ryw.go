@@ -703,7 +703,7 @@ func (s *Server) monitorConn(ctx context.Context, srv config.Server, appName str
 	for _, db := range dbs {
 		var pc *pgconn.Config
 		u := cfg.Auth.ServiceUser()
-		pc, err = pool.LoginConfig(srv.Host, srv.Port, u.Name, u.Password, db, cfg.Pool.ConnectTimeout, s.keys)
+		pc, err = pool.LoginConfig(srv.Host, srv.Port, upstreamTLS(cfg.ServerTLS), u.Name, u.Password, db, cfg.Pool.ConnectTimeout, s.keys)
 		if err == nil {
 			pc.RuntimeParams["application_name"] = appName
 			var c *pgconn.PgConn

@@ -36,6 +36,7 @@ type Server struct {
 	log      *zap.Logger
 	cfg      atomic.Pointer[config.Config]
 	auth     atomic.Pointer[authenticator]
+	front    atomic.Pointer[frontTLS] // the tls section, loaded; swapped by Reload
 	primary  config.Server
 	replicas []config.Server // every server that is not the primary
 
@@ -120,6 +121,11 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if err := s.setAuth(cfg); err != nil {
 		return nil, err
 	}
+	front, err := newFrontTLS(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	s.front.Store(front)
 	s.cfg.Store(cfg)
 	s.qlog = newQueryLog(cfg.Log, log)
 	s.qlog.explain = newExplainer(s)
@@ -145,7 +151,7 @@ func (s *Server) setAuth(cfg *config.Config) error {
 	// The console can shut pgsplit down: its logins always prove a
 	// password, with SCRAM when auth.method is trust.
 	adminMethod := cfg.Auth.Method
-	if adminMethod == config.AuthTrust {
+	if adminMethod == config.AuthTrust || adminMethod == config.AuthCert {
 		adminMethod = config.AuthSCRAM
 	}
 	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users", nil, nil)
@@ -324,6 +330,7 @@ func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User
 		Size: cfg.Pool.PoolSize, MaxOverflow: cfg.Pool.MaxOverflow,
 		Timeout: cfg.Pool.PoolTimeout, Recycle: cfg.Pool.PoolRecycle, PrePing: cfg.Pool.PoolPrePing,
 		ConnectTimeout: cfg.Pool.ConnectTimeout,
+		TLS:            upstreamTLS(cfg.ServerTLS),
 		Logger:         s.log,
 	})
 	s.pools[k] = p
@@ -597,9 +604,10 @@ func (s *Server) hasReplicas() bool {
 }
 
 // Reload applies a new configuration to what can change while running:
-// auth.method and auth.users (for new logins), max_client_conn,
-// shutdown_timeout and the pool knobs. listen, servers and log.format need a
-// restart; changes to them are reported and ignored.
+// auth.method and auth.users (for new logins), the tls section (new
+// handshakes use the certificate files as they are now), max_client_conn,
+// shutdown_timeout and the pool knobs. listen, servers, server_tls and
+// log.format need a restart; changes to them are reported and ignored.
 func (s *Server) Reload(cfg *config.Config) error {
 	old := s.cfg.Load()
 	if cfg.Listen != old.Listen {
@@ -610,12 +618,23 @@ func (s *Server) Reload(cfg *config.Config) error {
 		s.log.Warn("reload: servers changes need a restart; keeping the old list")
 		cfg.Servers = old.Servers
 	}
+	if cfg.ServerTLS != old.ServerTLS {
+		s.log.Warn("reload: server_tls changes need a restart; keeping the old values")
+		cfg.ServerTLS = old.ServerTLS
+	}
+	// The certificate files are read again now: a file that does not load
+	// refuses the whole reload, and the running certificate stays.
+	front, err := newFrontTLS(cfg.TLS)
+	if err != nil {
+		return fmt.Errorf("reload refused: %w", err)
+	}
 	if err := s.checkLimits(context.Background(), cfg); err != nil {
 		return err
 	}
 	if err := s.setAuth(cfg); err != nil {
 		return err
 	}
+	s.front.Store(front)
 	s.cfg.Store(cfg)
 	if cfg.Log.File != old.Log.File {
 		s.log.Warn("reload: log.file changes need a restart; keeping the old file", zap.String("log.file", old.Log.File))
@@ -727,7 +746,7 @@ func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error)
 		if srv.Role != config.RoleAuto {
 			continue
 		}
-		inRecovery, err := probeRecovery(ctx, srv, cfg.Auth.ServiceUser(), cfg.Pool.ConnectTimeout)
+		inRecovery, err := probeRecovery(ctx, srv, cfg.Auth.ServiceUser(), cfg.Pool.ConnectTimeout, cfg.ServerTLS)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", srv.Addr(), err))
 			continue
@@ -739,8 +758,8 @@ func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error)
 	return config.Server{}, fmt.Errorf("no primary: no server has role primary and no server with role auto answered pg_is_in_recovery() = false: %w", errors.Join(errs...))
 }
 
-func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration) (bool, error) {
-	rows, err := queryOnce(ctx, srv, u, nil, "postgres", timeout, "pgsplit role probe", "SELECT pg_is_in_recovery()")
+func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration, st config.ServerTLS) (bool, error) {
+	rows, err := queryOnce(ctx, srv, u, nil, "postgres", timeout, st, "pgsplit role probe", "SELECT pg_is_in_recovery()")
 	if err != nil {
 		return false, err
 	}

@@ -109,6 +109,9 @@ type session struct {
 	pinnedBy    atomic.Pointer[string] // connPins joined, for SHOW CLIENTS
 	heldAtGate  atomic.Bool            // waiting at the PAUSE gate
 	br          *bufio.Reader          // the client reader under cr (serve's goroutine)
+	// tlsInfo describes the client connection's TLS ("" for plain text):
+	// set by serve before ready, read-only after.
+	tlsInfo string
 
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
@@ -148,7 +151,15 @@ func (s *session) serve() {
 		// overwritten drain's wake-up: wake the startup reads again.
 		_ = s.conn.SetReadDeadline(time.Now())
 	}
-	st, err := readStartup(br, s.cw)
+	link := &clientLink{conn: s.conn, br: br, bw: s.cw}
+	st, err := readStartup(link, s.srv.front.Load())
+	// From here on the session reads and writes through TLS if the client
+	// negotiated it (the error answer too).
+	s.br, s.cw, s.cr = link.br, link.bw, wire.NewReader(link.br, 0)
+	s.tlsInfo = link.describe()
+	if s.tlsInfo != "" {
+		s.log = s.log.With(zap.String("tls", s.tlsInfo))
+	}
 	if err != nil {
 		s.failStartup(err, "", "")
 		return
@@ -181,7 +192,7 @@ func (s *session) serve() {
 			return
 		}
 	}
-	u, err := au.authenticate(s.cr, s.cw, user, database)
+	u, err := au.authenticate(s.cr, s.cw, user, database, link.tls)
 	if err == nil && s.srv.draining.Load() {
 		err = fatal(codeAdminShutdown, "the database system is shutting down")
 	}
@@ -265,7 +276,11 @@ func (s *session) serve() {
 func (s *session) failStartup(err error, user, database string) {
 	var pe *pgError
 	var fe *wire.FrameError
+	var he *handshakeError
 	switch {
+	case errors.As(err, &he):
+		s.log.Info("login refused", zap.Error(err)) // nothing to tell a client that speaks TLS, not the protocol yet
+		return
 	case errors.As(err, &fe) && fe.TooLarge() && fe.Type != 0:
 		pe = s.messageTooLarge(fe, s.limits.MaxMessageSize) // a password message
 	case errors.As(err, &fe) && fe.TooLarge():
@@ -292,6 +307,9 @@ func (s *session) failStartup(err error, user, database string) {
 		}
 	}
 	fields := []zap.Field{zap.String("sqlstate", pe.code), zap.String("reason", pe.msg)}
+	if pe.logDetail != "" {
+		fields = append(fields, zap.String("detail", pe.logDetail))
+	}
 	switch pe.code {
 	case codeInvalidPassword, codeInvalidAuthSpec:
 		s.log.Warn("authentication failed", fields...)

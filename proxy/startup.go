@@ -1,14 +1,15 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/wire"
 )
 
@@ -96,12 +97,25 @@ func parseStartup(body []byte) (code uint32, st *startup, err error) {
 }
 
 // readStartup runs the startup phase up to the StartupMessage or
-// CancelRequest: SSLRequest and GSSENCRequest are answered 'N' (pgsplit does
-// not offer TLS yet), at most once each.
-func readStartup(br *bufio.Reader, bw *bufio.Writer) (*startup, error) {
+// CancelRequest, each encryption request at most once: an SSLRequest is
+// answered 'S' and TLS begins when front offers TLS, else 'N';
+// GSSENCRequest is answered 'N'. A connection that opens with a TLS
+// ClientHello is PostgreSQL 17's direct TLS. Under tls.mode require a
+// plaintext StartupMessage is refused (28000); a plaintext CancelRequest is
+// not, as PostgreSQL does not refuse it.
+func readStartup(l *clientLink, front *frontTLS) (*startup, error) {
 	var sawSSL, sawGSS bool
+	if first, err := l.br.Peek(1); err == nil && first[0] == tlsRecordHandshake {
+		if front.direct == nil {
+			return nil, &handshakeError{err: errors.New("direct TLS connection, but tls.mode is disable")}
+		}
+		if err := l.startTLS(front.direct); err != nil {
+			return nil, err
+		}
+		sawSSL = true
+	}
 	for {
-		body, err := wire.ReadStartup(br)
+		body, err := wire.ReadStartup(l.br)
 		if err != nil {
 			return nil, err // a *wire.FrameError becomes 08P01 in failStartup
 		}
@@ -118,16 +132,28 @@ func readStartup(br *bufio.Reader, bw *bufio.Writer) (*startup, error) {
 			sawGSS = sawGSS || code == codeGSSENCRequest
 			// Bytes sent before our answer could be an injection attempt
 			// (CVE-2021-23222): refuse them as PostgreSQL does.
-			if br.Buffered() > 0 {
+			if l.br.Buffered() > 0 {
 				return nil, fatal(codeProtocolViolation, "received unencrypted data after encryption request")
 			}
-			if err := bw.WriteByte('N'); err != nil {
+			answer := byte('N')
+			if code == codeSSLRequest && front.negotiated != nil {
+				answer = 'S'
+			}
+			if err := l.bw.WriteByte(answer); err != nil {
 				return nil, err
 			}
-			if err := bw.Flush(); err != nil {
+			if err := l.bw.Flush(); err != nil {
 				return nil, err
+			}
+			if answer == 'S' {
+				if err := l.startTLS(front.negotiated); err != nil {
+					return nil, err
+				}
 			}
 			continue
+		}
+		if st.cancel == nil && l.tls == nil && front.mode == config.TLSRequire {
+			return nil, requireTLSError()
 		}
 		return st, nil
 	}

@@ -10,8 +10,14 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/secret"
 )
+
+// pipeLink is the startup link over one end of a net.Pipe.
+func pipeLink(c net.Conn) *clientLink {
+	return &clientLink{conn: c, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
+}
 
 func startupPacket(version uint32, kv ...string) []byte {
 	body := binary.BigEndian.AppendUint32(nil, version)
@@ -97,7 +103,7 @@ func TestReadStartupOverPipe(t *testing.T) {
 		_, err := client.Write(startupPacket(3<<16, "user", "app"))
 		done <- err
 	}()
-	st, err := readStartup(bufio.NewReader(server), bufio.NewWriter(server))
+	st, err := readStartup(pipeLink(server), &frontTLS{mode: config.TLSDisable})
 	if err != nil || st.params["user"] != "app" {
 		t.Fatalf("%v %v", st, err)
 	}
@@ -111,7 +117,7 @@ func TestReadStartupOverPipe(t *testing.T) {
 		defer client.Close()
 		_, _ = client.Write(append(ssl, startupPacket(3<<16, "user", "app")...))
 	}()
-	_, err = readStartup(bufio.NewReader(server), bufio.NewWriter(server))
+	_, err = readStartup(pipeLink(server), &frontTLS{mode: config.TLSDisable})
 	var pe *pgError
 	if !errors.As(err, &pe) || pe.code != codeProtocolViolation {
 		t.Fatalf("pipelined data after SSLRequest: want 08P01, got %v", err)

@@ -99,6 +99,14 @@ func (c *Cluster) startPrimary(ctx context.Context) error {
 		"password_encryption = " + confQuote(encryption),
 		"cluster_name = " + confQuote(n.Name),
 	}
+	appHost := "host"
+	if c.opts.TLS != nil {
+		if err := c.writeTLSFiles(n.DataDir); err != nil {
+			return fmt.Errorf("configure primary: %w", err)
+		}
+		conf = append(conf, "ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'")
+		appHost = "hostssl"
+	}
 	if err := appendLines(filepath.Join(n.DataDir, "postgresql.conf"), conf); err != nil {
 		return fmt.Errorf("configure primary: %w", err)
 	}
@@ -107,8 +115,8 @@ func (c *Cluster) startPrimary(ctx context.Context) error {
 		"local all all trust",
 		"host replication all " + localhost + "/32 trust",
 		"host all " + superuser + " " + localhost + "/32 trust",
-		"host all \"" + c.opts.AppUser + "\" " + localhost + "/32 " + c.opts.AppAuth,
-		"host all all " + localhost + "/32 " + c.opts.AppAuth,
+		appHost + " all \"" + c.opts.AppUser + "\" " + localhost + "/32 " + c.opts.AppAuth,
+		appHost + " all all " + localhost + "/32 " + c.opts.AppAuth,
 	}
 	hbaPath := filepath.Join(n.DataDir, "pg_hba.conf")
 	if err := os.WriteFile(hbaPath, []byte(strings.Join(hba, "\n")+"\n"), 0o600); err != nil {
@@ -130,6 +138,25 @@ func (c *Cluster) startPrimary(ctx context.Context) error {
 	db := fmt.Sprintf("CREATE DATABASE %s OWNER %s", quoteIdent(c.opts.AppUser), quoteIdent(c.opts.AppUser))
 	if _, err := c.Psql(ctx, *n, "", db); err != nil {
 		return fmt.Errorf("create database %q on primary: %w", c.opts.AppUser, err)
+	}
+	return nil
+}
+
+// writeTLSFiles writes the server certificate and key into dataDir, owned
+// by the server's OS user with mode 0600 (the server refuses a key that
+// others can read).
+func (c *Cluster) writeTLSFiles(dataDir string) error {
+	for _, f := range []struct {
+		name string
+		body []byte
+	}{{"server.crt", c.opts.TLS.CertPEM}, {"server.key", c.opts.TLS.KeyPEM}} {
+		path := filepath.Join(dataDir, f.name)
+		if err := os.WriteFile(path, f.body, 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+		if err := c.chown(path); err != nil {
+			return err
+		}
 	}
 	return nil
 }

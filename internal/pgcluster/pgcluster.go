@@ -78,6 +78,18 @@ type Options struct {
 	// Log receives progress lines ("starting primary on port N"); nil
 	// discards them.
 	Log io.Writer
+	// TLS, when set, turns ssl on with this certificate, and every
+	// non-superuser login (AppUser's included) must come over TLS: their
+	// pg_hba.conf lines are hostssl. The superuser keeps a plain host line,
+	// so Psql and SuperuserDSN work as without TLS.
+	TLS *TLS
+}
+
+// TLS is a server certificate and its private key, PEM (see
+// internal/testcert). The files are written into the primary's data folder
+// (replicas copy them with the rest).
+type TLS struct {
+	CertPEM, KeyPEM []byte
 }
 
 // Node is one PostgreSQL server of a Cluster.
