@@ -31,14 +31,17 @@ bench:
 	$(GO) test -run XXX -bench . -benchmem ./internal/wire/ ./router/
 	$(GO) test -run XXX -bench QueryStatsObserve -benchmem ./proxy/
 
-## fuzz: a short run of every fuzz target.
+## fuzz: a run of every fuzz target, FUZZTIME each (30s; CI runs them for 5s,
+## longer runs: make fuzz FUZZTIME=10m).
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run XXX -fuzz FuzzReader$$ -fuzztime 30s ./internal/wire/
-	$(GO) test -run XXX -fuzz FuzzReaderLimit -fuzztime 30s ./internal/wire/
-	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime 30s ./proxy/
-	$(GO) test -run XXX -fuzz FuzzAppendExtended -fuzztime 30s ./proxy/
-	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime 30s ./proxy/
-	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime 30s ./router/
+	$(GO) test -run XXX -fuzz FuzzReader$$ -fuzztime $(FUZZTIME) ./internal/wire/
+	$(GO) test -run XXX -fuzz FuzzReaderLimit -fuzztime $(FUZZTIME) ./internal/wire/
+	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run XXX -fuzz FuzzAppendExtended -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime $(FUZZTIME) ./router/
+	$(GO) test -run XXX -fuzz FuzzDepthNeverUnderestimatesNesting -fuzztime $(FUZZTIME) ./router/
 
 clean:
 	rm -rf bin
