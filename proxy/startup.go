@@ -100,15 +100,15 @@ func parseStartup(body []byte) (code uint32, st *startup, err error) {
 // CancelRequest, each encryption request at most once: an SSLRequest is
 // answered 'S' and TLS begins when front offers TLS, else 'N';
 // GSSENCRequest is answered 'N'. A connection that opens with a TLS
-// ClientHello is PostgreSQL 17's direct TLS. Under tls.mode require a
+// ClientHello is PostgreSQL 17's direct TLS (unless tls.mode is disable).
+// Under tls.mode require a
 // plaintext StartupMessage is refused (28000); a plaintext CancelRequest is
 // not, as PostgreSQL does not refuse it.
 func readStartup(l *clientLink, front *frontTLS) (*startup, error) {
 	var sawSSL, sawGSS bool
-	if first, err := l.br.Peek(1); err == nil && first[0] == tlsRecordHandshake {
-		if front.direct == nil {
-			return nil, &handshakeError{err: errors.New("direct TLS connection, but tls.mode is disable")}
-		}
+	// Under tls.mode disable a ClientHello is read as a startup packet, and
+	// refused as one (08P01), as before pgsplit offered TLS.
+	if first, err := l.br.Peek(1); err == nil && first[0] == tlsRecordHandshake && front.direct != nil {
 		if err := l.startTLS(front.direct); err != nil {
 			return nil, err
 		}

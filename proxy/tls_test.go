@@ -127,15 +127,18 @@ func TestReadStartupTLSModes(t *testing.T) {
 					_, err := tc.Write(startup)
 					return err
 				})
-				ok := mode != config.TLSDisable && alpn != nil
 				var he *handshakeError
+				var pe *pgError
 				switch {
-				case ok && (err != nil || cerr != nil || st.params["user"] != "app" || l.tls.NegotiatedProtocol != alpnPostgres):
+				case mode == config.TLSDisable:
+					// Read as a startup packet, as before TLS: 08P01.
+					if !errors.As(err, &pe) || pe.code != codeProtocolViolation || cerr == nil {
+						t.Fatalf("want 08P01, got client %v, server %v", cerr, err)
+					}
+				case alpn != nil && (err != nil || cerr != nil || st.params["user"] != "app" || l.tls.NegotiatedProtocol != alpnPostgres):
 					t.Fatalf("client %v, server %v", cerr, err)
-				case !ok && (!errors.As(err, &he) || cerr == nil):
-					t.Fatalf("want the handshake refused, got client %v, server %v", cerr, err)
-				case !ok && alpn == nil && mode != config.TLSDisable && !errors.Is(err, errNoALPN):
-					t.Fatalf("want errNoALPN, got %v", err)
+				case alpn == nil && (!errors.As(err, &he) || !errors.Is(err, errNoALPN) || cerr == nil):
+					t.Fatalf("want the handshake refused for want of ALPN, got client %v, server %v", cerr, err)
 				}
 			})
 		}
