@@ -60,6 +60,13 @@ type seat struct {
 	srv     *Server
 	ip      string        // counted in srv.ipConns while not ""
 	counter *atomic.Int64 // the count this connection is in now, nil after release
+	// cancelOnly: the connection is over max_connections_per_ip and may
+	// only be a cancel request.
+	cancelOnly bool
+}
+
+func errTooManyFromIP() *pgError {
+	return fatal(codeTooManyConnections, "too many connections from this address")
 }
 
 // takeSeat counts a connection just accepted. A connection over
@@ -74,14 +81,18 @@ func (srv *Server) takeSeat(from net.Addr, log *zap.Logger) (*seat, *pgError) {
 	}
 	srv.ipMu.Lock()
 	n := srv.ipConns[ip]
-	if max := cfg.Limits.MaxConnectionsPerIP; max > 0 && n >= max {
+	max := cfg.Limits.MaxConnectionsPerIP
+	if max > 0 && n > max {
 		srv.ipMu.Unlock()
 		srv.limitHit(log, limitConnectionsPerIP, zap.Int("max", max))
-		return nil, fatal(codeTooManyConnections, "too many connections from this address")
+		return nil, errTooManyFromIP()
 	}
 	srv.ipConns[ip] = n + 1
 	srv.ipMu.Unlock()
-	st := &seat{srv: srv, ip: ip}
+	// One connection over the address's cap may still be a cancel
+	// request (drivers send them on a new connection): seatFor refuses it
+	// unless it is.
+	st := &seat{srv: srv, ip: ip, cancelOnly: max > 0 && n == max}
 	if srv.clients.Add(1) <= int64(cfg.MaxClientConn) {
 		st.counter = &srv.clients
 		return st, nil
@@ -97,11 +108,18 @@ func (srv *Server) takeSeat(from net.Addr, log *zap.Logger) (*seat, *pgError) {
 	return nil, fatal(codeTooManyConnections, "sorry, too many clients already (max_client_conn)")
 }
 
-// seatFor settles the seat once the startup packet is read: an admin
-// login moves to the admin logins' count; a client that came in over
-// max_client_conn is refused.
+// seatFor settles the seat once the startup packet is read (and is not a
+// cancel request): an admin login moves to the admin logins' count; a
+// client that came in over max_client_conn, or over
+// max_connections_per_ip, is refused.
 func (st *seat) seatFor(admin bool, log *zap.Logger) *pgError {
 	srv := st.srv
+	if st.cancelOnly {
+		st.move(nil)
+		max := srv.cfg.Load().Limits.MaxConnectionsPerIP
+		srv.limitHit(log, limitConnectionsPerIP, zap.Int("max", max))
+		return errTooManyFromIP()
+	}
 	if admin {
 		st.move(nil)
 		if srv.adminLogins.Add(1) > maxAdminConns {

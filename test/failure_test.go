@@ -11,7 +11,8 @@ import (
 )
 
 // TestProtocolViolationAfterLogin sends a logged-in session a message
-// header that cannot be right: pgsplit answers FATAL 08P01 and closes, the
+// header that cannot be right: pgsplit answers FATAL 08P01 (54000 for a
+// length past limits.max_message_size) and closes, the
 // upstream connection is not left running or in an unknown state, and the
 // proxy serves the next client.
 func TestProtocolViolationAfterLogin(t *testing.T) {
@@ -20,10 +21,11 @@ func TestProtocolViolationAfterLogin(t *testing.T) {
 	cases := []struct {
 		name string
 		send []byte
+		code string // 08P01 for a broken frame, 54000 past limits.max_message_size
 	}{
-		{"length 3", []byte{'Q', 0, 0, 0, 3}},
-		{"length over 1 GB", []byte{'Q', 0x7f, 0xff, 0xff, 0xff}},
-		{"length 0xFFFFFFFF", []byte{'P', 0xff, 0xff, 0xff, 0xff}},
+		{"length 3", []byte{'Q', 0, 0, 0, 3}, "08P01"},
+		{"length over 1 GB", []byte{'Q', 0x7f, 0xff, 0xff, 0xff}, "54000"},
+		{"length 0xFFFFFFFF", []byte{'P', 0xff, 0xff, 0xff, 0xff}, "54000"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -49,8 +51,8 @@ func TestProtocolViolationAfterLogin(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if er.Code != "08P01" || er.Severity != "FATAL" {
-				t.Fatalf("got %s %s %q, want FATAL 08P01", er.Severity, er.Code, er.Message)
+			if er.Code != tc.code || er.Severity != "FATAL" {
+				t.Fatalf("got %s %s %q, want FATAL %s", er.Severity, er.Code, er.Message, tc.code)
 			}
 			waitFor(t, 3*time.Second, "upstream backend gone or idle", func() (bool, string) {
 				st := backendState(t, su, backend)

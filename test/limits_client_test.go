@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -212,18 +213,31 @@ func TestStartupAdminLoginCountNoLeak(t *testing.T) {
 
 // TestLimitConnectionsPerIP: a third connection from 127.0.0.1 with
 // max_connections_per_ip 2 gets FATAL 53300 "too many connections from
-// this address"; one from 127.0.0.2 gets in; closing one makes room.
+// this address", but a cancel request from there still works; one from
+// 127.0.0.2 gets in; closing one makes room.
 func TestLimitConnectionsPerIP(t *testing.T) {
 	p := limitsProxy(t, func(l *config.Limits) { l.MaxConnectionsPerIP = 2 })
 	mark := p.watchLogs(t)
 	a := connect(t, p.appDSN())
-	_ = connect(t, p.appDSN())
+	b := connect(t, p.appDSN(), withCancelRequests)
 	_, err := pgx.Connect(testCtx(t, 10*time.Second), p.appDSN())
 	pe := wantState(t, err, "53300", "a third connection from 127.0.0.1")
 	if pe.Message != "too many connections from this address" {
 		t.Errorf("message %q", pe.Message)
 	}
 	wantLimitLogged(t, p, mark, "max_connections_per_ip")
+
+	// At the cap, a cancel request (a new connection) still gets through.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	_, err = b.Exec(ctx, "SELECT pg_sleep(10)")
+	if sqlState(err) != "57014" || time.Since(began) > 5*time.Second {
+		t.Fatalf("a cancel request while the address is at its cap: %v after %s, want 57014 at once", err, time.Since(began))
+	}
+	mustSelectOne(t, b, "after the cancel")
+	_, err = pgx.Connect(testCtx(t, 10*time.Second), p.appDSN())
+	wantState(t, err, "53300", "again a third connection")
 
 	other := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) {
 		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, Timeout: 5 * time.Second}
