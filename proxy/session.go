@@ -155,7 +155,7 @@ func (s *session) serve() {
 	st, err := readStartup(link, s.srv.front.Load())
 	// From here on the session reads and writes through TLS if the client
 	// negotiated it (the error answer too).
-	s.br, s.cw, s.cr = link.br, link.bw, wire.NewReader(link.br, 0)
+	s.br, s.cw, s.cr = link.br, link.bw, wire.NewReader(link.br, s.srv.cfg.Load().Limits.MaxMessageSize)
 	s.tlsInfo = link.describe()
 	if s.tlsInfo != "" {
 		s.log = s.log.With(zap.String("tls", s.tlsInfo))
