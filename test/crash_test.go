@@ -160,3 +160,42 @@ func TestRedactedLogsQuoteNoTextOfUnparsableStatements(t *testing.T) {
 		}
 	}
 }
+
+// TestRedactedLogsQuoteNoValueOfAFailedReplayedSet: a SET that pgsplit
+// replays on another server connection (a replica's) and that fails there is logged
+// with its SQLSTATE only while log.redact is on; the server's message
+// quotes the value (before: logged in full).
+func TestRedactedLogsQuoteNoValueOfAFailedReplayedSet(t *testing.T) {
+	const cfgName = "pgsplit_secret_tsconfig"
+	registerSecret(cfgName, "the value of a replayed SET")
+	ctx := testCtx(t, 30*time.Second)
+	su := superConn(t)
+	defer closeConn(su)
+	for _, sql := range []string{"DROP TEXT SEARCH CONFIGURATION IF EXISTS public." + cfgName,
+		"CREATE TEXT SEARCH CONFIGURATION public." + cfgName + " (COPY = english)"} {
+		if _, err := su.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A's SET runs on the primary; its next read goes to a replica
+	// connection, where pgsplit replays the SET after the value stopped
+	// being valid.
+	p := routingProxy(t, func(c *config.Config) { c.Routing.ReadYourWrites = config.RYWOff })
+	mark := p.logs.mark()
+	a := connect(t, p.appDSN())
+	if _, err := a.Exec(ctx, "SET default_text_search_config = 'public."+cfgName+"'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := su.Exec(ctx, "DROP TEXT SEARCH CONFIGURATION public."+cfgName); err != nil {
+		t.Fatal(err)
+	}
+	waitAllCaughtUp(t)
+	_, _ = a.Exec(ctx, "SELECT 1") // the replayed SET fails on the replica connection
+	logged := p.logs.since(mark)
+	if !strings.Contains(logged, "a statement pgsplit sent on the client's behalf failed") {
+		t.Fatalf("no failed replayed SET was logged, so the test proves nothing:\n%s", p.logs.tail(mark, 20))
+	}
+	if strings.Contains(logged, cfgName) {
+		t.Errorf("the log quotes the SET's value:\n%s", logged)
+	}
+}
