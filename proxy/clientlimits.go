@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/router"
 )
 
 // This file is the limits section: what one client can make pgsplit hold
@@ -29,6 +30,8 @@ const (
 	limitBatchBytes             = "max_batch_bytes"
 	limitClientIdle             = "client_idle_timeout"
 	limitIdleInTransaction      = "idle_in_transaction_timeout"
+	limitParseDepth             = "max_parse_depth"
+	limitParseBytes             = "max_parse_bytes"
 	codeProgramLimitExceeded    = "54000"
 	codeIdleSessionTimeout      = "57P05"
 	codeIdleInTransactionExpiry = "25P03"
@@ -38,7 +41,8 @@ const (
 // first hit.
 func limitNames() []string {
 	return []string{limitMaxClientConn, limitConnectionsPerIP, limitStartupTimeout, limitStartupPacket,
-		limitMessageSize, limitClientStatements, limitClientStatementBytes, limitBatchBytes, limitClientIdle, limitIdleInTransaction}
+		limitMessageSize, limitClientStatements, limitClientStatementBytes, limitBatchBytes, limitClientIdle, limitIdleInTransaction,
+		limitParseDepth, limitParseBytes}
 }
 
 // idleBusy is idleWait's word for a session with a statement running.
@@ -49,6 +53,17 @@ const idleBusy = "busy"
 func (srv *Server) limitHit(log *zap.Logger, limit string, fields ...zap.Field) {
 	srv.metrics.limitHits.WithLabelValues(limit).Inc()
 	log.Warn("limit reached", append([]zap.Field{zap.String("limit", limit)}, fields...)...)
+}
+
+// noteUnparsed logs and counts a statement the parser guard kept from
+// libpg_query (router.Parsable): it goes to the primary unparsed.
+func (s *session) noteUnparsed(st router.Statement, size int) {
+	s.srv.unparsed.Add(1)
+	limit := limitParseDepth
+	if st.Reason == router.ReasonTooLarge {
+		limit = limitParseBytes
+	}
+	s.srv.limitHit(s.log, limit, zap.Int("bytes", size), zap.String("route", "primary, unparsed"))
 }
 
 // seat is what a client connection holds against the connection limits,

@@ -330,7 +330,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql), gen: s.cls.Generation()}
 		if cs.class.Unparsed {
-			s.srv.unparsed.Add(1)
+			s.noteUnparsed(cs.class, len(sql))
 		}
 		if name != "" {
 			cs.server = serverStmtName(rest)

@@ -168,7 +168,7 @@ func (s *session) relayQuery() error {
 	}
 	st := s.cls.Classify(sql)
 	if st.Unparsed {
-		s.srv.unparsed.Add(1)
+		s.noteUnparsed(st, len(sql))
 	}
 	if st.Kind == router.KindDeallocate && st.Statements == 1 {
 		if cs, ok := s.stmts[st.PreparedName]; ok && cs.server != "" {

@@ -54,6 +54,12 @@ func TestDeepStatementsDoNotCrashTheProcess(t *testing.T) {
 	if n := metricSum(text, "pgsplit_unparsed_statements_total"); n < float64(len(deep)) {
 		t.Errorf("pgsplit_unparsed_statements_total = %v, want ≥ %d", n, len(deep))
 	}
+	if n := metricSum(text, "pgsplit_limit_hits_total", `limit="max_parse_depth"`); n < float64(len(deep)) {
+		t.Errorf(`pgsplit_limit_hits_total{limit="max_parse_depth"} = %v, want ≥ %d`, n, len(deep))
+	}
+	if !strings.Contains(p.logs.String(), `"limit":"max_parse_depth"`) {
+		t.Error("the parser guard's hits are not logged")
+	}
 	if strings.Contains(p.logs.String(), "+1+1+1+1") {
 		t.Error("the query log holds the text of a statement it could not normalize")
 	}
