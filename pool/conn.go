@@ -250,13 +250,17 @@ func (c *Conn) Reset(ctx context.Context, txStatus byte) error {
 	return nil
 }
 
-// softResetSQL is DISCARD ALL without DEALLOCATE ALL and DISCARD PLANS: it
-// ends every kind of session state a function, DO block or procedure can
-// leave behind (settings, role, cursors, LISTEN, advisory locks, temporary
-// objects, sequence state) and keeps the prepared statements, which State
-// tracks. Every part is allowed on a hot standby.
+// softResetSQL is DISCARD ALL without DISCARD PLANS and with a DEALLOCATE
+// of every statement but pgsplit's own: it ends every kind of session
+// state a function, DO block or procedure can leave behind (settings,
+// role, cursors, LISTEN, advisory locks, temporary objects, sequence
+// state, statements an EXECUTE 'PREPARE …' made) and keeps the prepared
+// statements pgsplit named (pgsplit_<hash>, see proxy's serverStmtName),
+// which State tracks. Every part is allowed on a hot standby.
 const softResetSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
-	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+	"SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; " +
+	"DO $pgsplit$DECLARE n text; BEGIN FOR n IN SELECT name FROM pg_prepared_statements " +
+	"WHERE name !~ '^pgsplit_[0-9a-f]{30}$' LOOP EXECUTE format('DEALLOCATE %I', n); END LOOP; END$pgsplit$"
 
 // SoftReset brings an idle connection back to a clean session state but for
 // its prepared statements: for a connection that ran code pgsplit cannot

@@ -35,7 +35,8 @@ type authenticator struct {
 	// lookup finds users not in users (auth.auth_query); nil: none.
 	lookup userLookup
 	// mockKey salts the SCRAM exchange run for a user that does not exist,
-	// so that its salt is stable per name, as PostgreSQL's mock salt is.
+	// so that its salt is stable per name, as PostgreSQL's mock salt is:
+	// the Server's, drawn once, so a RELOAD does not change it.
 	mockKey []byte
 }
 
@@ -49,12 +50,9 @@ const scramIterations = 4096
 
 // newAuthenticator prepares the logins of users under method. keys (may
 // be nil for admin users, who never log in upstream) receives ClientKeys.
-func newAuthenticator(method string, users []config.User, list string, keys *secret.KeyRing, lookup userLookup) (*authenticator, error) {
+func newAuthenticator(method string, users []config.User, list string, keys *secret.KeyRing, lookup userLookup, mockKey []byte) (*authenticator, error) {
 	au := &authenticator{list: list, method: method, users: map[string]config.User{}, scram: map[string]scram.StoredCredentials{},
-		verifiers: map[string]*secret.Verifier{}, keys: keys, lookup: lookup, mockKey: make([]byte, 32)}
-	if _, err := rand.Read(au.mockKey); err != nil {
-		return nil, err
-	}
+		verifiers: map[string]*secret.Verifier{}, keys: keys, lookup: lookup, mockKey: mockKey}
 	for _, u := range users {
 		au.users[u.Name] = u
 		if method == config.AuthTrust {
@@ -123,7 +121,9 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 		}
 		pw, found, err := au.lookup.find(user, database)
 		if err != nil {
-			return config.User{}, fatal(codeCannotConnect, "pgsplit could not look up the login (auth.auth_query): "+err.Error())
+			// The reason (auth_user, the primary's address) is in the
+			// log, not for a client that has not proved anything.
+			return config.User{}, fatal(codeCannotConnect, "pgsplit could not look up the login (auth.auth_query); the reason is in pgsplit's log")
 		}
 		if !found || secretProblem(pw, au.method) != "" {
 			return config.User{}, au.mockExchange(r, w, user, failed)

@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/pool"
@@ -76,11 +78,19 @@ func (l *userLookups) find(user, database string) (string, bool, error) {
 	}
 	if err != nil {
 		l.s.log.Warn("auth.auth_query failed", zap.String("user", user), zap.String("auth_user", cfg.Auth.AuthUser), zap.Error(err))
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == codeInvalidCatalogName || strings.HasPrefix(pe.Code, "28")) {
+			// The lookup's pool for a database that does not exist (any
+			// name, with databases empty) must not stay behind.
+			l.s.dropEmptyPools(database, cfg.Auth.ServiceUser().Name)
+		}
 		return "", false, err
 	}
 	a = lookupAnswer{at: now}
 	if len(rows) == 1 && rows[0][1] != nil {
 		a.password, a.found = string(rows[0][1]), true
+		// A rotated verifier reaches the pools made with the old one.
+		l.s.setPoolSecret(user, a.password)
 	}
 	l.mu.Lock()
 	if len(l.cache) >= maxLookups {

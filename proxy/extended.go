@@ -293,6 +293,7 @@ func (s *session) sendBatch(u *upstream, last byte, reason string) error {
 	for _, x := range b.execs {
 		s.startRecord(u, x.stmt.sql, x.stmt.class.Kind, true, x.params, reason, x.at, u.sent+1)
 		s.noteWrite(u, u.sent+1, x.stmt.sql, s.classOf(x.stmt))
+		s.noteUserCode(u, s.classOf(x.stmt))
 	}
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err

@@ -314,6 +314,7 @@ func (s *session) rerunElsewhere(u *upstream) (*upstream, error) {
 // any unfinished extended-protocol batch and of the unnamed statement.
 func (s *session) writeQuery(u *upstream, body []byte, sql string, st router.Statement, reason string) (*queryRecord, error) {
 	u.markSend()
+	s.noteUserCode(u, st)
 	seq := u.expectReady()
 	s.noteWrite(u, seq, sql, st)
 	rec := s.startRecord(u, sql, st.Kind, false, nil, reason, s.msgAt, seq)

@@ -127,9 +127,6 @@ func (s *session) inTx() bool {
 // sent to u: pins, harmless settings to replay elsewhere, prepared
 // statements that a DISCARD or DEALLOCATE removes.
 func (s *session) afterStatement(u *upstream, st router.Statement) {
-	if s.resetUserCode && s.cls.RunsUserCode(st) {
-		u.userCode.Store(true)
-	}
 	before := s.route.Pins()
 	for _, p := range s.route.Observe(st) {
 		s.log.Debug("session pinned to the primary", zap.String("state", p))
@@ -138,6 +135,17 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 		s.log.Debug("session state released: reads may leave the primary again", zap.Strings("released", st.Unpins))
 	}
 	s.observeSessionState(u, st)
+}
+
+// noteUserCode marks u for the reset after functions when st runs code
+// pgsplit cannot see into. It is called where a statement is written to a
+// server (writeQuery, sendBatch), so every path that sends one — the
+// safety net's rerun on the primary included — marks the connection it
+// ran on.
+func (s *session) noteUserCode(u *upstream, st router.Statement) {
+	if s.resetUserCode && s.cls.RunsUserCode(st) {
+		u.userCode.Store(true)
+	}
 }
 
 // observeSessionState records what a statement just sent to u does to the

@@ -48,6 +48,7 @@ type Server struct {
 	adminLogins atomic.Int64 // admin console logins in progress
 	misroutes   atomic.Int64 // statements a replica refused as writes, re-run on the primary
 	panics      atomic.Int64 // sessions and pumps ended by a recovered panic
+	mockKey     []byte       // salts mock SCRAM logins of unknown users; fixed for the process's life
 	unparsed    atomic.Int64 // statements kept from the parser (router.Parsable)
 	knobs       Knobs        // test hooks, fixed before Listen
 	readRetries atomic.Int64 // autocommit reads re-run because their replica went away before answering
@@ -116,7 +117,10 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	}
 	s := &Server{log: log, sessions: map[uint32]*session{}, ipConns: map[string]int{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
 		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, primaryCh: make(chan struct{}), checkedCh: make(chan struct{}), stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now(),
-		keys: secret.NewKeyRing()}
+		keys: secret.NewKeyRing(), mockKey: make([]byte, 32)}
+	if _, err := rand.Read(s.mockKey); err != nil {
+		return nil, err
+	}
 	s.lookups = newUserLookups(s)
 	if err := s.setAuth(cfg); err != nil {
 		return nil, err
@@ -144,7 +148,7 @@ func (s *Server) setAuth(cfg *config.Config) error {
 	if cfg.Auth.AuthUser != "" {
 		lookup = s.lookups
 	}
-	au, err := newAuthenticator(cfg.Auth.Method, cfg.Auth.Users, "auth.users", s.keys, lookup)
+	au, err := newAuthenticator(cfg.Auth.Method, cfg.Auth.Users, "auth.users", s.keys, lookup, s.mockKey)
 	if err != nil {
 		return err
 	}
@@ -154,7 +158,7 @@ func (s *Server) setAuth(cfg *config.Config) error {
 	if adminMethod == config.AuthTrust || adminMethod == config.AuthCert {
 		adminMethod = config.AuthSCRAM
 	}
-	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users", nil, nil)
+	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users", nil, nil, s.mockKey)
 	if err != nil {
 		return err
 	}
@@ -347,6 +351,19 @@ func (s *Server) dropEmptyPools(database, user string) {
 		if k.database == database && k.user == user && p.Open() == 0 {
 			delete(s.pools, k)
 			p.Close()
+		}
+	}
+}
+
+// setPoolSecret gives every pool of user the secret a lookup just found
+// (auth.auth_query: the role's verifier may have been rotated since its
+// pools were made).
+func (s *Server) setPoolSecret(user, pw string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, p := range s.pools {
+		if k.user == user {
+			p.SetPassword(pw)
 		}
 	}
 }
@@ -641,8 +658,15 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.qlog.cfg.Store(&cfg.Log)
 	s.mu.Lock()
-	for _, p := range s.pools {
+	secrets := map[string]string{}
+	for _, u := range cfg.Auth.Users {
+		secrets[u.Name] = u.Password
+	}
+	for k, p := range s.pools {
 		p.SetLimits(cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, cfg.Pool.PoolTimeout, cfg.Pool.PoolRecycle, cfg.Pool.PoolPrePing)
+		if pw, ok := secrets[k.user]; ok {
+			p.SetPassword(pw) // a rotated password or verifier reaches the pools
+		}
 	}
 	s.mu.Unlock()
 	if len(cfg.Auth.Users) > 0 {

@@ -51,8 +51,9 @@ func Parsable(sql string, maxDepth, maxBytes int) (ok bool, reason string) {
 // chain of operators, as are UNION, JOIN, NOT, casts, IS and LIKE chains,
 // while commas make lists, which are flat). AND and OR separate like
 // commas: PostgreSQL's grammar flattens their chains into one list. Text the lexer cannot read
-// (an unterminated literal, U&'…') counts from there on as if every
-// parenthesis, bracket and operator character nested. It stops counting
+// (an unterminated literal, U&'…', a string continued on the next line)
+// counts from there on as if every parenthesis, bracket, operator character
+// and word nested. It stops counting
 // once past limit (limit ≤ 0: no stop) and returns a value above it.
 func Depth(sql string, limit int) int {
 	var levels []int // operators since the last comma, per open level
@@ -64,7 +65,7 @@ func Depth(sql string, limit int) int {
 		}
 	}
 	l := lexer{s: sql}
-	prevOp := false // the previous token was an operator character
+	prevOp := -1 // end of the previous token when it was an operator character
 	for {
 		if limit > 0 && max > limit {
 			return max
@@ -95,11 +96,16 @@ func Depth(sql string, limit int) int {
 			case ';':
 				levels, depth, ops = levels[:0], 0, 0
 			}
-			if isOp && !prevOp {
-				ops++ // a run of operator characters is one operator
+			if isOp && prevOp != t.start {
+				// Adjacent operator characters are one operator (<=,
+				// ->>); apart, each nests (- - - x).
+				ops++
 				bump()
 			}
-			prevOp = isOp
+			prevOp = -1
+			if isOp {
+				prevOp = t.end
+			}
 			continue
 		case tokIdent:
 			w := sql[t.start:t.end]
@@ -113,7 +119,7 @@ func Depth(sql string, limit int) int {
 				bump()
 			}
 		}
-		prevOp = false
+		prevOp = -1
 	}
 }
 
@@ -132,15 +138,23 @@ func chainWord(w string) bool {
 	return false
 }
 
-// rawDepth is Depth's worst case for text the lexer cannot read.
+// rawDepth is Depth's worst case for text the lexer cannot read (it may
+// be code or literal, so every bracket, operator character and word
+// counts, as if each nested: a keyword chain such as JOIN … JOIN is words).
 func rawDepth(s string, limit int) int {
 	n := 0
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c == '(' || c == '[' || isOpChar(c) || c == ':' {
+		c := s[i]
+		switch {
+		case c == '(' || c == '[' || isOpChar(c) || c == ':':
 			n++
-			if limit > 0 && n > limit {
-				return n
-			}
+		case isIdentStart(c) && (i == 0 || !isIdentCont(s[i-1])):
+			n++ // a word starts here
+		default:
+			continue
+		}
+		if limit > 0 && n > limit {
+			return n
 		}
 	}
 	return n

@@ -145,9 +145,14 @@ func foldRelation(sql string, t token) (string, bool) {
 // plpgsql): a DO block, a CALL, or a function that is neither a built-in
 // known to be safe nor one the catalog says is not VOLATILE. A function
 // listed in routing.read_functions still counts: reading only is not the
-// same as leaving the session as it was. The proxy resets a connection that
+// same as leaving the session as it was. A statement kept from the parser
+// (Unparsed) counts too. The proxy resets a connection that
 // ran such a statement before another client gets it.
 func (c *Classifier) RunsUserCode(st Statement) bool {
+	if st.Unparsed {
+		// Kept from the parser: what it calls, locks or sets is unknown.
+		return true
+	}
 	if st.Kind == KindDo || st.Kind == KindCall {
 		return true
 	}
