@@ -31,7 +31,7 @@ bench:
 	$(GO) test -run XXX -bench . -benchmem ./internal/wire/ ./router/
 	$(GO) test -run XXX -bench QueryStatsObserve -benchmem ./proxy/
 
-## fuzz: a run of every fuzz target, FUZZTIME each (30s; CI runs them for 5s,
+## fuzz: a run of every fuzz target, FUZZTIME each (30s; CI runs 20000x each,
 ## longer runs: make fuzz FUZZTIME=10m).
 FUZZTIME ?= 30s
 fuzz:
