@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -44,7 +45,7 @@ func (s *session) recoverSession() {
 	}
 	log.Error("client session failed with an internal error; only this client is disconnected",
 		zap.String("panic", fmt.Sprint(r)), zap.Stack("stack"))
-	s.sendFatal(fatal(codeInternalError, "pgsplit internal error; the connection was closed"))
+	s.fatalAfterPanic()
 	if s.finished {
 		return
 	}
@@ -96,3 +97,21 @@ func (s *session) runPump(u *upstream) (err error) {
 type internalError struct{ what string }
 
 func (e *internalError) Error() string { return "internal error in pgsplit: " + e.what }
+
+// fatalAfterPanic tells the client about an internal error, unless the
+// goroutine that panicked held the client's write lock (a Go mutex is not
+// reentrant, and a panicking pump may have held it): then, after a second,
+// the client connection is closed without a word rather than waited on
+// forever.
+func (s *session) fatalAfterPanic() {
+	deadline := time.Now().Add(time.Second)
+	for !s.wmu.TryLock() {
+		if time.Now().After(deadline) {
+			_ = s.conn.Close()
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.wmu.Unlock()
+	s.sendFatal(fatal(codeInternalError, "pgsplit internal error; the connection was closed"))
+}

@@ -510,7 +510,8 @@ func (e *clientWriteError) Unwrap() error { return e.err }
 func (s *session) startPump(u *upstream) {
 	go func() {
 		err := s.runPump(u)
-		if !errors.Is(err, errReleased) {
+		var ie *internalError
+		if !errors.Is(err, errReleased) && !errors.As(err, &ie) {
 			// The pump flushes the client's output only when it has
 			// consumed everything read from the server (more of the answer
 			// may follow) or at the ReadyForQuery that ends what is owed.
@@ -519,10 +520,9 @@ func (s *session) startPump(u *upstream) {
 			s.flushClient()
 		}
 		var cwe *clientWriteError
-		var ie *internalError
 		switch {
-		case errors.As(err, &ie):
-			s.sendFatal(fatal(codeInternalError, "pgsplit internal error; the connection was closed"))
+		case ie != nil:
+			s.fatalAfterPanic()
 		case errors.Is(err, errReleased):
 			if !s.resetReleased(u) {
 				s.upMu.Lock()
