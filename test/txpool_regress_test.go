@@ -294,6 +294,7 @@ func TestTxPoolRegressRolledBackSetOtherConn(t *testing.T) {
 	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
 	a := connect(t, p.appDSN())
 	x := connect(t, p.appDSN())
+	y := connect(t, p.appDSN())
 	mustSimple(t, a, "BEGIN")
 	mustSimple(t, a, "SET work_mem = '77MB'")
 	mustSimple(t, a, "ROLLBACK")
@@ -301,16 +302,30 @@ func TestTxPoolRegressRolledBackSetOtherConn(t *testing.T) {
 		t.Fatalf("A on the same connection after ROLLBACK: work_mem %s, want 4MB", got)
 	}
 	pidBefore := upstreamPID(t, a)
-	mustSimple(t, x, "BEGIN") // takes the connection A just gave back
-	mustSimple(t, x, "SELECT 1")
+	// x and y each hold one of the two connections in a transaction; the
+	// one holding the other connection than A's lets go, so A's next
+	// statement runs there and the one holding A's keeps it.
+	waitFor(t, 5*time.Second, "both connections idle", func() (bool, string) {
+		st := p.srv.PoolStats()
+		return len(st) == 1 && st[0].Idle == 2, fmt.Sprintf("%+v", st)
+	})
+	mustSimple(t, x, "BEGIN")
+	pidX := mustSimple(t, x, "SELECT pg_backend_pid()")
+	mustSimple(t, y, "BEGIN")
+	pidY := mustSimple(t, y, "SELECT pg_backend_pid()")
+	free, holder := x, y
+	if pidX == fmt.Sprint(pidBefore) {
+		free, holder = y, x
+	}
+	mustSimple(t, free, "COMMIT") // the connection that is not A's is free again
 	got := simple(t, a, "SHOW work_mem")
 	if pidAfter := upstreamPID(t, a); pidAfter == pidBefore {
-		t.Fatalf("A stayed on backend %d: the test needs it on the other connection", pidAfter)
+		t.Fatalf("A got backend %d while another client held it (x on %s, y on %s)", pidAfter, pidX, pidY)
 	}
 	if got != "4MB" {
 		t.Errorf("rolled-back SET replayed on the other connection: work_mem %s, want 4MB", got)
 	}
-	mustSimple(t, x, "COMMIT")
+	mustSimple(t, holder, "COMMIT")
 }
 
 // Regression 9: the session's settle gives the connection back while the pump is
