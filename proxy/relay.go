@@ -147,7 +147,9 @@ func (s *session) relayFunctionCall() error {
 	u.pending.Add(1)
 	// no query record: nothing to show but an OID; it may write anything,
 	// and leave any session state
-	u.userCode.Store(s.resetUserCode)
+	if s.resetUserCode {
+		u.userCode.Store(true)
+	}
 	s.noteWrite(u, u.expectReady(), "", router.Statement{Kind: router.KindOther})
 	u.unsynced.Store(false) // a FunctionCall ends an unfinished batch, as a Query does
 	if err := s.cr.Forward(u.conn.W); err != nil {

@@ -128,9 +128,7 @@ func (s *session) serve() {
 	defer s.recoverSession() // before Close: it tells the client why
 	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
 	br := bufio.NewReaderSize(s.conn, clientBufSize)
-	s.br = br
 	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
-	s.cr = wire.NewReader(br, s.srv.cfg.Load().Limits.MaxMessageSize)
 	s.txStatus.Store('I')
 	s.zSignal = make(chan struct{}, 1)
 	s.settings, s.stmts = map[string]string{}, map[string]*clientStmt{}
@@ -155,7 +153,7 @@ func (s *session) serve() {
 	st, err := readStartup(link, s.srv.front.Load())
 	// From here on the session reads and writes through TLS if the client
 	// negotiated it (the error answer too).
-	s.br, s.cw, s.cr = link.br, link.bw, wire.NewReader(link.br, s.srv.cfg.Load().Limits.MaxMessageSize)
+	s.br, s.cw, s.cr = link.br, link.bw, wire.NewReader(link.br, s.limits.MaxMessageSize)
 	s.tlsInfo = link.describe()
 	if s.tlsInfo != "" {
 		s.log = s.log.With(zap.String("tls", s.tlsInfo))

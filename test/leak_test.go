@@ -117,7 +117,8 @@ func TestTxPoolNoLeakThroughFunctionsDoAndCall(t *testing.T) {
 
 // TestTxPoolResetAfterFunctionsKeepsPreparedStatements: the reset after a
 // function keeps the backend's prepared statements (it is not DISCARD
-// ALL), and the client's own settings still apply afterwards.
+// ALL: the statement is never prepared again, its prepare_time stays), and
+// the client's own settings still apply afterwards.
 func TestTxPoolResetAfterFunctionsKeepsPreparedStatements(t *testing.T) {
 	leakSchema(t)
 	p := startProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 1, 0 })
@@ -126,22 +127,32 @@ func TestTxPoolResetAfterFunctionsKeepsPreparedStatements(t *testing.T) {
 	if _, err := a.Exec(ctx, "SET application_name TO 'leak-a'"); err != nil {
 		t.Fatal(err)
 	}
+	prepared := func() (n int, at time.Time) {
+		t.Helper()
+		if err := a.QueryRow(context.Background(), "SELECT count(*)::int, coalesce(max(prepare_time), now()) FROM pg_prepared_statements WHERE statement LIKE 'SELECT $1::int + 1%'").Scan(&n, &at); err != nil {
+			t.Fatal(err)
+		}
+		return n, at
+	}
 	var n int
+	var first time.Time
 	for i := range 3 {
 		if err := a.QueryRow(ctx, "SELECT $1::int + 1", i).Scan(&n); err != nil {
 			t.Fatal(err)
+		}
+		if i == 0 {
+			_, first = prepared()
 		}
 		if _, err := a.Exec(ctx, "SELECT leak_set_tenant('x')"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var prepared int
-	var name string
-	if err := a.QueryRow(context.Background(), "SELECT count(*)::int, current_setting('application_name') FROM pg_prepared_statements WHERE statement LIKE 'SELECT $1::int + 1%'").Scan(&prepared, &name); err != nil {
-		t.Fatal(err)
+	if count, at := prepared(); count != 1 || !at.Equal(first) {
+		t.Errorf("after 3 resets the backend has %d copies of the statement, prepared at %v (first at %v): want 1, never prepared again", count, at, first)
 	}
-	if prepared != 1 {
-		t.Errorf("the backend has %d copies of the prepared statement, want 1 (kept across resets)", prepared)
+	var name string
+	if err := a.QueryRow(ctx, "SELECT current_setting('application_name')").Scan(&name); err != nil {
+		t.Fatal(err)
 	}
 	if name != "leak-a" {
 		t.Errorf("A's application_name after the resets: %q", name)
@@ -151,42 +162,60 @@ func TestTxPoolResetAfterFunctionsKeepsPreparedStatements(t *testing.T) {
 // TestReplicaNoLeakThroughReadFunctions: a function listed in
 // routing.read_functions runs on a replica; the state it sets there is
 // reset on the hot standby too (every part of the reset is allowed in
-// recovery) before the next client gets that backend.
+// recovery) before the next client gets that backend; with
+// pool.reset_after_functions off the same rounds leak.
 func TestReplicaNoLeakThroughReadFunctions(t *testing.T) {
 	leakSchema(t)
 	waitAllCaughtUp(t)
 	replica := cluster.Replicas[0]
-	p := routingProxy(t, func(c *config.Config) {
-		c.Servers = c.Servers[:2] // the primary and one replica: one replica backend
-		c.Pool.PoolSize, c.Pool.MaxOverflow = 1, 0
-		c.Routing.ReadFunctions = []string{"leak_set_tenant"}
-		c.Routing.ReadYourWrites = config.RYWOff
-	})
-	ctx := testCtx(t, 30*time.Second)
-	mark := p.logs.mark()
-	for i := range 5 {
-		a := connect(t, p.appDSN())
-		var port int
-		if err := a.QueryRow(ctx, "SELECT inet_server_port() FROM leak_set_tenant($1)", fmt.Sprint(100+i)).Scan(&port); err != nil {
-			t.Fatal(err)
-		}
-		if port != replica.Port {
-			t.Fatalf("the read function ran on port %d, want the replica %d", port, replica.Port)
-		}
-		pidA := upstreamPID(t, a)
-		closeConn(a)
-		b := connect(t, p.appDSN())
-		var got string
-		if err := b.QueryRow(ctx, "SELECT coalesce(current_setting('app.tenant', true), '') || '|' || pg_backend_pid() || '|' || inet_server_port()").Scan(&got); err != nil {
-			t.Fatal(err)
-		}
-		if want := fmt.Sprintf("|%d|%d", pidA, replica.Port); got != want {
-			t.Errorf("round %d: the next client on the replica saw %q, want %q (no tenant, same backend)", i, got, want)
-		}
-		closeConn(b)
-	}
-	if strings.Contains(p.logs.since(mark), "reset after a function") {
-		t.Errorf("the reset failed on the replica:\n%s", p.logs.since(mark))
+	for _, reset := range []bool{true, false} {
+		t.Run(fmt.Sprintf("reset_after_functions=%v", reset), func(t *testing.T) {
+			p := routingProxy(t, func(c *config.Config) {
+				c.Servers = c.Servers[:2] // the primary and one replica: one replica backend
+				c.Pool.PoolSize, c.Pool.MaxOverflow = 1, 0
+				c.Pool.ResetAfterFunctions = reset
+				c.Routing.ReadFunctions = []string{"leak_set_tenant"}
+				c.Routing.ReadYourWrites = config.RYWOff
+			})
+			ctx := testCtx(t, 30*time.Second)
+			mark := p.logs.mark()
+			leaked := 0
+			for i := range 5 {
+				a := connect(t, p.appDSN())
+				var port int
+				if err := a.QueryRow(ctx, "SELECT inet_server_port() FROM leak_set_tenant($1)", fmt.Sprint(100+i)).Scan(&port); err != nil {
+					t.Fatal(err)
+				}
+				if port != replica.Port {
+					t.Fatalf("the read function ran on port %d, want the replica %d", port, replica.Port)
+				}
+				pidA := upstreamPID(t, a)
+				closeConn(a)
+				b := connect(t, p.appDSN())
+				var tenant string
+				var pidB int64
+				var portB int
+				if err := b.QueryRow(ctx, "SELECT coalesce(current_setting('app.tenant', true), ''), pg_backend_pid(), inet_server_port()").Scan(&tenant, &pidB, &portB); err != nil {
+					t.Fatal(err)
+				}
+				closeConn(b)
+				if uint32(pidB) != pidA || portB != replica.Port {
+					t.Fatalf("round %d: B on backend %d port %d, A on %d: they must share the replica backend", i, pidB, portB, pidA)
+				}
+				if tenant != "" {
+					leaked++
+					if reset {
+						t.Errorf("round %d: the next client on the replica saw tenant %q", i, tenant)
+					}
+				}
+			}
+			if !reset && leaked == 0 {
+				t.Error("with reset_after_functions off nothing leaked: the test cannot tell the reset works")
+			}
+			if strings.Contains(p.logs.since(mark), "reset after a function") {
+				t.Errorf("the reset failed on the replica:\n%s", p.logs.since(mark))
+			}
+		})
 	}
 }
 
