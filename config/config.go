@@ -151,6 +151,16 @@ func (a Auth) ServiceUser() User {
 // calls a SECURITY DEFINER function that reads it.
 const DefaultAuthQuery = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
 
+// AdminMethod is how admin console logins are checked: auth.method, but
+// SCRAM where that proves no password (trust, cert), since the console can
+// shut pgsplit down.
+func (a Auth) AdminMethod() string {
+	if a.Method == AuthTrust || a.Method == AuthCert {
+		return AuthSCRAM
+	}
+	return a.Method
+}
+
 // User is one login known to pgsplit. Its secret comes from exactly one of
 // Password, PasswordFile and PasswordEnv; Load reads the file or the
 // variable into Password (ResolveSecrets), so the rest of pgsplit only

@@ -263,6 +263,7 @@ func TestSecretProblemsNameTheKeyAndHideTheValue(t *testing.T) {
 		{"md5 hash under scram", "scram-sha-256", "{ name: a, password: " + testMD5 + " }", "", "auth.users[0].password", "md5 hash cannot check SCRAM"},
 		{"verifier under trust", "trust", "{ name: a, password: '" + testVerifier + "' }", "", "auth.users[0].password", "not allowed with auth.method trust"},
 		{"md5 admin under trust", "trust", "{ name: a, password: pw }", "admin: { users: [{ name: adm, password: " + testMD5 + " }] }", "admin.users[0].password", "md5 hash cannot check SCRAM"},
+		{"md5 admin under cert", "cert", "{ name: a, password: pw }", "admin: { users: [{ name: adm, password: " + testMD5 + " }] }", "admin.users[0].password", "md5 hash cannot check SCRAM"},
 		{"auth_user not listed", "", "{ name: a, password: pw }", "", "auth.auth_user", "must be one of auth.users"},
 		{"auth_user with verifier", "", "{ name: look, password: '" + testVerifier + "' }", "", "auth.auth_user", "only a SCRAM verifier"},
 	}

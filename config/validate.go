@@ -99,7 +99,7 @@ func (c *Config) Validate() []string {
 				}
 				continue
 			}
-			if problem := secretProblem(u.Password, method, upstream); problem != "" {
+			if problem := SecretProblem(u.Password, method, upstream); problem != "" {
 				p = append(p, from+": "+problem)
 			}
 		}
@@ -108,14 +108,8 @@ func (c *Config) Validate() []string {
 	if c.Auth.Method == AuthTrust || c.Auth.Method == AuthCert {
 		authNoPassword = "" // the password is only pgsplit's login to the servers
 	}
-	// The console can shut pgsplit down: its logins always prove a
-	// password, with SCRAM when auth.method is trust.
-	adminMethod := c.Auth.Method
-	if adminMethod == AuthTrust {
-		adminMethod = AuthSCRAM
-	}
 	users("auth.users", c.Auth.Users, authNoPassword, c.Auth.Method, true)
-	users("admin.users", c.Admin.Users, "(admin logins always need a password: SCRAM when auth.method is trust)", adminMethod, false)
+	users("admin.users", c.Admin.Users, "(admin logins always need a password: SCRAM when auth.method is trust or cert)", c.Auth.AdminMethod(), false)
 	p = append(p, c.Auth.lookupProblems()...)
 
 	switch c.Pool.Mode {
@@ -333,17 +327,18 @@ func (l Limits) validate(bad func(key string, val any, allowed string)) {
 	}
 }
 
-// secretProblem says why a user's secret cannot serve clients that log in
+// SecretProblem says why a user's secret cannot serve clients that log in
 // with method (and, if upstream, pgsplit's own logins to the servers); ""
-// when it can. It never includes the secret.
-func secretProblem(pw, method string, upstream bool) string {
+// when it can. It never includes the secret. Validate uses it for the
+// configured users, the proxy for users auth.auth_query finds.
+func SecretProblem(pw, method string, upstream bool) string {
 	switch secret.KindOf(pw) {
 	case secret.SCRAM:
 		if _, err := secret.ParseVerifier(pw); err != nil {
 			return err.Error()
 		}
 		if upstream && (method == AuthTrust || method == AuthCert) {
-			return "a SCRAM verifier is not allowed with auth.method trust: pgsplit logs in to the servers with the key it recovers from a client's SCRAM proof, and trust asks for none (give the plain password, or use scram-sha-256)"
+			return "a SCRAM verifier is not allowed with auth.method " + method + ": pgsplit logs in to the servers with the key it recovers from a client's SCRAM proof, and " + method + " asks for none (give the plain password, or use scram-sha-256)"
 		}
 	case secret.MD5:
 		if method == AuthSCRAM {
@@ -371,8 +366,8 @@ func (a Auth) lookupProblems() []string {
 	case secret.KindOf(lookup.Password) == secret.SCRAM:
 		p = append(p, fmt.Sprintf("auth.auth_user: %q has only a SCRAM verifier in auth.users: pgsplit needs its plain password (password, password_file or password_env) to log in as it before any client does", a.AuthUser))
 	}
-	if a.Method == AuthTrust {
-		p = append(p, "auth.auth_user: not allowed with auth.method trust: a looked-up user logs in to the servers with what its client proves, and trust asks for nothing")
+	if a.Method == AuthTrust || a.Method == AuthCert {
+		p = append(p, "auth.auth_user: not allowed with auth.method "+a.Method+": a looked-up user logs in to the servers with what its client proves, and "+a.Method+" asks for no password")
 	}
 	if !strings.Contains(a.AuthQuery, "$1") {
 		p = append(p, "auth.auth_query: must take the user name as $1, e.g. "+DefaultAuthQuery)

@@ -171,8 +171,6 @@ func (p *Pool) Conns() []ConnInfo {
 	return out
 }
 
-// SetLimits applies new pool knobs (on reload). Connections above the new
-// limits close as they come back.
 // SetPassword changes the secret new connections of the pool log in with
 // (a password, an md5 hash or a SCRAM verifier): after a RELOAD, or a
 // lookup that found a rotated verifier. Open connections stay.
@@ -182,6 +180,8 @@ func (p *Pool) SetPassword(pw string) {
 	p.mu.Unlock()
 }
 
+// SetLimits applies new pool knobs (on reload). Connections above the new
+// limits close as they come back.
 func (p *Pool) SetLimits(size, overflow int, timeout, recycle time.Duration, prePing bool) {
 	p.mu.Lock()
 	p.opts.Size, p.opts.MaxOverflow, p.opts.Timeout, p.opts.Recycle, p.opts.PrePing = size, overflow, timeout, recycle, prePing

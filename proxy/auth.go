@@ -125,7 +125,9 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 			// log, not for a client that has not proved anything.
 			return config.User{}, fatal(codeCannotConnect, "pgsplit could not look up the login (auth.auth_query); the reason is in pgsplit's log")
 		}
-		if !found || secretProblem(pw, au.method) != "" {
+		// What config.Validate refuses for auth.users is refused here too;
+		// an empty password serves no login.
+		if !found || pw == "" || config.SecretProblem(pw, au.method, true) != "" {
 			return config.User{}, au.mockExchange(r, w, user, failed)
 		}
 		u = config.User{Name: user, Password: pw}
@@ -167,22 +169,6 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 		return u, nil
 	}
 	return u, fatal(codeInternalError, "unknown auth.method")
-}
-
-// secretProblem says why a looked-up password cannot serve a login with
-// method ("" if it can): what config.Validate refuses for auth.users.
-func secretProblem(pw, method string) string {
-	switch secret.KindOf(pw) {
-	case secret.MD5:
-		if method == config.AuthSCRAM {
-			return "md5 hash under scram-sha-256"
-		}
-	case secret.Plain:
-		if pw == "" {
-			return "no password"
-		}
-	}
-	return ""
 }
 
 // md5Exchange runs an md5 login of u, whose password is plain or an md5 hash.

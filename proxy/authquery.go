@@ -59,6 +59,7 @@ func (l *userLookups) find(user, database string) (string, bool, error) {
 	if ok && now.Sub(a.at) < LookupTTL {
 		return a.password, a.found, nil
 	}
+	previous := a.password
 	cfg := l.s.cfg.Load()
 	if !l.s.servesDatabase(database) {
 		database = "postgres" // pg_authid is shared: any database answers
@@ -89,8 +90,10 @@ func (l *userLookups) find(user, database string) (string, bool, error) {
 	a = lookupAnswer{at: now}
 	if len(rows) == 1 && rows[0][1] != nil {
 		a.password, a.found = string(rows[0][1]), true
-		// A rotated verifier reaches the pools made with the old one.
-		l.s.setPoolSecret(user, a.password)
+		if a.password != previous {
+			// A rotated verifier reaches the pools made with the old one.
+			l.s.setPoolSecret(user, a.password)
+		}
 	}
 	l.mu.Lock()
 	if len(l.cache) >= maxLookups {

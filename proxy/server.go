@@ -152,13 +152,7 @@ func (s *Server) setAuth(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	// The console can shut pgsplit down: its logins always prove a
-	// password, with SCRAM when auth.method is trust.
-	adminMethod := cfg.Auth.Method
-	if adminMethod == config.AuthTrust || adminMethod == config.AuthCert {
-		adminMethod = config.AuthSCRAM
-	}
-	ad, err := newAuthenticator(adminMethod, cfg.Admin.Users, "admin.users", nil, nil, s.mockKey)
+	ad, err := newAuthenticator(cfg.Auth.AdminMethod(), cfg.Admin.Users, "admin.users", nil, nil, s.mockKey)
 	if err != nil {
 		return err
 	}
