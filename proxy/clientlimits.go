@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/wire"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -259,8 +260,8 @@ func (s *session) idleExpired(l config.Limits) *pgError {
 }
 
 // messageTooLarge is the FATAL for a client message over max_message_size.
-func (s *session) messageTooLarge(fe interface{ Error() string }, max int) *pgError {
-	s.srv.limitHit(s.log, limitMessageSize, zap.Int("max", max))
+func (s *session) messageTooLarge(fe *wire.FrameError) *pgError {
+	s.srv.limitHit(s.log, limitMessageSize, zap.Int("max", fe.Max))
 	return fatal(codeProgramLimitExceeded, fmt.Sprintf("%s (limits.max_message_size)", fe.Error()))
 }
 

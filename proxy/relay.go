@@ -77,21 +77,32 @@ func (s *session) relayClient() string {
 func (s *session) nextMessage() (byte, error) {
 	for {
 		limits := s.srv.cfg.Load().Limits
-		limit, at := s.idleWait(limits)
-		if limit != "" || s.idleArmed {
-			// A timeout stops Next before it consumes a header byte, so
-			// the stream stays usable (see wire.Reader.Next).
-			_ = s.conn.SetReadDeadline(at)
-			s.idleArmed = limit != ""
+		limit := ""
+		if s.cr.Buffered() == 0 {
+			// Only a read that can wait needs a deadline: a pipelined
+			// message already here is not idleness.
+			var at time.Time
+			if limit, at = s.idleWait(limits); limit != "" {
+				// A timeout stops Next before it consumes a header
+				// byte, so the stream stays usable (see
+				// wire.Reader.Next).
+				_ = s.conn.SetReadDeadline(at)
+				s.idleArmed = true
+			}
 		}
 		typ, _, err := s.cr.Next()
+		if s.idleArmed {
+			// The message's body is not the idle wait's to bound.
+			_ = s.conn.SetReadDeadline(time.Time{})
+			s.idleArmed = false
+		}
 		if err == nil {
 			return typ, nil
 		}
 		var fe *wire.FrameError
 		switch {
 		case errors.As(err, &fe) && fe.TooLarge():
-			s.sendFatal(s.messageTooLarge(fe, limits.MaxMessageSize))
+			s.sendFatal(s.messageTooLarge(fe))
 			return 0, errors.New("limit: " + fe.Error())
 		case errors.As(err, &fe):
 			s.sendFatal(fatal(codeProtocolViolation, fe.Error()))

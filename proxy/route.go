@@ -143,7 +143,10 @@ func (s *session) afterStatement(u *upstream, st router.Statement) {
 // safety net's rerun on the primary included — marks the connection it
 // ran on.
 func (s *session) noteUserCode(u *upstream, st router.Statement) {
-	if s.resetUserCode && s.cls.RunsUserCode(st) {
+	if !s.resetUserCode || u.userCode.Load() {
+		return // off, or marked already: no need to judge the statement
+	}
+	if s.cls.RunsUserCode(st) {
 		u.userCode.Store(true)
 	}
 }

@@ -280,7 +280,7 @@ func (s *session) failStartup(err error, user, database string) {
 		s.log.Info("login refused", zap.Error(err)) // nothing to tell a client that speaks TLS, not the protocol yet
 		return
 	case errors.As(err, &fe) && fe.TooLarge() && fe.Type != 0:
-		pe = s.messageTooLarge(fe, s.limits.MaxMessageSize) // a password message
+		pe = s.messageTooLarge(fe) // a password message
 	case errors.As(err, &fe) && fe.TooLarge():
 		s.srv.limitHit(s.log, limitStartupPacket, zap.Int("max", wire.MaxStartupLen))
 		fallthrough

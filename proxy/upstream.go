@@ -647,12 +647,9 @@ func (s *session) release(u *upstream) string {
 			s.discard(u)
 			return "closed: rollback failed"
 		}
-		if u.userCode.Load() {
-			if err := u.conn.SoftReset(ctx); err != nil {
-				s.log.Info("reset after a function, DO or CALL failed; closing the connection", zap.Error(err))
-				s.discard(u)
-				return "closed: reset failed"
-			}
+		if !s.resetReleased(u) { // the reset after functions, when one ran
+			s.discard(u)
+			return "closed: reset failed"
 		}
 		u.settleStatements()
 		s.forgetUpstream(u)
