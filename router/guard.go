@@ -94,7 +94,9 @@ func Depth(sql string, limit int) int {
 			case ',':
 				ops = 0
 			case ';':
-				levels, depth, ops = levels[:0], 0, 0
+				if len(levels) == 0 { // a new statement; inside brackets, an error to come
+					ops = 0
+				}
 			}
 			if isOp && prevOp != t.start {
 				// Adjacent operator characters are one operator (<=,
