@@ -1,0 +1,6 @@
+package test
+
+// compatGoCells are the matrix's Go cells.
+func compatGoCells() []compatCell {
+	return nil
+}

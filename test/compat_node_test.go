@@ -1,0 +1,6 @@
+package test
+
+// compatNodeCells are the matrix's node cells.
+func compatNodeCells() []compatCell {
+	return nil
+}

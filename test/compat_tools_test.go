@@ -1,0 +1,6 @@
+package test
+
+// compatToolCells are the matrix's tool cells.
+func compatToolCells() []compatCell {
+	return nil
+}
