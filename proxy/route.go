@@ -71,15 +71,32 @@ func (s *session) rywFallback() (decision, error) {
 	return decision{target: router.Primary, reason: reasonRYW}, nil
 }
 
-// batchReadable is replicaReadable for the Executes of the batch.
+// batchReadable is replicaReadable for the statements of the batch: those
+// its Executes run, and those it only parses or describes (a Parse or a
+// Describe needs the relations it names to exist on the server: a
+// describe-first driver's Parse/Describe/Sync of a table created a moment
+// ago must not reach a replica that has not replayed the CREATE).
 func (s *session) batchReadable(attached *upstream) bool {
 	b := &s.batch
-	if len(b.execs) == 0 || s.rywIdle() {
+	if len(b.execs)+len(b.parsed)+len(b.referenced) == 0 || s.rywIdle() {
 		return true
 	}
-	reads := make([]readStmt, 0, len(b.execs))
+	reads := make([]readStmt, 0, len(b.execs)+len(b.parsed)+len(b.referenced))
+	var seen []*clientStmt // a batch holds a few statements: no map
+	add := func(cs *clientStmt) {
+		if cs != nil && !slices.Contains(seen, cs) {
+			seen = append(seen, cs)
+			reads = append(reads, readStmt{cs.sql, s.classOf(cs)})
+		}
+	}
 	for _, x := range b.execs {
-		reads = append(reads, readStmt{x.stmt.sql, s.classOf(x.stmt)})
+		add(x.stmt)
+	}
+	for _, cs := range b.parsed {
+		add(cs)
+	}
+	for _, cs := range b.referenced {
+		add(cs)
 	}
 	return s.replicaReadable(attached, false, reads...)
 }

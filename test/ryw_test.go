@@ -703,3 +703,45 @@ func TestNewcomerPsqlSeesOwnInsert(t *testing.T) {
 	})
 	undelay()
 }
+
+// TestReadYourWritesDescribeFirstDriverSeesNewTable: a driver that
+// describes a statement before it runs it (pgx's describe_exec and
+// cache_describe modes, JDBC, node-postgres' named statements) sends a
+// Parse/Describe/Sync with no Execute; right after a CREATE TABLE that
+// batch names a table the delayed replica does not have yet. Under table
+// mode it waits (or goes to the primary) like the read itself; with
+// read_your_writes off some of those describes hit the delayed replica and
+// fail with 42P01.
+func TestReadYourWritesDescribeFirstDriverSeesNewTable(t *testing.T) {
+	delayReplica(t, cluster.Replicas[0], rywDelay)
+	su := superConn(t)
+	for _, mode := range []string{config.RYWTable, config.RYWOff} {
+		t.Run(mode, func(t *testing.T) {
+			p := rywProxy(t, mode, nil)
+			c := connect(t, p.appDSN(), func(cfg *pgx.ConnConfig) { cfg.DefaultQueryExecMode = pgx.QueryExecModeDescribeExec })
+			ctx := testCtx(t, time.Minute)
+			missing := 0
+			for i := range 10 {
+				tbl := fmt.Sprintf("ryw_describe_%s_%d", mode, i)
+				if err := execAll(ctx, c, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int)"); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _, _ = su.Exec(context.Background(), "DROP TABLE IF EXISTS "+tbl) })
+				var n int
+				err := c.QueryRow(ctx, "SELECT count(*) FROM "+tbl+" WHERE id > $1", 0).Scan(&n)
+				switch {
+				case sqlState(err) == "42P01":
+					missing++
+				case err != nil:
+					t.Fatalf("round %d: %v", i, err)
+				}
+			}
+			if mode == config.RYWTable && missing > 0 {
+				t.Errorf("table mode: %d of 10 describe-first reads of a table just created found no such table", missing)
+			}
+			if mode == config.RYWOff && missing == 0 {
+				t.Errorf("read_your_writes off: no describe of 10 reached the delayed replica before it replayed the CREATE: the test cannot tell")
+			}
+		})
+	}
+}
