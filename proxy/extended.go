@@ -214,9 +214,11 @@ func (s *session) relayExtended(typ byte) error {
 	if ce := s.log.Check(zap.DebugLevel, "route batch"); ce != nil { // no field allocation when off
 		ce.Write(zap.Stringer("to", u.target), zap.String("reason", d.reason))
 	}
-	large := b.large
-	b.reset()
-	b.large = large
+	if b.large {
+		b.sent() // the rest streams: its Executes need the portals bound so far
+	} else {
+		b.reset()
+	}
 	return s.flushIfIdle(u)
 }
 
@@ -255,12 +257,18 @@ func (s *session) streamExtended(typ byte) error {
 	if err := s.sendBatch(u, typ, "incomplete or large batch"); err != nil {
 		return err
 	}
-	// This message is handled: only the streaming flag (and the portals)
-	// outlive it.
-	b.buf, b.parses, b.refs, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], false
-	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0] // seen lasts to the Sync
-	b.execs = b.execs[:0]
+	b.sent()
 	return s.flushIfIdle(u)
+}
+
+// sent forgets the messages of a streaming batch already sent: only the
+// streaming flag, the portals (a later streamed Execute runs what a Bind
+// sent earlier bound, and is logged and registered as a write by it) and
+// the names seen outlive them, to the Sync.
+func (b *batch) sent() {
+	b.buf, b.parses, b.refs, b.primary = b.buf[:0], b.parses[:0], b.refs[:0], false
+	b.parsed, b.referenced = b.parsed[:0], b.referenced[:0]
+	b.execs = b.execs[:0]
 }
 
 // boundPortal is what a Bind bound to a portal: the client's statement
