@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,11 +31,14 @@ const batchKeep = 4 << 20
 // server connection can hold it for every client that prepares the same
 // statement, and a client can use it on whichever connection serves it.
 type clientStmt struct {
-	sql    string
-	server string           // the statement's name on the servers; "" for the unnamed one
-	parse  []byte           // the Parse message as sent to a server (named server)
-	class  router.Statement // see classOf
-	gen    uint64           // the classifier's Generation when class was made
+	// confirmed: the batch that parsed it ended without an error, so the
+	// client's server has it (set by a pump; see parsedBatch).
+	confirmed atomic.Bool
+	sql       string
+	server    string           // the statement's name on the servers; "" for the unnamed one
+	parse     []byte           // the Parse message as sent to a server (named server)
+	class     router.Statement // see classOf
+	gen       uint64           // the classifier's Generation when class was made
 }
 
 // classOf is cs's class, classified again only when the classifier was
@@ -271,6 +275,75 @@ func (b *batch) sent() {
 	b.execs = b.execs[:0]
 }
 
+// abortTransaction makes the server's open transaction fail as an error
+// pgsplit answers itself (pe) would have made it fail on one server: the
+// client is told ReadyForQuery 'E', and what it sends next gets 25P02 until
+// it rolls back, as from PostgreSQL. Outside a transaction it does nothing.
+func (s *session) abortTransaction(pe *pgError) error {
+	u := s.active
+	if u == nil || byte(s.txStatus.Load()) != 'T' {
+		return nil
+	}
+	u.expectErr.Add(1)
+	msg := "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '" + pe.code + "', MESSAGE = 'pgsplit: transaction aborted by an error pgsplit answered'; END$pgsplit$"
+	if err := s.inject(u, msg); err != nil {
+		return err
+	}
+	if err := u.conn.W.Flush(); err != nil {
+		return err
+	}
+	s.txStatus.Store('E')
+	return nil
+}
+
+// parsedBatch is the named statements a batch parsed and the number of
+// the ReadyForQuery that ends it (upstream.sent numbering).
+type parsedBatch struct {
+	seq   int64
+	stmts []*clientStmt
+}
+
+// noteParsed records the named statements of a batch being sent to u,
+// confirmed by the pump once the batch is answered without an error.
+func (u *upstream) noteParsed(parsed []*clientStmt) {
+	var named []*clientStmt
+	for _, cs := range parsed {
+		if cs.server != "" {
+			named = append(named, cs)
+		}
+	}
+	if len(named) == 0 {
+		return
+	}
+	u.recMu.Lock()
+	u.parsedBatches = append(u.parsedBatches, parsedBatch{seq: u.sent + 1, stmts: named})
+	u.recMu.Unlock()
+}
+
+// confirmParsed is the pump's part at a ReadyForQuery: the statements of
+// the batches it ends are confirmed if none of their answers was an error
+// (with one, which Parse failed is not known: none is). The caller holds
+// recMu.
+func (u *upstream) confirmParsed() {
+	n := 0
+	for _, pb := range u.parsedBatches {
+		if pb.seq > u.zSeen {
+			break
+		}
+		if !u.answerErr {
+			for _, cs := range pb.stmts {
+				cs.confirmed.Store(true)
+			}
+		}
+		n++
+	}
+	if n > 0 {
+		clear(u.parsedBatches[:n])
+		u.parsedBatches = u.parsedBatches[n:]
+	}
+	u.answerErr = false
+}
+
 // boundPortal is what a Bind bound to a portal: the client's statement
 // (nil: unknown) and, under log.explain_slow, its parameters.
 type boundPortal struct {
@@ -298,6 +371,9 @@ func (s *session) sendBatch(u *upstream, last byte, reason string) error {
 		return err
 	}
 	u.markSend()
+	if len(b.parsed) > 0 {
+		u.noteParsed(b.parsed)
+	}
 	for _, x := range b.execs {
 		s.startRecord(u, x.stmt.sql, x.stmt.class.Kind, true, x.params, reason, x.at, u.sent+1)
 		s.noteWrite(u, u.sent+1, x.stmt.sql, s.classOf(x.stmt))
@@ -336,6 +412,16 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		if err := s.roomForStatement(name, len(body)); err != nil {
 			return err
+		}
+		if old := s.stmts[name]; name != "" && old != nil && old.confirmed.Load() {
+			// PostgreSQL refuses a Parse of a name in use (whatever the
+			// SQL); pgsplit's servers would not, as they know the
+			// statement by another name.
+			pe := pgErr(codeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name))
+			if err := s.abortTransaction(pe); err != nil {
+				return err
+			}
+			return pe
 		}
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql), gen: s.cls.Generation()}
 		if cs.class.Unparsed {
@@ -459,6 +545,10 @@ func (s *session) answerParseOnly() error {
 		if err := s.waitAnswered(u); err != nil {
 			return err
 		}
+	}
+	// Answered ParseComplete: to the client the statements exist.
+	for _, cs := range s.batch.parsed {
+		cs.confirmed.Store(true)
 	}
 	var out []byte
 	for typ := range frames(s.batch.buf) {

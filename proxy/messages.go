@@ -21,6 +21,8 @@ const (
 	codeReadOnlyTransaction = "25006"
 	codeInternalError       = "XX000"
 	codeInvalidCatalogName  = "3D000"
+
+	codeDuplicatePreparedStatement = "42P05"
 )
 
 // pgError is an error that reaches the client as an ErrorResponse.

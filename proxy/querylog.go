@@ -298,8 +298,13 @@ func (u *upstream) dropBatchRecords() {
 func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 	if typ == 'Z' {
 		u.zSeen++
+	} else if typ == 'E' {
+		u.answerErr = true
 	}
 	u.recMu.Lock()
+	if typ == 'Z' {
+		u.confirmParsed()
+	}
 	if len(u.recs) == 0 && typ != 'Z' {
 		u.recMu.Unlock()
 		return

@@ -46,6 +46,9 @@ type upstream struct {
 	dropZ     atomic.Int32
 	dropParse atomic.Int32
 	dropClose atomic.Int32
+	// expectErr counts the ErrorResponses among those dropped answers that
+	// pgsplit provoked on purpose (see abortTransaction): not logged.
+	expectErr atomic.Int32
 
 	// Safety net: while watch is not watchOff, the pump looks at the first
 	// answer to the statement just sent. If the session still waits
@@ -89,6 +92,12 @@ type upstream struct {
 	// batchStart is the earliest start of the records answered since the
 	// last ReadyForQuery (pump, under recMu).
 	batchStart time.Time
+	// parsedBatches: the named statements each batch sent here parsed, by
+	// the ReadyForQuery that ends it (under recMu); a batch answered with
+	// no ErrorResponse (answerErr, pump) confirms them: the server has
+	// them, so a Parse of the same name again must fail (42P05).
+	parsedBatches []parsedBatch
+	answerErr     bool
 
 	// hold says who may use the connection; see the hold* constants. Under
 	// transaction pooling the pump gives the connection back to the pool at
@@ -249,6 +258,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				}
 			case 'E':
 				u.failed.Store(true)
+				if takeOne(&u.expectErr) {
+					break
+				}
 				u.syncFailed.Store(true)
 				// A statement pgsplit sent for the client failed (a SET
 				// replayed, a statement prepared again): say so.
