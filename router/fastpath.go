@@ -58,7 +58,11 @@ func (c *Classifier) fastPath(sql string, start int, hint Target) (Statement, bo
 		case tokBad:
 			return Statement{}, false
 		case tokIdent:
-			if stopWord(sql[t.start:t.end]) {
+			if stopWord(sql[t.start:t.end]) || tempSchemaWord(sql[t.start:t.end]) {
+				return Statement{}, false
+			}
+		case tokQIdent:
+			if tempSchemaWord(sql[t.start+1 : t.end-1]) {
 				return Statement{}, false
 			}
 		case tokPunct:

@@ -2,6 +2,7 @@ package router
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -52,8 +53,85 @@ func (c *Classifier) parse(sql string, hint Target) Statement {
 		}
 		st = combine(parts)
 	}
+	if namesTempSchema(sql) {
+		st = tempSchemaStatement(st)
+	}
 	st.Hint = hint
 	return st
+}
+
+// reasonTempSchema is the routing reason of a statement naming pg_temp.
+const reasonTempSchema = "names pg_temp: the session's temporary objects exist on its primary connection only"
+
+// tempSchemaStatement routes a statement that names the session's
+// temporary schema (pg_temp, pg_temp_N) explicitly: its objects exist only
+// in the backend that made them, on the primary (a hot standby has no
+// temporary schema: 3F000 there), and DDL there (CREATE TYPE pg_temp.t …)
+// pins the session to that connection, as a temporary table does.
+func tempSchemaStatement(st Statement) Statement {
+	if st.Target == Replica {
+		st.Target, st.Reason = Primary, reasonTempSchema
+	}
+	ddl := st.Kind == KindDDL || (st.Kind == KindMulti && slices.Contains(st.Kinds, KindDDL))
+	if ddl && !slices.ContainsFunc(st.Pins, func(p string) bool {
+		return p == PinTempTable || p == PinTempSequence || p == PinTempFunction
+	}) {
+		st.Pins = appendUnique(st.Pins, PinTempTable)
+	}
+	return st
+}
+
+// namesTempSchema reports whether sql uses pg_temp (or pg_temp_N) as a
+// qualifier: the identifier followed by a dot. Lexical, so a string or a
+// comment that mentions it does not count; a statement the lexer cannot
+// read counts (the caller only moves it to the primary).
+func namesTempSchema(sql string) bool {
+	if !strings.Contains(sql, "pg_temp") && !strings.Contains(strings.ToLower(sql), "pg_temp") {
+		return false
+	}
+	l := lexer{s: sql}
+	prevTemp := false
+	for {
+		t := l.next()
+		switch t.kind {
+		case tokEOF:
+			return false
+		case tokBad:
+			return true
+		case tokPunct:
+			if prevTemp && sql[t.start] == '.' {
+				return true
+			}
+		}
+		switch t.kind {
+		case tokIdent:
+			prevTemp = tempSchemaWord(sql[t.start:t.end])
+		case tokQIdent:
+			w := sql[t.start+1 : t.end-1]
+			prevTemp = strings.HasPrefix(w, "pg_temp") && tempSchemaWord(w)
+		default:
+			prevTemp = false
+		}
+	}
+}
+
+// tempSchemaWord reports pg_temp or pg_temp_<digits>, in any case.
+func tempSchemaWord(w string) bool {
+	if len(w) < 7 || !equalFold(w[:7], "pg_temp") {
+		return false
+	}
+	if len(w) == 7 {
+		return true
+	}
+	if w[7] != '_' || len(w) == 8 {
+		return false
+	}
+	for i := 8; i < len(w); i++ {
+		if !isDigit(w[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // parseErrorReason says where the parser stopped but not what it read

@@ -1,6 +1,9 @@
 package router
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // TestBindsConnection: the pins a pooler must not carry across backends
 // are the ones the classifier produces for those statements; settings it
@@ -29,6 +32,40 @@ func TestBindsConnection(t *testing.T) {
 		}
 		if got != want {
 			t.Errorf("%s: pins %v bind the connection: %v, want %v", sql, st.Pins, got, want)
+		}
+	}
+}
+
+// TestTempSchemaStatementsStayOnThePrimary: a statement naming pg_temp (or
+// pg_temp_N) as a qualifier uses the session's own temporary objects,
+// which exist only on the primary backend that made them; DDL there pins
+// the session. Mentions in literals, comments or other names do not count.
+func TestTempSchemaStatementsStayOnThePrimary(t *testing.T) {
+	c := NewClassifier(Options{})
+	for _, tc := range []struct {
+		sql     string
+		primary bool
+		pin     bool
+	}{
+		{"CREATE TYPE pg_temp.pair AS (a int, b text)", true, true},
+		{"CREATE DOMAIN pg_temp.pos AS int CHECK (VALUE > 0)", true, true},
+		{"SELECT (('(7,x)')::pg_temp.pair).a", true, false},
+		{"SELECT '(1,a)'::PG_TEMP.pair", true, false},
+		{`SELECT * FROM "pg_temp".t`, true, false},
+		{"SELECT * FROM pg_temp_3.t", true, false},
+		{"SELECT x FROM t WHERE y = $1::pg_temp.pos", true, false},
+		{"SELECT 'pg_temp.pair'", false, false},
+		{"SELECT 1 -- pg_temp.pair", false, false},
+		{"SELECT pg_temp_x.a FROM pg_temp_x", false, false},
+		{`SELECT * FROM "PG_TEMP".t`, false, false},
+		{"SELECT pg_my_temp_schema()", false, false},
+	} {
+		st := c.Classify(tc.sql)
+		if got := st.Target == Primary; got != tc.primary {
+			t.Errorf("%s: to %v (%s), want the primary: %v", tc.sql, st.Target, st.Reason, tc.primary)
+		}
+		if got := slices.Contains(st.Pins, PinTempTable); got != tc.pin {
+			t.Errorf("%s: pins %v, want the temp pin: %v", tc.sql, st.Pins, tc.pin)
 		}
 	}
 }
