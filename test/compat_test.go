@@ -212,7 +212,8 @@ func compatPrefix(driver, target string) string {
 // the cells' 50 concurrent clients share it.
 func compatConfig(mode string) *config.Config {
 	cfg := baseConfig()
-	cfg.Auth.Users = append(cfg.Auth.Users, config.User{Name: compatUser, Password: compatPassword})
+	// One login, so the connection-limits check counts one user's pools.
+	cfg.Auth.Users = []config.User{{Name: compatUser, Password: compatPassword}}
 	cfg.Routing = config.DefaultRouting()
 	cfg.Pool.Mode = mode
 	cfg.Pool.PoolSize, cfg.Pool.MaxOverflow = 5, 10
