@@ -280,8 +280,27 @@ func (b *batch) sent() {
 // client is told ReadyForQuery 'E', and what it sends next gets 25P02 until
 // it rolls back, as from PostgreSQL. Outside a transaction it does nothing.
 func (s *session) abortTransaction(pe *pgError) error {
+	if byte(s.txStatus.Load()) != 'T' {
+		return nil
+	}
 	u := s.active
-	if u == nil || byte(s.txStatus.Load()) != 'T' {
+	if tx := s.split; tx != nil {
+		if tx.on == router.HintNone {
+			// The BEGIN is still held: open the transaction on the
+			// primary, to fail there.
+			var err error
+			if u, err = s.switchTo(router.Primary); err != nil {
+				return err
+			}
+			if err := s.inject(u, tx.begin); err != nil {
+				return err
+			}
+			tx.on = u.target
+		} else {
+			u = s.ups[tx.on]
+		}
+	}
+	if u == nil {
 		return nil
 	}
 	u.expectErr.Add(1)
@@ -320,14 +339,14 @@ func (u *upstream) noteParsed(parsed []*clientStmt) {
 	u.recMu.Unlock()
 }
 
-// confirmParsed is the pump's part at a ReadyForQuery: the statements of
-// the batches it ends are confirmed if none of their answers was an error
-// (with one, which Parse failed is not known: none is). The caller holds
-// recMu.
-func (u *upstream) confirmParsed() {
+// confirmParsed is the pump's part at ReadyForQuery number z, before it
+// is relayed: the statements of the batches it ends are confirmed if none
+// of their answers was an error (with one, which Parse failed is not
+// known: none is). The caller holds recMu.
+func (u *upstream) confirmParsed(z int64) {
 	n := 0
 	for _, pb := range u.parsedBatches {
-		if pb.seq > u.zSeen {
+		if pb.seq > z {
 			break
 		}
 		if !u.answerErr {
@@ -426,6 +445,9 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		cs := &clientStmt{sql: sql, class: s.cls.Classify(sql), gen: s.cls.Generation()}
 		if cs.class.Unparsed {
 			s.noteUnparsed(cs.class, len(sql))
+		}
+		if router.SignalsBackend(cs.class) {
+			return s.refuseBackendSignal()
 		}
 		if name != "" {
 			cs.server = serverStmtName(rest)

@@ -303,7 +303,7 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 	}
 	u.recMu.Lock()
 	if typ == 'Z' {
-		u.confirmParsed()
+		u.confirmParsed(u.zSeen) // done before the relay, but for a Z the safety net relayed
 	}
 	if len(u.recs) == 0 && typ != 'Z' {
 		u.recMu.Unlock()

@@ -169,6 +169,19 @@ func (s *session) relayFunctionCall() error {
 	return s.flushIfIdle(u)
 }
 
+// refuseBackendSignal answers a statement calling pg_cancel_backend or
+// pg_terminate_backend (router.SignalsBackend) with 0A000, aborting an
+// open transaction as the error would.
+func (s *session) refuseBackendSignal() error {
+	pe := pgErr(codeFeatureNotSupported,
+		"pg_cancel_backend() and pg_terminate_backend() are refused through pgsplit: the backend pids a client sees belong to pooled server connections that serve other clients too")
+	pe.detail = "Cancel a statement with your driver's cancel (a CancelRequest: pgsplit sends it to the server running that client's statement); to stop other sessions, connect to the server directly."
+	if err := s.abortTransaction(pe); err != nil {
+		return err
+	}
+	return pe
+}
+
 // relayQuery routes and forwards one simple-protocol Query.
 func (s *session) relayQuery() error {
 	body, err := s.cr.Body()
@@ -182,6 +195,9 @@ func (s *session) relayQuery() error {
 	st := s.cls.Classify(sql)
 	if st.Unparsed {
 		s.noteUnparsed(st, len(sql))
+	}
+	if router.SignalsBackend(st) {
+		return s.refuseBackendSignal()
 	}
 	if st.Kind == router.KindDeallocate && st.Statements == 1 {
 		if cs, ok := s.stmts[st.PreparedName]; ok && cs.server != "" {

@@ -381,6 +381,11 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				// for read-your-writes.
 				s.noteCommit(u, status, lastRollback)
 				lastRollback = false
+				// And the statements its batch prepared, before the
+				// client can Parse their names again.
+				u.recMu.Lock()
+				u.confirmParsed(u.zSeen + 1)
+				u.recMu.Unlock()
 				s.readyForQuery(u, status)
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
 					err = &clientWriteError{werr}

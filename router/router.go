@@ -18,6 +18,8 @@
 // their Target is left to the session logic; see Statement.BySession.
 package router
 
+import "strings"
+
 // Target is where a statement (or a whole session) is sent.
 //
 // The zero value is Primary, so a Target that was never set is the safe one.
@@ -165,6 +167,21 @@ func BindsConnection(pin string) bool {
 	case PinListen, PinAdvisoryLock, PinTempTable, PinTempSequence, PinTempFunction,
 		PinCursorWithHold, PinPrepare, PinSetConfig, "set role", "set session_authorization":
 		return true
+	}
+	return false
+}
+
+// SignalsBackend reports whether st calls pg_cancel_backend or
+// pg_terminate_backend. Through a pooler the backend pids a client sees
+// (pg_backend_pid(), pg_stat_activity) belong to server connections that
+// serve other clients too, on whichever server answered: such a call can
+// stop another client's statement or session, so pgsplit refuses it.
+func SignalsBackend(st Statement) bool {
+	for _, f := range st.Funcs {
+		switch strings.TrimPrefix(f, "pg_catalog.") {
+		case "pg_cancel_backend", "pg_terminate_backend":
+			return true
+		}
 	}
 	return false
 }

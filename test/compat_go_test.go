@@ -26,7 +26,7 @@ import (
 // compatGoCells are the matrix's Go cells: pgx in each QueryExecMode,
 // pgxpool, and database/sql with pgx/stdlib and with lib/pq.
 func compatGoCells() []compatCell {
-	pgxExtra := []string{"batch", "copy", "prepare_name_reuse", "pg_temp"}
+	pgxExtra := []string{"batch", "copy", "prepare_name_reuse", "pg_temp", "backend_signal"}
 	var cells []compatCell
 	for _, m := range []struct {
 		name string
@@ -176,7 +176,48 @@ func (c pgxCompat) checks() []goCheck {
 		{"pg_temp", func(ctx context.Context) error {
 			return c.with(ctx, func(conn *pgx.Conn) error { return pgxPgTemp(ctx, conn) })
 		}},
+		{"backend_signal", func(ctx context.Context) error {
+			return c.with(ctx, func(conn *pgx.Conn) error { return pgxBackendSignal(ctx, conn, c.env.target == "direct") })
+		}},
 	}
+}
+
+// pgxBackendSignal: straight to PostgreSQL, pg_cancel_backend of a pid
+// that is no backend says false; through pgsplit it is refused (0A000: a
+// pooled backend's pid may be another client's), and inside a transaction
+// that error aborts it like any other.
+func pgxBackendSignal(ctx context.Context, conn *pgx.Conn, direct bool) error {
+	const sql = "SELECT pg_cancel_backend($1)"
+	var ok bool
+	err := conn.QueryRow(ctx, sql, 1).Scan(&ok)
+	if direct {
+		if err != nil || ok {
+			return fmt.Errorf("direct: want false (pid 1 is no backend), got %v, %v", ok, err)
+		}
+		return nil
+	}
+	if sqlState(err) != "0A000" {
+		return fmt.Errorf("through pgsplit: want SQLSTATE 0A000, got %v, %v", ok, err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SELECT pg_terminate_backend(1)"); sqlState(err) != "0A000" {
+		return fmt.Errorf("in a transaction: want SQLSTATE 0A000, got %v", err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); sqlState(err) != "25P02" {
+		return fmt.Errorf("after the refusal in a transaction: want 25P02, got %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		return err
+	}
+	var one int
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+		return fmt.Errorf("after the rollback: %d, %v", one, err)
+	}
+	return nil
 }
 
 // pgxQuerier is what *pgx.Conn, pgx.Tx and *pgxpool.Conn share.
