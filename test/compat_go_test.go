@@ -132,27 +132,27 @@ func (c pgxCompat) checks() []goCheck {
 			return c.with(ctx, func(conn *pgx.Conn) error { return pgxTypes(ctx, conn, p) })
 		}},
 		{"tx_own_write", func(ctx context.Context) error {
-			return c.with(ctx, func(conn *pgx.Conn) error { return pgxTxOwnWrite(ctx, conn, p) })
+			return c.with(ctx, func(conn *pgx.Conn) error { return checkTxOwnWrite(ctx, pgxDB{conn}, p) })
 		}},
 		{"ryw_same_conn", func(ctx context.Context) error {
-			return c.with(ctx, func(conn *pgx.Conn) error { return pgxRYW(ctx, conn, conn, p+"ryw1") })
+			return c.with(ctx, func(conn *pgx.Conn) error { return checkRYW(ctx, pgxDB{conn}, pgxDB{conn}, p+"ryw1") })
 		}},
 		{"ryw_other_conn", func(ctx context.Context) error {
 			return c.with(ctx, func(w *pgx.Conn) error {
-				return c.with(ctx, func(r *pgx.Conn) error { return pgxRYW(ctx, w, r, p+"ryw2") })
+				return c.with(ctx, func(r *pgx.Conn) error { return checkRYW(ctx, pgxDB{w}, pgxDB{r}, p+"ryw2") })
 			})
 		}},
 		{"error_rollback", func(ctx context.Context) error {
-			return c.with(ctx, func(conn *pgx.Conn) error { return pgxErrorRollback(ctx, conn, p) })
+			return c.with(ctx, func(conn *pgx.Conn) error { return checkErrorRollback(ctx, pgxDB{conn}, p) })
 		}},
 		{"cancel", func(ctx context.Context) error {
 			return c.with(ctx, func(conn *pgx.Conn) error { return pgxCancel(ctx, conn) })
 		}},
 		{"large_result", func(ctx context.Context) error {
-			return c.with(ctx, func(conn *pgx.Conn) error { return pgxLargeResult(ctx, conn) })
+			return c.with(ctx, func(conn *pgx.Conn) error { return checkLargeResult(ctx, pgxDB{conn}) })
 		}},
 		{"large_value", func(ctx context.Context) error {
-			return c.with(ctx, func(conn *pgx.Conn) error { return pgxLargeValue(ctx, conn, p) })
+			return c.with(ctx, func(conn *pgx.Conn) error { return checkLargeValue(ctx, pgxDB{conn}, p) })
 		}},
 		{"listen_notify", func(ctx context.Context) error {
 			return c.with(ctx, func(l *pgx.Conn) error {
@@ -160,8 +160,8 @@ func (c pgxCompat) checks() []goCheck {
 			})
 		}},
 		{"concurrency", func(ctx context.Context) error {
-			return compatConcurrency(ctx, p+"conc", func(ctx context.Context, f func(q pgxQuerier) error) error {
-				return c.with(ctx, func(conn *pgx.Conn) error { return f(conn) })
+			return checkConcurrency(ctx, p+"conc", func(ctx context.Context, f func(dbq) error) error {
+				return c.with(ctx, func(conn *pgx.Conn) error { return f(pgxDB{conn}) })
 			})
 		}},
 		{"batch", func(ctx context.Context) error {
@@ -292,85 +292,6 @@ func pgxTypes(ctx context.Context, conn *pgx.Conn, p string) error {
 	return nil
 }
 
-func pgxTxOwnWrite(ctx context.Context, conn *pgx.Conn, p string) error {
-	tbl := p + "tx"
-	if err := execAll(ctx, conn, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, v text)"); err != nil {
-		return err
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "INSERT INTO "+tbl+" VALUES ($1, $2)", 7, "seven"); err != nil {
-		return err
-	}
-	var v string
-	if err := tx.QueryRow(ctx, "SELECT v FROM "+tbl+" WHERE id = $1", 7).Scan(&v); err != nil || v != "seven" {
-		return fmt.Errorf("inside the transaction: want \"seven\", got %q, %v", v, err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
-	}
-	if err := conn.QueryRow(ctx, "SELECT v FROM "+tbl+" WHERE id = $1", 7).Scan(&v); err != nil || v != "seven" {
-		return fmt.Errorf("after commit: want \"seven\", got %q, %v", v, err)
-	}
-	return nil
-}
-
-// pgxRYW writes on w and reads on r, 20 times: every read sees the write
-// just committed.
-func pgxRYW(ctx context.Context, w, r pgxQuerier, tbl string) error {
-	if err := execAll(ctx, w, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, v int)", "INSERT INTO "+tbl+" VALUES (1, 0)"); err != nil {
-		return err
-	}
-	for i := 1; i <= 20; i++ {
-		if _, err := w.Exec(ctx, "INSERT INTO "+tbl+" VALUES ($1, $1)", i+1); err != nil {
-			return err
-		}
-		if _, err := w.Exec(ctx, "UPDATE "+tbl+" SET v = $1 WHERE id = 1", i); err != nil {
-			return err
-		}
-		var v, n int
-		if err := r.QueryRow(ctx, "SELECT v, (SELECT count(*) FROM "+tbl+") FROM "+tbl+" WHERE id = 1").Scan(&v, &n); err != nil {
-			return fmt.Errorf("round %d: %w", i, err)
-		}
-		if v != i || n != i+1 {
-			return fmt.Errorf("round %d: stale read: want v=%d and %d rows, got v=%d and %d rows", i, i, i+1, v, n)
-		}
-	}
-	return nil
-}
-
-func pgxErrorRollback(ctx context.Context, conn *pgx.Conn, p string) error {
-	tbl := p + "err"
-	if err := execAll(ctx, conn, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY)", "INSERT INTO "+tbl+" VALUES (1)"); err != nil {
-		return err
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, "INSERT INTO "+tbl+" VALUES ($1)", 2); err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, "INSERT INTO "+tbl+" VALUES ($1)", 1)
-	if sqlState(err) != "23505" {
-		return fmt.Errorf("duplicate key: want SQLSTATE 23505, got %v", err)
-	}
-	if _, err := tx.Exec(ctx, "SELECT 1"); sqlState(err) != "25P02" {
-		return fmt.Errorf("after the error inside the transaction: want SQLSTATE 25P02, got %v", err)
-	}
-	if err := tx.Rollback(ctx); err != nil {
-		return fmt.Errorf("rollback: %w", err)
-	}
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+tbl).Scan(&n); err != nil || n != 1 {
-		return fmt.Errorf("after rollback: want 1 row, got %d, %v", n, err)
-	}
-	return nil
-}
-
 func pgxCancel(ctx context.Context, conn *pgx.Conn) error {
 	cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
@@ -389,56 +310,10 @@ func pgxCancel(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-func pgxLargeResult(ctx context.Context, conn *pgx.Conn) error {
-	rows, err := conn.Query(ctx, "SELECT g, repeat('x', 20) FROM generate_series(1, $1::int) g", 100000)
-	if err != nil {
-		return err
-	}
-	var n, sum int64
-	for rows.Next() {
-		var g int64
-		var s string
-		if err := rows.Scan(&g, &s); err != nil {
-			return err
-		}
-		n++
-		sum += g
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if n != 100000 || sum != 100000*100001/2 {
-		return fmt.Errorf("want 100000 rows summing to %d, got %d rows summing to %d", 100000*100001/2, n, sum)
-	}
-	return nil
-}
-
 func compatBlob() ([]byte, error) {
 	b := make([]byte, 10<<20)
 	_, err := rand.Read(b)
 	return b, err
-}
-
-func pgxLargeValue(ctx context.Context, conn *pgx.Conn, p string) error {
-	blob, err := compatBlob()
-	if err != nil {
-		return err
-	}
-	tbl := p + "blob"
-	if err := execAll(ctx, conn, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, b bytea)"); err != nil {
-		return err
-	}
-	if _, err := conn.Exec(ctx, "INSERT INTO "+tbl+" VALUES (1, $1)", blob); err != nil {
-		return err
-	}
-	var got []byte
-	if err := conn.QueryRow(ctx, "SELECT b FROM "+tbl+" WHERE id = 1").Scan(&got); err != nil {
-		return err
-	}
-	if !bytes.Equal(got, blob) {
-		return fmt.Errorf("10 MB bytea: sent %d bytes, got %d different ones", len(blob), len(got))
-	}
-	return nil
 }
 
 func pgxListenNotify(ctx context.Context, l, n *pgx.Conn, channel string) error {
@@ -458,65 +333,6 @@ func pgxListenNotify(ctx context.Context, l, n *pgx.Conn, channel string) error 
 		return fmt.Errorf("want %s/payload-1, got %s/%s", channel, note.Channel, note.Payload)
 	}
 	return execAll(ctx, l, "UNLISTEN "+channel)
-}
-
-// compatConcurrency runs 50 clients at once (each given a querier by
-// with), 20 transactions each that write and read back their own row.
-func compatConcurrency(ctx context.Context, tbl string, with func(context.Context, func(pgxQuerier) error) error) error {
-	const clients, rounds = 50, 20
-	if err := with(ctx, func(q pgxQuerier) error {
-		return execAll(ctx, q, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, v int)")
-	}); err != nil {
-		return err
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	start := make(chan struct{})
-	for c := 0; c < clients; c++ {
-		wg.Add(1)
-		go func(c int) {
-			defer wg.Done()
-			errs <- with(ctx, func(q pgxQuerier) error {
-				<-start
-				for i := 0; i < rounds; i++ {
-					id := c*rounds + i
-					if err := pgx.BeginFunc(ctx, q, func(tx pgx.Tx) error {
-						if _, err := tx.Exec(ctx, "INSERT INTO "+tbl+" VALUES ($1, $2)", id, c); err != nil {
-							return err
-						}
-						var v int
-						if err := tx.QueryRow(ctx, "SELECT v FROM "+tbl+" WHERE id = $1", id).Scan(&v); err != nil || v != c {
-							return fmt.Errorf("own row %d: want %d, got %d, %v", id, c, v, err)
-						}
-						return nil
-					}); err != nil {
-						return fmt.Errorf("client %d: %w", c, err)
-					}
-				}
-				return nil
-			})
-		}(c)
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	var all []error
-	for err := range errs {
-		if err != nil {
-			all = append(all, err)
-		}
-	}
-	if len(all) > 0 {
-		return fmt.Errorf("%d of %d clients failed, first: %w", len(all), clients, all[0])
-	}
-	var n int
-	if err := with(ctx, func(q pgxQuerier) error { return q.QueryRow(ctx, "SELECT count(*) FROM "+tbl).Scan(&n) }); err != nil {
-		return err
-	}
-	if n != clients*rounds {
-		return fmt.Errorf("want %d rows, got %d", clients*rounds, n)
-	}
-	return nil
 }
 
 // pgxBatch pipelines several statements, one of them failing: the ones
@@ -662,39 +478,39 @@ func pgxpoolChecks(env compatEnv) []goCheck {
 		return f(c.Conn())
 	}
 	pfx := env.prefix
-	pooled := func(ctx context.Context, f func(pgxQuerier) error) error {
+	pooled := func(ctx context.Context, f func(dbq) error) error {
 		p, err := get(ctx)
 		if err != nil {
 			return err
 		}
-		return f(p)
+		return f(pgxDB{p})
 	}
 	checks := []goCheck{
 		{"types", func(ctx context.Context) error {
 			return withConn(ctx, func(c *pgx.Conn) error { return pgxTypes(ctx, c, pfx) })
 		}},
 		{"tx_own_write", func(ctx context.Context) error {
-			return withConn(ctx, func(c *pgx.Conn) error { return pgxTxOwnWrite(ctx, c, pfx) })
+			return withConn(ctx, func(c *pgx.Conn) error { return checkTxOwnWrite(ctx, pgxDB{c}, pfx) })
 		}},
 		{"ryw_same_conn", func(ctx context.Context) error {
-			return withConn(ctx, func(c *pgx.Conn) error { return pgxRYW(ctx, c, c, pfx+"ryw1") })
+			return withConn(ctx, func(c *pgx.Conn) error { return checkRYW(ctx, pgxDB{c}, pgxDB{c}, pfx+"ryw1") })
 		}},
 		{"ryw_other_conn", func(ctx context.Context) error {
 			// The pool's own rotation: each statement on whichever
 			// connection the pool hands out.
-			return pooled(ctx, func(q pgxQuerier) error { return pgxRYW(ctx, q, q, pfx+"ryw2") })
+			return pooled(ctx, func(q dbq) error { return checkRYW(ctx, q, q, pfx+"ryw2") })
 		}},
 		{"error_rollback", func(ctx context.Context) error {
-			return withConn(ctx, func(c *pgx.Conn) error { return pgxErrorRollback(ctx, c, pfx) })
+			return withConn(ctx, func(c *pgx.Conn) error { return checkErrorRollback(ctx, pgxDB{c}, pfx) })
 		}},
 		{"cancel", func(ctx context.Context) error {
 			return withConn(ctx, func(c *pgx.Conn) error { return pgxCancel(ctx, c) })
 		}},
 		{"large_result", func(ctx context.Context) error {
-			return withConn(ctx, func(c *pgx.Conn) error { return pgxLargeResult(ctx, c) })
+			return withConn(ctx, func(c *pgx.Conn) error { return checkLargeResult(ctx, pgxDB{c}) })
 		}},
 		{"large_value", func(ctx context.Context) error {
-			return withConn(ctx, func(c *pgx.Conn) error { return pgxLargeValue(ctx, c, pfx) })
+			return withConn(ctx, func(c *pgx.Conn) error { return checkLargeValue(ctx, pgxDB{c}, pfx) })
 		}},
 		{"listen_notify", func(ctx context.Context) error {
 			return withConn(ctx, func(l *pgx.Conn) error {
@@ -703,7 +519,7 @@ func pgxpoolChecks(env compatEnv) []goCheck {
 		}},
 		{"concurrency", func(ctx context.Context) error {
 			// 50 clients sharing the pool's 20 connections.
-			return compatConcurrency(ctx, pfx+"conc", pooled)
+			return checkConcurrency(ctx, pfx+"conc", pooled)
 		}},
 		{"pool_reuse", func(ctx context.Context) error {
 			p, err := get(ctx)
@@ -803,7 +619,7 @@ func (c sqlCompat) checks() []goCheck {
 			return c.with(ctx, func(db *sql.DB) error { return c.types(ctx, db, p) })
 		}},
 		{"tx_own_write", func(ctx context.Context) error {
-			return c.with(ctx, func(db *sql.DB) error { return sqlTxOwnWrite(ctx, db, p) })
+			return c.with(ctx, func(db *sql.DB) error { return checkTxOwnWrite(ctx, sqlDB{db}, p) })
 		}},
 		{"ryw_same_conn", func(ctx context.Context) error {
 			return c.with(ctx, func(db *sql.DB) error {
@@ -812,7 +628,7 @@ func (c sqlCompat) checks() []goCheck {
 					return err
 				}
 				defer conn.Close()
-				return sqlRYW(ctx, conn, conn, p+"ryw1")
+				return checkRYW(ctx, sqlDB{conn}, sqlDB{conn}, p+"ryw1")
 			})
 		}},
 		{"ryw_other_conn", func(ctx context.Context) error {
@@ -827,26 +643,28 @@ func (c sqlCompat) checks() []goCheck {
 					return err
 				}
 				defer r.Close()
-				return sqlRYW(ctx, w, r, p+"ryw2")
+				return checkRYW(ctx, sqlDB{w}, sqlDB{r}, p+"ryw2")
 			})
 		}},
 		{"error_rollback", func(ctx context.Context) error {
-			return c.with(ctx, func(db *sql.DB) error { return sqlErrorRollback(ctx, db, p) })
+			return c.with(ctx, func(db *sql.DB) error { return checkErrorRollback(ctx, sqlDB{db}, p) })
 		}},
 		{"cancel", func(ctx context.Context) error {
 			return c.with(ctx, func(db *sql.DB) error { return sqlCancel(ctx, db, c.driver == "postgres") })
 		}},
 		{"large_result", func(ctx context.Context) error {
-			return c.with(ctx, func(db *sql.DB) error { return sqlLargeResult(ctx, db) })
+			return c.with(ctx, func(db *sql.DB) error { return checkLargeResult(ctx, sqlDB{db}) })
 		}},
 		{"large_value", func(ctx context.Context) error {
-			return c.with(ctx, func(db *sql.DB) error { return sqlLargeValue(ctx, db, p) })
+			return c.with(ctx, func(db *sql.DB) error { return checkLargeValue(ctx, sqlDB{db}, p) })
 		}},
 		{"listen_notify", func(ctx context.Context) error {
 			return c.with(ctx, func(db *sql.DB) error { return c.listenNotify(ctx, db, p+"chan") })
 		}},
 		{"concurrency", func(ctx context.Context) error {
-			return c.with(ctx, func(db *sql.DB) error { return sqlConcurrency(ctx, db, p+"conc") })
+			return c.with(ctx, func(db *sql.DB) error {
+				return checkConcurrency(ctx, p+"conc", func(_ context.Context, f func(dbq) error) error { return f(sqlDB{db}) })
+			})
 		}},
 	}
 }
@@ -910,21 +728,6 @@ func (c sqlCompat) types(ctx context.Context, db *sql.DB, p string) error {
 	return want.equal(got)
 }
 
-// sqlQuerier is what *sql.DB, *sql.Conn and *sql.Tx share.
-type sqlQuerier interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func sqlExecAll(ctx context.Context, q sqlQuerier, stmts ...string) error {
-	for _, s := range stmts {
-		if _, err := q.ExecContext(ctx, s); err != nil {
-			return fmt.Errorf("%s: %w", s, err)
-		}
-	}
-	return nil
-}
-
 // sqlState of a database/sql error from either driver.
 func sqlErrState(err error) string {
 	var pqe *pq.Error
@@ -932,85 +735,6 @@ func sqlErrState(err error) string {
 		return string(pqe.Code)
 	}
 	return sqlState(err)
-}
-
-func sqlTxOwnWrite(ctx context.Context, db *sql.DB, p string) error {
-	tbl := p + "tx"
-	if err := sqlExecAll(ctx, db, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, v text)"); err != nil {
-		return err
-	}
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES ($1, $2)", 7, "seven"); err != nil {
-		return err
-	}
-	var v string
-	if err := tx.QueryRowContext(ctx, "SELECT v FROM "+tbl+" WHERE id = $1", 7).Scan(&v); err != nil || v != "seven" {
-		return fmt.Errorf("inside the transaction: want \"seven\", got %q, %v", v, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	if err := db.QueryRowContext(ctx, "SELECT v FROM "+tbl+" WHERE id = $1", 7).Scan(&v); err != nil || v != "seven" {
-		return fmt.Errorf("after commit: want \"seven\", got %q, %v", v, err)
-	}
-	return nil
-}
-
-func sqlRYW(ctx context.Context, w, r sqlQuerier, tbl string) error {
-	if err := sqlExecAll(ctx, w, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, v int)", "INSERT INTO "+tbl+" VALUES (1, 0)"); err != nil {
-		return err
-	}
-	for i := 1; i <= 20; i++ {
-		if _, err := w.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES ($1, $1)", i+1); err != nil {
-			return err
-		}
-		if _, err := w.ExecContext(ctx, "UPDATE "+tbl+" SET v = $1 WHERE id = 1", i); err != nil {
-			return err
-		}
-		var v, n int
-		if err := r.QueryRowContext(ctx, "SELECT v, (SELECT count(*) FROM "+tbl+") FROM "+tbl+" WHERE id = 1").Scan(&v, &n); err != nil {
-			return fmt.Errorf("round %d: %w", i, err)
-		}
-		if v != i || n != i+1 {
-			return fmt.Errorf("round %d: stale read: want v=%d and %d rows, got v=%d and %d rows", i, i, i+1, v, n)
-		}
-	}
-	return nil
-}
-
-func sqlErrorRollback(ctx context.Context, db *sql.DB, p string) error {
-	tbl := p + "err"
-	if err := sqlExecAll(ctx, db, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY)", "INSERT INTO "+tbl+" VALUES (1)"); err != nil {
-		return err
-	}
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES ($1)", 2); err != nil {
-		return err
-	}
-	_, err = tx.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES ($1)", 1)
-	if sqlErrState(err) != "23505" {
-		return fmt.Errorf("duplicate key: want SQLSTATE 23505, got %v", err)
-	}
-	if err := tx.Rollback(); err != nil {
-		return fmt.Errorf("rollback: %w", err)
-	}
-	var n int
-	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM "+tbl).Scan(&n); err != nil || n != 1 {
-		return fmt.Errorf("after rollback, same connection: want 1 row, got %d, %v", n, err)
-	}
-	return nil
 }
 
 func sqlCancel(ctx context.Context, db *sql.DB, lpq bool) error {
@@ -1039,53 +763,6 @@ func sqlCancel(ctx context.Context, db *sql.DB, lpq bool) error {
 	}
 	if err != nil || one != 1 {
 		return fmt.Errorf("next statement: %d, %v", one, err)
-	}
-	return nil
-}
-
-func sqlLargeResult(ctx context.Context, db *sql.DB) error {
-	rows, err := db.QueryContext(ctx, "SELECT g, repeat('x', 20) FROM generate_series(1, $1::int) g", 100000)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	var n, sum int64
-	for rows.Next() {
-		var g int64
-		var s string
-		if err := rows.Scan(&g, &s); err != nil {
-			return err
-		}
-		n++
-		sum += g
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if n != 100000 || sum != 100000*100001/2 {
-		return fmt.Errorf("want 100000 rows summing to %d, got %d rows summing to %d", 100000*100001/2, n, sum)
-	}
-	return nil
-}
-
-func sqlLargeValue(ctx context.Context, db *sql.DB, p string) error {
-	blob, err := compatBlob()
-	if err != nil {
-		return err
-	}
-	tbl := p + "blob"
-	if err := sqlExecAll(ctx, db, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, b bytea)"); err != nil {
-		return err
-	}
-	if _, err := db.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES (1, $1)", blob); err != nil {
-		return err
-	}
-	var got []byte
-	if err := db.QueryRowContext(ctx, "SELECT b FROM "+tbl+" WHERE id = 1").Scan(&got); err != nil {
-		return err
-	}
-	if !bytes.Equal(got, blob) {
-		return fmt.Errorf("10 MB bytea: sent %d bytes, got %d different ones", len(blob), len(got))
 	}
 	return nil
 }
@@ -1148,54 +825,4 @@ func (c sqlCompat) listenNotify(ctx context.Context, db *sql.DB, channel string)
 		_, err = pc.Exec(ctx, "UNLISTEN "+channel)
 		return err
 	})
-}
-
-func sqlConcurrency(ctx context.Context, db *sql.DB, tbl string) error {
-	const clients, rounds = 50, 20
-	if err := sqlExecAll(ctx, db, "DROP TABLE IF EXISTS "+tbl, "CREATE TABLE "+tbl+" (id int PRIMARY KEY, v int)"); err != nil {
-		return err
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for c := 0; c < clients; c++ {
-		wg.Add(1)
-		go func(c int) {
-			defer wg.Done()
-			for i := 0; i < rounds; i++ {
-				id := c*rounds + i
-				tx, err := db.BeginTx(ctx, nil)
-				if err != nil {
-					errs <- err
-					return
-				}
-				var v int
-				_, err = tx.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES ($1, $2)", id, c)
-				if err == nil {
-					err = tx.QueryRowContext(ctx, "SELECT v FROM "+tbl+" WHERE id = $1", id).Scan(&v)
-				}
-				if err == nil && v != c {
-					err = fmt.Errorf("own row %d: want %d, got %d", id, c, v)
-				}
-				if err == nil {
-					err = tx.Commit()
-				} else {
-					_ = tx.Rollback()
-				}
-				if err != nil {
-					errs <- fmt.Errorf("client %d: %w", c, err)
-					return
-				}
-			}
-		}(c)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		return err
-	}
-	var n int
-	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+tbl).Scan(&n); err != nil || n != clients*rounds {
-		return fmt.Errorf("want %d rows, got %d, %v", clients*rounds, n, err)
-	}
-	return nil
 }
