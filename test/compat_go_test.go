@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -26,6 +28,7 @@ import (
 // compatGoCells are the matrix's Go cells: pgx in each QueryExecMode,
 // pgxpool, and database/sql with pgx/stdlib and with lib/pq.
 func compatGoCells() []compatCell {
+	pgxV, pqV := moduleVersion("github.com/jackc/pgx/v5"), moduleVersion("github.com/lib/pq")
 	pgxExtra := []string{"batch", "copy", "prepare_name_reuse", "pg_temp", "backend_signal"}
 	var cells []compatCell
 	for _, m := range []struct {
@@ -39,23 +42,37 @@ func compatGoCells() []compatCell {
 		{"simple_protocol", pgx.QueryExecModeSimpleProtocol},
 	} {
 		mode := m.mode
-		cells = append(cells, compatCell{driver: "pgx/" + m.name, extra: pgxExtra, run: func(t *testing.T, env compatEnv) []compatResult {
+		cells = append(cells, compatCell{driver: "pgx/" + m.name, version: "pgx " + pgxV, extra: pgxExtra, run: func(t *testing.T, env compatEnv) []compatResult {
 			c := pgxCompat{env: env, tweak: func(cfg *pgx.ConnConfig) { cfg.DefaultQueryExecMode = mode }}
 			return runGoChecks(env, c.checks())
 		}})
 	}
 	cells = append(cells,
-		compatCell{driver: "pgxpool", extra: []string{"pool_reuse"}, run: func(t *testing.T, env compatEnv) []compatResult {
+		compatCell{driver: "pgxpool", version: "pgx " + pgxV, extra: []string{"pool_reuse"}, run: func(t *testing.T, env compatEnv) []compatResult {
 			return runGoChecks(env, pgxpoolChecks(env))
 		}},
-		compatCell{driver: "database/sql+pgx/stdlib", run: func(t *testing.T, env compatEnv) []compatResult {
+		compatCell{driver: "database/sql+pgx/stdlib", version: "pgx " + pgxV, run: func(t *testing.T, env compatEnv) []compatResult {
 			return runGoChecks(env, sqlCompat{env: env, driver: "pgx"}.checks())
 		}},
-		compatCell{driver: "database/sql+lib/pq", run: func(t *testing.T, env compatEnv) []compatResult {
+		compatCell{driver: "database/sql+lib/pq", version: "lib/pq " + pqV, run: func(t *testing.T, env compatEnv) []compatResult {
 			return runGoChecks(env, sqlCompat{env: env, driver: "postgres"}.checks())
 		}},
 	)
 	return cells
+}
+
+// moduleVersion is the version go.mod requires of module path.
+func moduleVersion(path string) string {
+	mod, err := os.ReadFile(filepath.Join("..", "go.mod"))
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(mod), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == path {
+			return f[1]
+		}
+	}
+	return "?"
 }
 
 // compatTypes is the row the types checks write and read back: one value

@@ -92,6 +92,10 @@ func (e compatEnv) environ() []string {
 	)
 }
 
+// versionCheck is the pseudo-check a cell's {"version": …} line becomes:
+// the driver's version for the report, not a check.
+const versionCheck = "version"
+
 // compatResult is one check's outcome, as a cell reports it.
 type compatResult struct {
 	Check  string  `json:"check"`
@@ -109,6 +113,9 @@ type compatCell struct {
 	// tool: a command-line tool, whose cell runs only its extra checks
 	// (the common ones are about drivers).
 	tool bool
+	// version is the driver's, for the report (an external cell may
+	// report its own instead).
+	version string
 	// run runs the cell and returns every check's result; a cell that
 	// cannot run at all fails t itself.
 	run func(t *testing.T, env compatEnv) []compatResult
@@ -171,6 +178,7 @@ func checkCompatResults(t *testing.T, cell compatCell, env compatEnv, results []
 	for _, r := range results {
 		seen[r.Check] = true
 		switch {
+		case r.Check == versionCheck:
 		case r.Skip != "":
 		case !r.OK:
 			t.Errorf("%s / %s / %s: %s", cell.driver, env.target, r.Check, r.Detail)
@@ -297,6 +305,14 @@ func parseCompatLines(out []byte) (results []compatResult, done bool, err error)
 			done = true
 			continue
 		}
+		if v, ok := m["version"]; ok {
+			var version string
+			if err := json.Unmarshal(v, &version); err != nil {
+				return results, done, fmt.Errorf("line %q: %w", line, err)
+			}
+			results = append(results, compatResult{Check: versionCheck, Detail: version})
+			continue
+		}
 		var r compatResult
 		if err := json.Unmarshal(line, &r); err != nil {
 			return results, done, fmt.Errorf("line %q: %w", line, err)
@@ -372,15 +388,19 @@ type compatReport struct {
 
 type compatRow struct {
 	driver, target string
+	version        string
+	extra          []string
 	pass, fail     int
 	skipped        []string
 	took           time.Duration
 }
 
 func (r *compatReport) add(cell compatCell, target string, results []compatResult, took time.Duration) {
-	row := compatRow{driver: cell.driver, target: target, took: took}
+	row := compatRow{driver: cell.driver, target: target, took: took, version: cell.version, extra: cell.extra}
 	for _, res := range results {
 		switch {
+		case res.Check == versionCheck:
+			row.version = res.Detail
 		case res.Skip != "":
 			row.skipped = append(row.skipped, res.Check+" ("+res.Skip+")")
 		case res.OK:
@@ -408,9 +428,15 @@ func (r *compatReport) markdown() string {
 		byKey[row.driver+"/"+row.target] = row
 	}
 	var b strings.Builder
-	b.WriteString("| driver | direct | transaction | session | not applicable |\n|---|---|---|---|---|\n")
+	b.WriteString("| driver | version | its own checks (besides the common ones) | direct | transaction | session | not applicable |\n|---|---|---|---|---|---|---|\n")
 	for _, d := range drivers {
-		fmt.Fprintf(&b, "| %s |", d)
+		first := byKey[d+"/direct"]
+		for _, tg := range []string{"transaction", "session"} {
+			if first.version == "" {
+				first.version = byKey[d+"/"+tg].version
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |", d, first.version, strings.Join(first.extra, ", "))
 		var skipped []string
 		for _, tg := range []string{"direct", "transaction", "session"} {
 			row, ok := byKey[d+"/"+tg]
