@@ -1011,6 +1011,8 @@ public class Cell {
             run("fetch_size", Cell::checkFetchSize);
             run("hikari", Cell::checkHikari);
         }
+        System.out.println("{\"version\": \"pgjdbc " + org.postgresql.util.DriverInfo.DRIVER_VERSION
+                + (mode.equals("jdbc") ? ", HikariCP 2.7.9" : "") + ", Java " + Runtime.version().feature() + "\"}");
         System.out.println("{\"done\": true}");
         System.out.flush();
         System.exit(0);
