@@ -449,6 +449,9 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		if router.SignalsBackend(cs.class) {
 			return s.refuseBackendSignal()
 		}
+		if cs.class.FreesDatabase != "" {
+			s.srv.freeDatabase(cs.class.FreesDatabase)
+		}
 		if name != "" {
 			cs.server = serverStmtName(rest)
 			for b.seen[cs.server] {

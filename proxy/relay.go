@@ -199,6 +199,9 @@ func (s *session) relayQuery() error {
 	if router.SignalsBackend(st) {
 		return s.refuseBackendSignal()
 	}
+	if st.FreesDatabase != "" {
+		s.srv.freeDatabase(st.FreesDatabase)
+	}
 	if st.Kind == router.KindDeallocate && st.Statements == 1 {
 		if cs, ok := s.stmts[st.PreparedName]; ok && cs.server != "" {
 			// A statement the client prepared with Parse: pgsplit keeps it

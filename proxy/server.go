@@ -478,6 +478,30 @@ func (s *Server) closeIdle(srv config.Server) {
 	}
 }
 
+// freeDatabase closes every idle pooled connection to database, on every
+// server, before a statement that needs nobody else connected to it runs
+// (router.Statement.FreesDatabase: DROP DATABASE, ALTER DATABASE … RENAME,
+// CREATE DATABASE … TEMPLATE): pgsplit's own idle connections would make
+// PostgreSQL refuse it as "being accessed by other users". Connections in
+// use stay: those are other clients', as they would be without pgsplit.
+func (s *Server) freeDatabase(database string) {
+	s.mu.Lock()
+	var ps []*pool.Pool
+	for k, p := range s.pools {
+		if k.database == database {
+			ps = append(ps, p)
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, p := range ps {
+		n += p.CloseIdle()
+	}
+	if n > 0 {
+		s.log.Info("closed idle pooled connections to a database a statement needs to itself", zap.String("database", database), zap.Int("closed", n))
+	}
+}
+
 // setLagOut takes a replica out of read rotation for lag (reason not
 // empty) or puts it back (reason empty), logging the change.
 func (s *Server) setLagOut(srv config.Server, reason string) {

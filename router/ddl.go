@@ -29,6 +29,18 @@ func (c *Classifier) classifyDDL(n *pg_query.Node) Statement {
 	}
 	st.Funcs = w.funcs
 	switch x := m.Interface().(type) {
+	case *pg_query.DropdbStmt:
+		st.FreesDatabase = x.Dbname
+	case *pg_query.RenameStmt:
+		if x.RenameType == pg_query.ObjectType_OBJECT_DATABASE {
+			st.FreesDatabase = x.Subname
+		}
+	case *pg_query.CreatedbStmt:
+		for _, o := range x.Options {
+			if d := o.GetDefElem(); d != nil && d.Defname == "template" {
+				st.FreesDatabase = defElemName(d)
+			}
+		}
 	case *pg_query.CreateStmt:
 		if isTemp(x.Relation) {
 			st.Pins = []string{PinTempTable}
@@ -167,4 +179,16 @@ func camelToTag(name string) string {
 		b.WriteRune(r)
 	}
 	return strings.ToUpper(b.String())
+}
+
+// defElemName is the name a DefElem gives (CREATE DATABASE … TEMPLATE x):
+// a String or a type name.
+func defElemName(d *pg_query.DefElem) string {
+	if sv := d.GetArg().GetString_(); sv != nil {
+		return sv.GetSval()
+	}
+	if tn := d.GetArg().GetTypeName(); tn != nil && len(tn.Names) > 0 {
+		return tn.Names[len(tn.Names)-1].GetString_().GetSval()
+	}
+	return ""
 }

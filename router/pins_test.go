@@ -69,3 +69,24 @@ func TestTempSchemaStatementsStayOnThePrimary(t *testing.T) {
 		}
 	}
 }
+
+// TestStatementsThatNeedADatabaseToThemselves: DROP DATABASE, ALTER
+// DATABASE … RENAME and CREATE DATABASE … TEMPLATE name the database the
+// proxy must let go of first; other statements name none.
+func TestStatementsThatNeedADatabaseToThemselves(t *testing.T) {
+	c := NewClassifier(Options{})
+	for sql, want := range map[string]string{
+		"DROP DATABASE x": "x",
+		`DROP DATABASE IF EXISTS "My Db" WITH (FORCE)`: "My Db",
+		"ALTER DATABASE x RENAME TO y":                 "x",
+		"CREATE DATABASE d TEMPLATE src":               "src",
+		`CREATE DATABASE d WITH TEMPLATE = "Src"`:      "Src",
+		"CREATE DATABASE d":                            "",
+		"ALTER DATABASE x SET work_mem = '8MB'":        "",
+		"DROP TABLE x":                                 "",
+	} {
+		if got := c.Classify(sql).FreesDatabase; got != want {
+			t.Errorf("%s: FreesDatabase %q, want %q", sql, got, want)
+		}
+	}
+}

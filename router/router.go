@@ -140,6 +140,11 @@ type Statement struct {
 	// Unparsed is true when the statement was kept from the parser as too
 	// large or too deep (see Parsable): Reason says which.
 	Unparsed bool
+	// FreesDatabase names the database a statement needs no one else
+	// connected to: DROP DATABASE, ALTER DATABASE … RENAME, and CREATE
+	// DATABASE … TEMPLATE. A pooler must close its idle connections to it
+	// first, or PostgreSQL refuses (55006 "being accessed by other users").
+	FreesDatabase string
 }
 
 // Session state names in Statement.Pins and Unpins ("set <name>" for a
