@@ -380,11 +380,20 @@ func (s *session) awaitVerdict(u *upstream) bool {
 		return closed(u.exited) && u.lost.Load()
 	}
 	// The pump decided meanwhile (it may have relayed the answer and then
-	// lost the connection): take its verdict.
+	// lost the connection): take its verdict, which it sends right after
+	// it takes the watch, before it ends. Both may be ready when the pump
+	// ended before this wait began (the server went away while the batch
+	// was being written): the verdict counts, or a read the pump left to
+	// be run again would get no answer at all.
 	select {
 	case retry := <-u.verdict:
 		return retry
 	case <-u.exited:
+	}
+	select {
+	case retry := <-u.verdict:
+		return retry
+	default:
 		return false
 	}
 }

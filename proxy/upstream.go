@@ -203,7 +203,7 @@ func (s *session) giveBack(u *upstream) bool {
 // is nudged after every ReadyForQuery so the session can wait for a quiet
 // connection before switching servers.
 func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
-	var held []byte       // a RowDescription held back by the safety net
+	var held []byte       // acknowledgements held back by the safety net (see acknowledges)
 	var lastRollback bool // since the last ReadyForQuery, the last COMMIT or ROLLBACK tag was ROLLBACK
 	for {
 		typ, n, err := u.conn.R.Next()
@@ -283,16 +283,21 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			continue // answers to statements pgsplit prepared itself
 		}
 		if u.watch.Load() != watchOff && typ != 'A' && typ != 'N' && typ != 'S' {
-			// The first answer to a watched statement: a RowDescription
-			// is held back (it is not a row yet) until what follows it
-			// shows whether the replica refused the statement.
+			// The first answer to a watched statement: what only
+			// acknowledges the batch's messages (ParseComplete,
+			// BindComplete, RowDescription…, no row yet) is held back
+			// until what follows shows whether the statement ran, so
+			// that a refusal or a replica going away still leaves
+			// nothing relayed: a backend that dies mid-read flushes what
+			// it had buffered (a BindComplete, say) before it goes.
 			b, err := u.conn.R.Body()
 			if err != nil {
 				return fmt.Errorf("relay server→client: read: %w", err)
 			}
-			if typ == 'T' && held == nil {
-				held = append(append(held[:0], 'T', 0, 0, 0, 0), b...)
-				binary.BigEndian.PutUint32(held[1:], uint32(len(b)+4))
+			if acknowledges(typ) && (len(held) == 0 || len(held)+len(b) <= maxHeld) {
+				start := len(held)
+				held = append(append(held, typ, 0, 0, 0, 0), b...)
+				binary.BigEndian.PutUint32(held[start+1:], uint32(len(b)+4))
 				continue
 			}
 			code := ""
@@ -300,7 +305,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				code = errorCode(b)
 				if serverGoingAway(code) && u.watch.CompareAndSwap(watchWaiting, watchOff) {
 					// The replica is shutting down or crashed before
-					// answering: the session runs the read elsewhere.
+					// answering: the session runs the read elsewhere
+					// (rerun: the client is not told the connection
+					// was lost).
+					u.rerun.Store(true)
 					u.lost.Store(true)
 					u.verdict <- true
 					return fmt.Errorf("relay server→client: the server ended the connection (%s)", code)
@@ -422,6 +430,24 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 		}
 	}
+}
+
+// maxHeld bounds what the safety net holds back of a watched answer (see
+// acknowledges) beyond its first message: past it, the watch ends and the
+// answer is relayed.
+const maxHeld = 64 << 10
+
+// acknowledges reports the answers that only acknowledge a batch's
+// messages, which the safety net holds back: ParseComplete, BindComplete,
+// CloseComplete, ParameterDescription, RowDescription, NoData. Anything
+// else (a row, a command tag, an error, ReadyForQuery…) shows the
+// statement ran or failed.
+func acknowledges(typ byte) bool {
+	switch typ {
+	case '1', '2', '3', 't', 'T', 'n':
+		return true
+	}
+	return false
 }
 
 // readyForQuery books a ReadyForQuery from u that goes to the client.

@@ -363,7 +363,7 @@ func TestReplicaKilledReadsNeverHang(t *testing.T) {
 	)
 	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement}
 	hung := map[pgx.QueryExecMode][]string{}
-	errs := map[pgx.QueryExecMode]int{}
+	errs := map[pgx.QueryExecMode][]string{}
 	reads := map[pgx.QueryExecMode]int{}
 	ctx := testCtx(t, 3*time.Minute)
 	for round := range rounds {
@@ -424,7 +424,8 @@ func TestReplicaKilledReadsNeverHang(t *testing.T) {
 							hung[mode] = append(hung[mode], fmt.Sprintf("round %d, client %d: read sent %+.3fs after the crash got no answer in %v",
 								round, w, float64(began.UnixNano()-crashAt.Load())/1e9, answer))
 						case err != nil:
-							errs[mode]++
+							errs[mode] = append(errs[mode], fmt.Sprintf("round %d, client %d: read sent %+.3fs after the crash, answered in %v: %v",
+								round, w, float64(began.UnixNano()-crashAt.Load())/1e9, time.Since(began).Round(time.Millisecond), err))
 						}
 						mu.Unlock()
 						if err != nil && isConnectionError(conn, err) {
@@ -462,7 +463,14 @@ func TestReplicaKilledReadsNeverHang(t *testing.T) {
 		})
 	}
 	for _, mode := range modes {
-		t.Logf("%s: %d reads, %d failed with an error, %d got no answer within %v", mode, reads[mode], errs[mode], len(hung[mode]), answer)
+		t.Logf("%s: %d reads, %d failed with an error, %d got no answer within %v", mode, reads[mode], len(errs[mode]), len(hung[mode]), answer)
+		for i, e := range errs[mode] {
+			if i == 10 {
+				t.Logf("  … and %d more errors", len(errs[mode])-i)
+				break
+			}
+			t.Logf("  %s", e)
+		}
 	}
 	for _, mode := range modes {
 		if len(hung[mode]) > 0 {

@@ -339,21 +339,27 @@ func TestRoutingReplicaDown(t *testing.T) {
 // TestRoutingSafetyNet: a writing function wrongly declared safe
 // (routing.read_functions) is sent to a replica, which refuses it with
 // 25006; pgsplit runs it again on the primary and the client sees only the
-// result. The misroute counter proves the retry path ran.
+// result. The misroute counter proves the retry path ran. In the extended
+// protocol the refusal comes after BindComplete and RowDescription, which
+// the safety net holds back too.
 func TestRoutingSafetyNet(t *testing.T) {
 	writingFunction(t, "rt_write")
 	p := routingProxy(t, func(c *config.Config) { c.Routing.ReadFunctions = []string{"rt_write"} })
-	c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol })
-	before := p.srv.Misroutes()
-	if got := role(serverPort(t, c, "SELECT rt_write()")); got != "primary" {
-		t.Fatalf("the write ran on the %s", got)
-	}
-	if n := p.srv.Misroutes() - before; n != 1 {
-		t.Fatalf("misroutes counted: %d, want 1", n)
-	}
-	// The session is still in order: the next read is offloaded.
-	if got := role(serverPort(t, c, "SELECT inet_server_port()")); got != "replica" {
-		t.Fatalf("next read ran on the %s", got)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		t.Run(mode.String(), func(t *testing.T) {
+			c := connect(t, p.appDSN(), func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
+			before := p.srv.Misroutes()
+			if got := role(serverPort(t, c, "SELECT rt_write()")); got != "primary" {
+				t.Fatalf("the write ran on the %s", got)
+			}
+			if n := p.srv.Misroutes() - before; n != 1 {
+				t.Fatalf("misroutes counted: %d, want 1", n)
+			}
+			// The session is still in order: the next read is offloaded.
+			if got := role(serverPort(t, c, "SELECT inet_server_port()")); got != "replica" {
+				t.Fatalf("next read ran on the %s", got)
+			}
+		})
 	}
 }
 
