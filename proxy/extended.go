@@ -336,6 +336,7 @@ func (u *upstream) noteParsed(parsed []*clientStmt) {
 	}
 	u.recMu.Lock()
 	u.parsedBatches = append(u.parsedBatches, parsedBatch{seq: u.sent + 1, stmts: named})
+	u.parsing.Store(true)
 	u.recMu.Unlock()
 }
 
@@ -359,6 +360,7 @@ func (u *upstream) confirmParsed(z int64) {
 	if n > 0 {
 		clear(u.parsedBatches[:n])
 		u.parsedBatches = u.parsedBatches[n:]
+		u.parsing.Store(len(u.parsedBatches) > 0)
 	}
 	u.answerErr = false
 }

@@ -461,19 +461,7 @@ func (s *Server) markUp(srv config.Server) {
 // away (or changed role), so they must not be handed out again.
 func (s *Server) closeIdle(srv config.Server) {
 	ep := endpointOf(srv)
-	s.mu.Lock()
-	var ps []*pool.Pool
-	for k, p := range s.pools {
-		if k.server == ep {
-			ps = append(ps, p)
-		}
-	}
-	s.mu.Unlock()
-	n := 0
-	for _, p := range ps {
-		n += p.CloseIdle()
-	}
-	if n > 0 {
+	if n := s.closeIdleWhere(func(k poolKey) bool { return k.server == ep }); n > 0 {
 		s.log.Info("closed pooled connections to a server that went away or changed role", zap.String("server", srv.Addr()), zap.Int("closed", n))
 	}
 }
@@ -485,10 +473,18 @@ func (s *Server) closeIdle(srv config.Server) {
 // PostgreSQL refuse it as "being accessed by other users". Connections in
 // use stay: those are other clients', as they would be without pgsplit.
 func (s *Server) freeDatabase(database string) {
+	if n := s.closeIdleWhere(func(k poolKey) bool { return k.database == database }); n > 0 {
+		s.log.Info("closed idle pooled connections to a database a statement needs to itself", zap.String("database", database), zap.Int("closed", n))
+	}
+}
+
+// closeIdleWhere closes the idle connections of every pool whose key
+// matches and returns how many it closed.
+func (s *Server) closeIdleWhere(match func(poolKey) bool) int {
 	s.mu.Lock()
 	var ps []*pool.Pool
 	for k, p := range s.pools {
-		if k.database == database {
+		if match(k) {
 			ps = append(ps, p)
 		}
 	}
@@ -497,9 +493,7 @@ func (s *Server) freeDatabase(database string) {
 	for _, p := range ps {
 		n += p.CloseIdle()
 	}
-	if n > 0 {
-		s.log.Info("closed idle pooled connections to a database a statement needs to itself", zap.String("database", database), zap.Int("closed", n))
-	}
+	return n
 }
 
 // setLagOut takes a replica out of read rotation for lag (reason not

@@ -97,6 +97,7 @@ type upstream struct {
 	// no ErrorResponse (answerErr, pump) confirms them: the server has
 	// them, so a Parse of the same name again must fail (42P05).
 	parsedBatches []parsedBatch
+	parsing       atomic.Bool // parsedBatches is not empty (read without recMu)
 	answerErr     bool
 
 	// hold says who may use the connection; see the hold* constants. Under
@@ -391,9 +392,11 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				lastRollback = false
 				// And the statements its batch prepared, before the
 				// client can Parse their names again.
-				u.recMu.Lock()
-				u.confirmParsed(u.zSeen + 1)
-				u.recMu.Unlock()
+				if u.parsing.Load() { // no lock per ReadyForQuery otherwise
+					u.recMu.Lock()
+					u.confirmParsed(u.zSeen + 1)
+					u.recMu.Unlock()
+				}
 				s.readyForQuery(u, status)
 				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
 					err = &clientWriteError{werr}
