@@ -202,13 +202,11 @@ func (s *session) relayQuery() error {
 	if st.FreesDatabase != "" {
 		s.srv.freeDatabase(st.FreesDatabase)
 	}
-	if st.Kind == router.KindDeallocate && st.Statements == 1 {
-		if cs, ok := s.stmts[st.PreparedName]; ok && cs.server != "" {
-			// A statement the client prepared with Parse: pgsplit keeps it
-			// under another name on the servers, so DEALLOCATE is its own.
-			delete(s.stmts, st.PreparedName)
-			return s.answerLocally([]pgproto3.BackendMessage{&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}})
-		}
+	if s.deallocatesOurs(st) {
+		// A statement the client prepared with Parse: pgsplit keeps it
+		// under another name on the servers, so DEALLOCATE is its own.
+		delete(s.stmts, st.PreparedName)
+		return s.answerLocally([]pgproto3.BackendMessage{&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}})
 	}
 	s.settleSplit()
 	if roBegin := s.roBegin; roBegin != "" {

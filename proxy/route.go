@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -399,7 +400,7 @@ func (s *session) batchIsLocal() (local, mixed bool) {
 	ours, theirs := 0, 0
 	for _, names := range [][]string{b.parses, b.refs} {
 		for _, n := range names {
-			if cs, ok := s.stmts[n]; ok && cs.class.SetName == router.RouteSetting && cs.class.BySession {
+			if cs, ok := s.stmts[n]; ok && s.answeredHere(cs) {
 				ours++
 			} else {
 				theirs++
@@ -407,6 +408,28 @@ func (s *session) batchIsLocal() (local, mixed bool) {
 		}
 	}
 	return ours > 0 && theirs == 0, ours > 0 && theirs > 0
+}
+
+// answeredHere reports whether pgsplit itself answers cs in an
+// extended-protocol batch: a statement about pgsplit's own setting, or a
+// DEALLOCATE of a statement the client prepared with Parse (it lives on the
+// servers under pgsplit's name, shared with other clients, so the client's
+// DEALLOCATE only forgets the client's name, as for a simple Query).
+func (s *session) answeredHere(cs *clientStmt) bool {
+	if cs.class.SetName == router.RouteSetting && cs.class.BySession {
+		return true
+	}
+	return s.deallocatesOurs(cs.class)
+}
+
+// deallocatesOurs reports whether st is a DEALLOCATE of one statement the
+// client prepared with Parse.
+func (s *session) deallocatesOurs(st router.Statement) bool {
+	if st.Kind != router.KindDeallocate || st.Statements != 1 || st.PreparedName == "" {
+		return false
+	}
+	cs, ok := s.stmts[st.PreparedName]
+	return ok && cs.server != ""
 }
 
 // answerBatchLocally answers an extended-protocol batch about pgsplit's own
@@ -461,6 +484,18 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			}
 		case 'E':
 			cs := s.stmts[portals[cstring(body)]]
+			if cs != nil && cs.class.Kind == router.KindDeallocate {
+				if !s.deallocatesOurs(cs.class) {
+					// Executed again after the statement is gone.
+					out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "26000",
+						Message: fmt.Sprintf("prepared statement %q does not exist", cs.class.PreparedName)})
+					failed = true
+					continue
+				}
+				delete(s.stmts, cs.class.PreparedName)
+				out = append(out, &pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")})
+				continue
+			}
 			if cs != nil && cs.class.SetName != router.RouteSetting {
 				cs = nil
 			}

@@ -583,3 +583,52 @@ func runCmdInput(t *testing.T, env []string, stdin, bin string, args ...string) 
 	}
 	return res
 }
+
+// TestDeallocateInExtendedProtocolForgetsClientStatement: psycopg 3 sends
+// DEALLOCATE of a statement it prepared with Parse as an extended-protocol
+// batch (Parse/Bind/Execute of the unnamed statement) once it holds more than
+// prepared_max statements. pgsplit keeps the statement on the servers under its
+// own name, so it must answer that DEALLOCATE itself, as for a simple Query,
+// instead of letting the server answer 26000.
+func TestDeallocateInExtendedProtocolForgetsClientStatement(t *testing.T) {
+	p := routingProxy(t, func(c *config.Config) { c.Pool.PoolSize, c.Pool.MaxOverflow = 2, 0 })
+	ctx := testCtx(t, 30*time.Second)
+	c := connect(t, p.appDSN())
+	// Parse/Bind/Describe/Execute/Sync of the unnamed statement, as psycopg
+	// 3's send_query_params (pgx's Exec without arguments would use the
+	// simple protocol).
+	extended := func(sql string) (string, error) {
+		r := c.PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+		return r.CommandTag.String(), r.Err
+	}
+	for name, sql := range map[string]string{"mine1": "DEALLOCATE mine1", "mine2": "DEALLOCATE PREPARE mine2"} {
+		if _, err := c.Prepare(ctx, name, "SELECT 42"); err != nil {
+			t.Fatalf("%s: prepare: %v", sql, err)
+		}
+		if tag, err := extended(sql); err != nil || tag != "DEALLOCATE" {
+			t.Fatalf("%s in the extended protocol: tag %q, %v", sql, tag, err)
+		}
+		_, err := extended(sql)
+		wantState(t, err, "26000", sql+" of a statement already deallocated")
+	}
+	// Prepared and described first, then executed (a named DEALLOCATE
+	// statement, as pgx's cache modes would send it).
+	if _, err := c.Prepare(ctx, "mine", "SELECT 42"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Prepare(ctx, "drop_mine", "DEALLOCATE mine"); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.PgConn().ExecPrepared(ctx, "drop_mine", nil, nil, nil).Read(); r.Err != nil || r.CommandTag.String() != "DEALLOCATE" {
+		t.Fatalf("a prepared DEALLOCATE: tag %q, %v", r.CommandTag, r.Err)
+	}
+	// A new text under the name: Parse, which the server would refuse
+	// (42P05) had pgsplit not forgotten the name.
+	if _, err := c.PgConn().Prepare(ctx, "mine", "SELECT 43", nil); err != nil {
+		t.Fatalf("prepare again after DEALLOCATE: %v", err)
+	}
+	r := c.PgConn().ExecPrepared(ctx, "mine", nil, nil, nil).Read()
+	if r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != "43" {
+		t.Fatalf("the new statement: %v, %v", r.Rows, r.Err)
+	}
+}
