@@ -183,14 +183,17 @@ func (u User) String() string { return u.Name + ":***" }
 // as the team's guide uses them: at most PoolSize+MaxOverflow connections per
 // pool, PoolSize of them kept when idle.
 type Pool struct {
-	Mode           string        `mapstructure:"mode"`
-	Profile        string        `mapstructure:"profile"`
-	PoolSize       int           `mapstructure:"pool_size"`
-	MaxOverflow    int           `mapstructure:"max_overflow"`
-	PoolTimeout    time.Duration `mapstructure:"pool_timeout"`
-	PoolRecycle    time.Duration `mapstructure:"pool_recycle"`
-	PoolPrePing    bool          `mapstructure:"pool_pre_ping"`
-	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	Mode        string        `mapstructure:"mode"`
+	Profile     string        `mapstructure:"profile"`
+	PoolSize    int           `mapstructure:"pool_size"`
+	MaxOverflow int           `mapstructure:"max_overflow"`
+	PoolTimeout time.Duration `mapstructure:"pool_timeout"`
+	PoolRecycle time.Duration `mapstructure:"pool_recycle"`
+	PoolPrePing bool          `mapstructure:"pool_pre_ping"`
+	// OverflowIdleTimeout is how long a connection over PoolSize stays open
+	// idle (PgBouncer's server_idle_timeout); 0 closes it when it comes back.
+	OverflowIdleTimeout time.Duration `mapstructure:"overflow_idle_timeout"`
+	ConnectTimeout      time.Duration `mapstructure:"connect_timeout"`
 	// MaxPreparedStatements caps the statements pgsplit keeps prepared on
 	// one server connection; the least recently used is closed beyond it.
 	MaxPreparedStatements int `mapstructure:"max_prepared_statements"`

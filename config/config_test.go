@@ -80,6 +80,7 @@ pool:
   pool_sise: 3
   max_overflow: -1
   pool_timeout: soon
+  overflow_idle_timeout: -5s
 log: { level: verbose }
 `
 	_, err := Load(writeFile(t, body), []string{"PGSPLIT_POOL_POOLSIZE=3"})
@@ -95,6 +96,7 @@ log: { level: verbose }
 		`pool.pool_sise: unknown key`,
 		`pool.max_overflow: -1`,
 		`pool.pool_timeout`,
+		`pool.overflow_idle_timeout: -5s`,
 		`log.level: "verbose"`,
 		`PGSPLIT_POOL_POOLSIZE: unknown environment variable`,
 	}

@@ -39,6 +39,7 @@ func defaults() map[string]any {
 		"pool.reset_after_functions":    true,
 		"pool.pool_timeout":             "30s",
 		"pool.pool_recycle":             "1h",
+		"pool.overflow_idle_timeout":    "60s",
 		"pool.pool_pre_ping":            true,
 		"pool.connect_timeout":          "5s",
 		"routing.read_from":             ReadFromReplicas,

@@ -146,6 +146,9 @@ func (c *Config) Validate() []string {
 	if c.Pool.PoolRecycle < 0 {
 		bad("pool.pool_recycle", c.Pool.PoolRecycle, "must be 0 (never recycle) or a positive duration")
 	}
+	if c.Pool.OverflowIdleTimeout < 0 {
+		bad("pool.overflow_idle_timeout", c.Pool.OverflowIdleTimeout, "must be 0 (close overflow connections when they come back) or a positive duration, e.g. 60s")
+	}
 	if c.Routing.HealthCheckInterval < 0 {
 		bad("routing.health_check_interval", c.Routing.HealthCheckInterval, "must be 0 (no health checks) or a positive duration, e.g. 2s")
 	}

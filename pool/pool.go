@@ -1,9 +1,11 @@
 // Package pool keeps authenticated upstream connections to one PostgreSQL
 // server for one (database, user) pair, within the limits the team's guide
 // uses: at most pool_size + max_overflow open, pool_size kept when idle
-// (overflow connections are closed when they come back, as SQLAlchemy's
-// QueuePool does), pool_timeout to wait for one, pool_recycle to retire old
-// ones, pool_pre_ping to check one that sat idle before handing it out.
+// (overflow connections are closed once they sat idle for IdleTimeout, as
+// PgBouncer's server_idle_timeout; with 0 as soon as they come back, as
+// SQLAlchemy's QueuePool does), pool_timeout to wait for one, pool_recycle
+// to retire old ones, pool_pre_ping to check one that sat idle before
+// handing it out.
 //
 // Ownership: Acquire hands a *Conn to the caller, who must give it back with
 // exactly one of Release (clean and idle) or Discard (anything else).
@@ -44,14 +46,10 @@ type Options struct {
 	User string
 	// Password is the user's plain password, md5 hash or SCRAM verifier
 	// (see SetLogin); Keys holds the ClientKeys a verifier logs in with.
-	Password       string
-	Keys           *secret.KeyRing
-	Database       string
-	Size           int           // pool_size
-	MaxOverflow    int           // max_overflow
-	Timeout        time.Duration // pool_timeout
-	Recycle        time.Duration // pool_recycle
-	PrePing        bool          // pool_pre_ping
+	Password string
+	Keys     *secret.KeyRing
+	Database string
+	Limits
 	ConnectTimeout time.Duration
 	TLS            TLS // server_tls
 	Logger         *zap.Logger
@@ -90,6 +88,9 @@ type Pool struct {
 	waiters []waiter
 	conns   map[*Conn]struct{}
 	closed  bool
+	// reaper, while armed, closes overflow connections idle past
+	// IdleTimeout; it runs on its own goroutine and takes mu.
+	reaper *time.Timer
 }
 
 // waiter is a client waiting in Acquire: woken through ch; waiting since at.
@@ -180,13 +181,22 @@ func (p *Pool) SetPassword(pw string) {
 	p.mu.Unlock()
 }
 
+// Limits are the pool knobs a reload may change.
+type Limits struct {
+	Size, MaxOverflow             int
+	Timeout, Recycle, IdleTimeout time.Duration
+	PrePing                       bool
+}
+
 // SetLimits applies new pool knobs (on reload). Connections above the new
-// limits close as they come back.
-func (p *Pool) SetLimits(size, overflow int, timeout, recycle time.Duration, prePing bool) {
+// limits close as they come back, or when idle past the new IdleTimeout.
+func (p *Pool) SetLimits(l Limits) {
 	p.mu.Lock()
-	p.opts.Size, p.opts.MaxOverflow, p.opts.Timeout, p.opts.Recycle, p.opts.PrePing = size, overflow, timeout, recycle, prePing
+	p.opts.Limits = l
+	closing := p.reapLocked(time.Now())
 	p.wakeLocked()
 	p.mu.Unlock()
+	closeAll(closing)
 }
 
 // TryAcquire returns an idle connection that passes the checks Acquire makes,
@@ -359,13 +369,15 @@ func (p *Pool) popIdleLocked(now time.Time) *Conn {
 }
 
 // Release gives back a clean, idle connection (transaction status I, session
-// state reset). Overflow connections and connections past pool_recycle are
-// closed instead of kept.
+// state reset). Connections past pool_recycle, and overflow connections when
+// IdleTimeout is 0, are closed instead of kept; other overflow connections
+// are closed once idle for IdleTimeout.
 func (p *Pool) Release(c *Conn) {
 	prepared, now := c.State.Prepared.Len(), time.Now()
 	p.mu.Lock()
 	c.lastUsed, c.prepared = now, prepared
-	if p.closed || len(p.idle) >= p.opts.Size || (p.opts.Recycle > 0 && now.Sub(c.created) > p.opts.Recycle) {
+	overflow := len(p.idle) >= p.opts.Size
+	if p.closed || (overflow && p.opts.IdleTimeout <= 0) || (p.opts.Recycle > 0 && now.Sub(c.created) > p.opts.Recycle) {
 		delete(p.conns, c)
 		p.open--
 		p.wakeLocked()
@@ -374,8 +386,55 @@ func (p *Pool) Release(c *Conn) {
 		return
 	}
 	p.idle = append(p.idle, c)
+	if overflow && p.reaper == nil {
+		p.reaper = time.AfterFunc(p.opts.IdleTimeout, p.reap)
+	}
 	p.wakeLocked()
 	p.mu.Unlock()
+}
+
+// reap is the reaper's tick: it closes the overflow connections idle past
+// IdleTimeout and arms itself again while overflow connections sit idle.
+func (p *Pool) reap() {
+	p.mu.Lock()
+	p.reaper = nil
+	closing := p.reapLocked(time.Now())
+	if !p.closed && len(p.idle) > p.opts.Size && p.opts.IdleTimeout > 0 {
+		// The least recently used idle connection is idle[0]: the next
+		// tick is due when it has sat idle for IdleTimeout.
+		wait := p.opts.IdleTimeout - time.Since(p.idle[0].lastUsed)
+		p.reaper = time.AfterFunc(max(wait, time.Millisecond), p.reap)
+	}
+	p.mu.Unlock()
+	closeAll(closing)
+}
+
+// reapLocked takes out of the pool the idle connections over Size that sat
+// idle past IdleTimeout (all of them over Size when it is 0), least recently
+// used first; the caller closes them after unlocking.
+func (p *Pool) reapLocked(now time.Time) []*Conn {
+	var closing []*Conn
+	for len(p.idle) > p.opts.Size {
+		c := p.idle[0]
+		if p.opts.IdleTimeout > 0 && now.Sub(c.lastUsed) < p.opts.IdleTimeout {
+			break
+		}
+		p.idle = p.idle[1:]
+		delete(p.conns, c)
+		p.open--
+		closing = append(closing, c)
+	}
+	if len(closing) > 0 {
+		p.wakeLocked()
+	}
+	return closing
+}
+
+// closeAll closes connections already taken out of the pool.
+func closeAll(cs []*Conn) {
+	for _, c := range cs {
+		_ = c.raw.Close()
+	}
 }
 
 // Discard closes a connection that cannot be reused and frees its place.
@@ -411,6 +470,10 @@ func (p *Pool) CloseIdle() int {
 func (p *Pool) Close() {
 	p.mu.Lock()
 	p.closed = true
+	if p.reaper != nil {
+		p.reaper.Stop()
+		p.reaper = nil
+	}
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)

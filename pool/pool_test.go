@@ -42,7 +42,7 @@ func newPool(size, overflow int, timeout time.Duration) *Pool {
 	return New(Options{
 		Host: cluster.Primary.Host, Port: cluster.Primary.Port,
 		User: "app", Password: "app", Database: "app",
-		Size: size, MaxOverflow: overflow, Timeout: timeout, PrePing: true,
+		Limits:         Limits{Size: size, MaxOverflow: overflow, Timeout: timeout, PrePing: true},
 		ConnectTimeout: 5 * time.Second,
 	})
 }
@@ -90,7 +90,7 @@ func TestLimitsTimeoutAndOverflow(t *testing.T) {
 
 	// A waiter gets the connection that comes back, woken by Release: with
 	// a long pool_timeout, a lost wake-up would leave it asleep for 10 s.
-	p.SetLimits(2, 1, 10*time.Second, 0, true)
+	p.SetLimits(Limits{Size: 2, MaxOverflow: 1, Timeout: 10 * time.Second, PrePing: true})
 	got := make(chan *Conn, 1)
 	go func() {
 		c, err := p.Acquire(ctx)
@@ -116,6 +116,51 @@ func TestLimitsTimeoutAndOverflow(t *testing.T) {
 		t.Fatalf("after release want 2 open/2 idle, got %+v", s)
 	}
 	waitFor(t, func() bool { return backends(t) == 2 })
+}
+
+// With overflow_idle_timeout an overflow connection that comes back stays
+// open, so a load that hovers around pool_size reuses it instead of dialling
+// a new one each time, and is closed once it sat idle that long; pool_size
+// connections stay. A reload to 0 closes the idle overflow at once.
+func TestOverflowConnectionStaysOpenUntilIdleTimeout(t *testing.T) {
+	p := newPool(1, 2, time.Second)
+	defer p.Close()
+	p.SetLimits(Limits{Size: 1, MaxOverflow: 2, Timeout: time.Second, PrePing: true, IdleTimeout: 400 * time.Millisecond})
+	ctx := context.Background()
+	pids := map[uint32]bool{}
+	for round := 0; round < 20; round++ {
+		a, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids[a.PID], pids[b.PID] = true, true
+		p.Release(a)
+		p.Release(b)
+	}
+	if len(pids) != 2 {
+		t.Fatalf("20 rounds of 2 connections on pool_size 1 used %d server connections, want 2 (the overflow one kept)", len(pids))
+	}
+	if s := p.Stats(); s.Open != 2 || s.Idle != 2 {
+		t.Fatalf("right after the load want 2 open/2 idle, got %+v", s)
+	}
+	waitFor(t, func() bool { return p.Stats().Open == 1 })
+	if s := p.Stats(); s.Idle != 1 {
+		t.Fatalf("after overflow_idle_timeout want pool_size (1) idle, got %+v", s)
+	}
+	waitFor(t, func() bool { return backends(t) == 1 })
+
+	a, _ := p.Acquire(ctx)
+	b, _ := p.Acquire(ctx)
+	p.Release(a)
+	p.Release(b)
+	p.SetLimits(Limits{Size: 1, MaxOverflow: 2, Timeout: time.Second, PrePing: true})
+	if s := p.Stats(); s.Open != 1 || s.Idle != 1 {
+		t.Fatalf("after a reload to overflow_idle_timeout 0 want 1 open/1 idle, got %+v", s)
+	}
 }
 
 // A connection killed on the server while idle is replaced by pre-ping, so

@@ -317,6 +317,12 @@ func (s *Server) poolForServer(srv config.Server, u config.User, database string
 
 // poolLocked returns (creating it) the pool for srv, database, u; the
 // caller holds mu.
+// poolLimits is the pool package's view of the pool knobs.
+func poolLimits(c *config.Pool) pool.Limits {
+	return pool.Limits{Size: c.PoolSize, MaxOverflow: c.MaxOverflow, Timeout: c.PoolTimeout,
+		Recycle: c.PoolRecycle, PrePing: c.PoolPrePing, IdleTimeout: c.OverflowIdleTimeout}
+}
+
 func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User, database string) *pool.Pool {
 	k := poolKey{endpointOf(srv), database, u.Name}
 	if p, ok := s.pools[k]; ok {
@@ -325,8 +331,7 @@ func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User
 	p := pool.New(pool.Options{
 		Host: srv.Host, Port: srv.Port,
 		User: u.Name, Password: u.Password, Keys: s.keys, Database: database,
-		Size: cfg.Pool.PoolSize, MaxOverflow: cfg.Pool.MaxOverflow,
-		Timeout: cfg.Pool.PoolTimeout, Recycle: cfg.Pool.PoolRecycle, PrePing: cfg.Pool.PoolPrePing,
+		Limits:         poolLimits(&cfg.Pool),
 		ConnectTimeout: cfg.Pool.ConnectTimeout,
 		TLS:            upstreamTLS(cfg.ServerTLS),
 		Logger:         s.log,
@@ -675,7 +680,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 		secrets[u.Name] = u.Password
 	}
 	for k, p := range s.pools {
-		p.SetLimits(cfg.Pool.PoolSize, cfg.Pool.MaxOverflow, cfg.Pool.PoolTimeout, cfg.Pool.PoolRecycle, cfg.Pool.PoolPrePing)
+		p.SetLimits(poolLimits(&cfg.Pool))
 		if pw, ok := secrets[k.user]; ok {
 			p.SetPassword(pw) // a rotated password or verifier reaches the pools
 		}

@@ -57,7 +57,7 @@ func demo(stdout, stderr io.Writer) error {
 		Servers:       servers,
 		Auth:          config.Auth{Method: config.AuthSCRAM, Users: []config.User{{Name: "app", Password: "app"}}},
 		Pool: config.Pool{Mode: config.ModeTransaction, Profile: config.ProfileDevelopment, PoolSize: 5, MaxOverflow: 10,
-			PoolTimeout: 30 * time.Second, PoolRecycle: time.Hour, PoolPrePing: true, ConnectTimeout: 5 * time.Second,
+			PoolTimeout: 30 * time.Second, PoolRecycle: time.Hour, PoolPrePing: true, OverflowIdleTimeout: time.Minute, ConnectTimeout: 5 * time.Second,
 			MaxPreparedStatements: 200, ResetAfterFunctions: true},
 		Routing:         config.DefaultRouting(),
 		Log:             demoLog(),
