@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -25,14 +27,6 @@ import (
 // maxAdminConns bounds the admin console's connections; they do not count
 // against max_client_conn, so an admin gets in when clients fill it.
 const maxAdminConns = 50
-
-// Admin SQLSTATEs.
-const (
-	codeSyntaxError       = "42601"
-	codeNotInPrerequisite = "55000"
-	codeQueryCanceled     = "57014"
-	codeInvalidParameter  = "22023"
-)
 
 // adminSession is the admin console's state of a session.
 //
@@ -57,7 +51,7 @@ type adminPortal struct {
 func (s *session) serveAdmin(u config.User) {
 	if n := s.srv.adminConns.Add(1); n > maxAdminConns {
 		s.srv.adminConns.Add(-1)
-		s.failStartup(fatal(codeTooManyConnections, fmt.Sprintf("sorry, too many admin console connections already (%d)", maxAdminConns)), u.Name, config.AdminDatabase)
+		s.failStartup(pgmsg.Fatal(pgmsg.CodeTooManyConnections, fmt.Sprintf("sorry, too many admin console connections already (%d)", maxAdminConns)), u.Name, config.AdminDatabase)
 		return
 	}
 	defer s.srv.adminConns.Add(-1)
@@ -99,26 +93,26 @@ func (s *session) adminLoop() string {
 		a.cancelled.Store(false)
 		var out []byte
 		switch {
-		case typ == 'X':
+		case typ == pgmsg.Terminate:
 			return "client terminated"
-		case typ == 'S':
+		case typ == pgmsg.Sync:
 			skip = false
-			out = readyForQuery('I')
-		case typ == 'H':
-		case skip && strings.IndexByte("PBDECQ", typ) >= 0:
+			out = pgmsg.AppendReadyForQuery(nil, pgmsg.TxIdle)
+		case typ == pgmsg.Flush:
+		case skip && (typ == pgmsg.Query || pgmsg.Step(typ)):
 			// After an error everything up to Sync is ignored.
-		case typ == 'Q':
+		case typ == pgmsg.Query:
 			out = s.adminQuery(cstring(body))
-			out = append(out, readyForQuery('I')...)
-		case strings.IndexByte("PBDEC", typ) >= 0:
-			var pe *pgError
+			out = pgmsg.AppendReadyForQuery(out, pgmsg.TxIdle)
+		case pgmsg.Step(typ):
+			var pe *pgmsg.Error
 			out, pe = s.adminExtended(typ, body)
 			if pe != nil {
-				out = pe.encode(out)
+				out = pe.Append(out)
 				skip = true
 			}
 		default:
-			s.sendFatal(fatal(codeProtocolViolation, fmt.Sprintf("unexpected message type %q on the admin console", typ)))
+			s.sendFatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fmt.Sprintf("unexpected message type %q on the admin console", typ)))
 			return "protocol violation"
 		}
 		if err := s.adminWrite(out); err != nil {
@@ -154,35 +148,35 @@ func (s *session) adminQuery(sql string) []byte {
 	var out []byte
 	cmds := splitCommands(sql)
 	if len(cmds) == 0 {
-		return append(out, 'I', 0, 0, 0, 4) // EmptyQueryResponse
+		return pgmsg.AppendEmpty(out, pgmsg.EmptyQueryResponse)
 	}
 	for _, cmd := range cmds {
 		res, pe := s.runAdmin(cmd)
 		if pe != nil {
-			return pe.encode(out)
+			return pe.Append(out)
 		}
 		if res.cols != nil {
 			out = res.rowDescription(out, nil)
 		}
 		out = res.dataRows(out, nil)
-		out = commandComplete(out, res.tag)
+		out = pgmsg.AppendCommandComplete(out, res.tag)
 	}
 	return out
 }
 
 // adminExtended answers one extended-protocol message.
-func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
+func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgmsg.Error) {
 	a := s.admin
 	var out []byte
 	switch typ {
-	case 'P':
+	case pgmsg.Parse:
 		var m pgproto3.Parse
 		if err := m.Decode(body); err != nil {
-			return nil, pgErr(codeProtocolViolation, "invalid Parse message")
+			return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, "invalid Parse message")
 		}
 		cmds := splitCommands(m.Query)
 		if len(cmds) > 1 {
-			return nil, pgErr(codeSyntaxError, "cannot insert multiple commands into a prepared statement")
+			return nil, pgmsg.Err(pgmsg.CodeSyntaxError, "cannot insert multiple commands into a prepared statement")
 		}
 		cmd := ""
 		if len(cmds) == 1 {
@@ -192,75 +186,75 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 			}
 		}
 		if _, ok := a.stmts[m.Name]; ok && m.Name != "" {
-			return nil, pgErr("42P05", fmt.Sprintf("prepared statement %q already exists", m.Name))
+			return nil, pgmsg.Err(pgmsg.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", m.Name))
 		}
 		a.stmts[m.Name] = cmd
-		return append(out, '1', 0, 0, 0, 4), nil // ParseComplete
-	case 'B':
+		return pgmsg.AppendEmpty(out, pgmsg.ParseComplete), nil
+	case pgmsg.Bind:
 		var m pgproto3.Bind
 		if err := m.Decode(body); err != nil {
-			return nil, pgErr(codeProtocolViolation, "invalid Bind message")
+			return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, "invalid Bind message")
 		}
 		cmd, ok := a.stmts[m.PreparedStatement]
 		if !ok {
-			return nil, pgErr("26000", fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement))
+			return nil, pgmsg.Err(pgmsg.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", m.PreparedStatement))
 		}
 		if len(m.Parameters) > 0 {
-			return nil, pgErr(codeProtocolViolation, "admin console commands take no parameters")
+			return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, "admin console commands take no parameters")
 		}
 		for _, f := range m.ResultFormatCodes {
 			if f != 0 && f != 1 {
-				return nil, pgErr(codeProtocolViolation, fmt.Sprintf("unsupported format code: %d", f))
+				return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, fmt.Sprintf("unsupported format code: %d", f))
 			}
 		}
 		a.portals[m.DestinationPortal] = adminPortal{cmd: cmd, formats: m.ResultFormatCodes}
-		return append(out, '2', 0, 0, 0, 4), nil // BindComplete
-	case 'D':
+		return pgmsg.AppendEmpty(out, pgmsg.BindComplete), nil
+	case pgmsg.Describe:
 		var m pgproto3.Describe
 		if err := m.Decode(body); err != nil {
-			return nil, pgErr(codeProtocolViolation, "invalid Describe message")
+			return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, "invalid Describe message")
 		}
 		var cmd string
 		var formats []int16
-		if m.ObjectType == 'S' {
+		if m.ObjectType == pgmsg.TargetStatement {
 			c, ok := a.stmts[m.Name]
 			if !ok {
-				return nil, pgErr("26000", fmt.Sprintf("prepared statement %q does not exist", m.Name))
+				return nil, pgmsg.Err(pgmsg.CodeInvalidStatementName, fmt.Sprintf("prepared statement %q does not exist", m.Name))
 			}
 			cmd = c
-			out = append(out, 't', 0, 0, 0, 6, 0, 0) // ParameterDescription: none
+			out = pgmsg.AppendNoParameters(out)
 		} else {
 			p, ok := a.portals[m.Name]
 			if !ok {
-				return nil, pgErr("34000", fmt.Sprintf("portal %q does not exist", m.Name))
+				return nil, pgmsg.Err(pgmsg.CodeInvalidCursorName, fmt.Sprintf("portal %q does not exist", m.Name))
 			}
 			cmd, formats = p.cmd, p.formats
 		}
 		cols := adminColumns(s, cmd)
 		if cols == nil {
-			return append(out, 'n', 0, 0, 0, 4), nil // NoData
+			return pgmsg.AppendEmpty(out, pgmsg.NoData), nil
 		}
 		return (&resultSet{cols: cols}).rowDescription(out, formats), nil
-	case 'E':
+	case pgmsg.Execute:
 		var m pgproto3.Execute
 		if err := m.Decode(body); err != nil {
-			return nil, pgErr(codeProtocolViolation, "invalid Execute message")
+			return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, "invalid Execute message")
 		}
 		p, ok := a.portals[m.Portal]
 		if !ok {
-			return nil, pgErr("34000", fmt.Sprintf("portal %q does not exist", m.Portal))
+			return nil, pgmsg.Err(pgmsg.CodeInvalidCursorName, fmt.Sprintf("portal %q does not exist", m.Portal))
 		}
 		if p.cmd == "" {
-			return append(out, 'I', 0, 0, 0, 4), nil
+			return pgmsg.AppendEmpty(out, pgmsg.EmptyQueryResponse), nil
 		}
 		res := p.rest
 		if res == nil {
-			var pe *pgError
+			var pe *pgmsg.Error
 			if res, pe = s.runAdmin(p.cmd); pe != nil {
 				return nil, pe
 			}
 			if n := len(p.formats); n > 1 && n != len(res.cols) {
-				return nil, pgErr(codeProtocolViolation,
+				return nil, pgmsg.Err(pgmsg.CodeProtocolViolation,
 					fmt.Sprintf("bind message has %d result formats but query has %d columns", n, len(res.cols)))
 			}
 		}
@@ -269,23 +263,23 @@ func (s *session) adminExtended(typ byte, body []byte) ([]byte, *pgError) {
 			p.rest = &resultSet{cols: res.cols, rows: res.rows[m.MaxRows:], tag: res.tag}
 			a.portals[m.Portal] = p
 			out = part.dataRows(out, p.formats)
-			return append(out, 's', 0, 0, 0, 4), nil // PortalSuspended
+			return pgmsg.AppendEmpty(out, pgmsg.PortalSuspended), nil
 		}
 		p.rest = nil
 		a.portals[m.Portal] = p
 		out = res.dataRows(out, p.formats)
-		return commandComplete(out, res.tag), nil
-	case 'C':
+		return pgmsg.AppendCommandComplete(out, res.tag), nil
+	case pgmsg.Close:
 		var m pgproto3.Close
 		if err := m.Decode(body); err != nil {
-			return nil, pgErr(codeProtocolViolation, "invalid Close message")
+			return nil, pgmsg.Err(pgmsg.CodeProtocolViolation, "invalid Close message")
 		}
-		if m.ObjectType == 'S' {
+		if m.ObjectType == pgmsg.TargetStatement {
 			delete(a.stmts, m.Name)
 		} else {
 			delete(a.portals, m.Name)
 		}
-		return append(out, '3', 0, 0, 0, 4), nil // CloseComplete
+		return pgmsg.AppendEmpty(out, pgmsg.CloseComplete), nil
 	}
 	return nil, nil
 }
@@ -316,7 +310,7 @@ func splitCommands(sql string) []string {
 // something and returns the command tag.
 type adminCmd struct {
 	show func(*session) *resultSet
-	run  func(*session) (string, *pgError)
+	run  func(*session) (string, *pgmsg.Error)
 }
 
 // adminCommand looks cmd up (case-insensitive, single spaces).
@@ -325,27 +319,27 @@ func adminCommand(cmd string) (adminCmd, bool) {
 	if strings.HasPrefix(key, "SET ") {
 		// Drivers send SETs at connect (JDBC: extra_float_digits,
 		// application_name); they mean nothing here and are accepted.
-		return adminCmd{run: func(*session) (string, *pgError) { return "SET", nil }}, true
+		return adminCmd{run: func(*session) (string, *pgmsg.Error) { return "SET", nil }}, true
 	}
 	// Transaction control from drivers with autocommit off (JDBC) is
 	// accepted too: the console has no transactions.
 	for _, tx := range [][2]string{{"BEGIN", "BEGIN"}, {"START TRANSACTION", "BEGIN"}, {"COMMIT", "COMMIT"}, {"END", "COMMIT"}, {"ROLLBACK", "ROLLBACK"}} {
 		if key == tx[0] {
 			tag := tx[1]
-			return adminCmd{run: func(*session) (string, *pgError) { return tag, nil }}, true
+			return adminCmd{run: func(*session) (string, *pgmsg.Error) { return tag, nil }}, true
 		}
 	}
 	return adminCommandByName(key)
 }
 
-func unknownAdminCommand(cmd string) *pgError {
-	pe := pgErr(codeSyntaxError, fmt.Sprintf("unknown admin console command: %q", cmd))
-	pe.detail = "The admin console takes SHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|CONFIG|NODES|QUERIES|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN, RESET STATS."
+func unknownAdminCommand(cmd string) *pgmsg.Error {
+	pe := pgmsg.Err(pgmsg.CodeSyntaxError, fmt.Sprintf("unknown admin console command: %q", cmd))
+	pe.Detail = "The admin console takes SHOW HELP|POOLS|STATS|SERVERS|CLIENTS|DATABASES|CONFIG|NODES|QUERIES|VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN, RESET STATS."
 	return pe
 }
 
 // runAdmin runs one command.
-func (s *session) runAdmin(cmd string) (*resultSet, *pgError) {
+func (s *session) runAdmin(cmd string) (*resultSet, *pgmsg.Error) {
 	c, ok := adminCommand(cmd)
 	if !ok {
 		return nil, unknownAdminCommand(cmd)
@@ -410,8 +404,7 @@ func format(formats []int16, i int) int16 {
 }
 
 func (r *resultSet) rowDescription(out []byte, formats []int16) []byte {
-	start := len(out)
-	out = append(out, 'T', 0, 0, 0, 0)
+	out, start := pgmsg.Begin(out, pgmsg.RowDescription)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(r.cols)))
 	for i, c := range r.cols {
 		out = append(out, c.name...)
@@ -430,8 +423,7 @@ func (r *resultSet) rowDescription(out []byte, formats []int16) []byte {
 		out = binary.BigEndian.AppendUint32(out, math.MaxUint32) // type modifier -1
 		out = binary.BigEndian.AppendUint16(out, uint16(format(formats, i)))
 	}
-	binary.BigEndian.PutUint32(out[start+1:], uint32(len(out)-start-1))
-	return out
+	return pgmsg.Finish(out, start)
 }
 
 // pgEpoch is PostgreSQL's timestamp zero.
@@ -439,8 +431,7 @@ var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (r *resultSet) dataRows(out []byte, formats []int16) []byte {
 	for _, row := range r.rows {
-		start := len(out)
-		out = append(out, 'D', 0, 0, 0, 0)
+		out, start := pgmsg.Begin(out, pgmsg.DataRow)
 		out = binary.BigEndian.AppendUint16(out, uint16(len(row)))
 		for i, v := range row {
 			bin := format(formats, i) == 1
@@ -492,14 +483,7 @@ func (r *resultSet) dataRows(out []byte, formats []int16) []byte {
 			out = binary.BigEndian.AppendUint32(out, uint32(len(val)))
 			out = append(out, val...)
 		}
-		binary.BigEndian.PutUint32(out[start+1:], uint32(len(out)-start-1))
+		out = pgmsg.Finish(out, start)
 	}
 	return out
-}
-
-func commandComplete(out []byte, tag string) []byte {
-	out = append(out, 'C')
-	out = binary.BigEndian.AppendUint32(out, uint32(4+len(tag)+1))
-	out = append(out, tag...)
-	return append(out, 0)
 }

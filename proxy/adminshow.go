@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
@@ -422,12 +424,12 @@ func showVersion(*session) *resultSet {
 	return &resultSet{cols: []column{textCol("version")}, rows: [][]any{{"pgsplit " + v}}}
 }
 
-func runReload(s *session) (string, *pgError) {
+func runReload(s *session) (string, *pgmsg.Error) {
 	if s.srv.reloader == nil {
-		return "", pgErr(codeFeatureNotSupported, "RELOAD needs pgsplit started from a configuration file (pgsplit serve)")
+		return "", pgmsg.Err(pgmsg.CodeFeatureNotSupported, "RELOAD needs pgsplit started from a configuration file (pgsplit serve)")
 	}
 	if err := s.srv.reloader(); err != nil {
-		return "", pgErr(codeInvalidParameter, "reload refused; the running configuration stays: "+err.Error())
+		return "", pgmsg.Err(pgmsg.CodeInvalidParameterValue, "reload refused; the running configuration stays: "+err.Error())
 	}
 	return "RELOAD", nil
 }
@@ -435,14 +437,14 @@ func runReload(s *session) (string, *pgError) {
 // runPause closes the gate and waits until no client is inside a
 // transaction or a statement. A cancel request (Ctrl-C in psql) ends the
 // wait and opens the gate again.
-func runPause(s *session) (string, *pgError) {
+func runPause(s *session) (string, *pgmsg.Error) {
 	srv := s.srv
 	if srv.draining.Load() {
-		return "", pgErr(codeAdminShutdown, "pgsplit is shutting down")
+		return "", pgmsg.Err(pgmsg.CodeAdminShutdown, "pgsplit is shutting down")
 	}
 	gen, ok := srv.pause.pause()
 	if !ok {
-		return "", pgErr(codeNotInPrerequisite, "pgsplit is already paused")
+		return "", pgmsg.Err(pgmsg.CodeObjectNotInPrerequisiteState, "pgsplit is already paused")
 	}
 	srv.log.Info("PAUSE: holding new transactions; waiting for running ones to finish")
 	for i := 0; ; i++ {
@@ -460,7 +462,7 @@ func runPause(s *session) (string, *pgError) {
 		}
 		if s.admin.cancelled.Load() || srv.draining.Load() || (i%20 == 19 && s.clientGone()) {
 			srv.pause.open(gen)
-			return "", pgErr(codeQueryCanceled,
+			return "", pgmsg.Err(pgmsg.CodeQueryCanceled,
 				fmt.Sprintf("PAUSE canceled while %d client(s) were still in a transaction; pgsplit is not paused", busy))
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -480,9 +482,9 @@ func (s *session) clientGone() bool {
 	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 }
 
-func runResume(s *session) (string, *pgError) {
+func runResume(s *session) (string, *pgmsg.Error) {
 	if !s.srv.pause.open(0) {
-		return "", pgErr(codeNotInPrerequisite, "pgsplit is not paused")
+		return "", pgmsg.Err(pgmsg.CodeObjectNotInPrerequisiteState, "pgsplit is not paused")
 	}
 	s.srv.log.Info("RESUME: new transactions go on")
 	return "RESUME", nil
@@ -490,12 +492,12 @@ func runResume(s *session) (string, *pgError) {
 
 // runShutdown asks for a graceful shutdown once the answer is written (the
 // drain would otherwise close the console before it).
-func runShutdown(s *session) (string, *pgError) {
+func runShutdown(s *session) (string, *pgmsg.Error) {
 	s.admin.shutdown = true
 	return "SHUTDOWN", nil
 }
 
-func runResetStats(s *session) (string, *pgError) {
+func runResetStats(s *session) (string, *pgmsg.Error) {
 	s.srv.stats.reset()
 	return "RESET", nil
 }

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/xdg-go/scram"
 
@@ -107,23 +109,23 @@ func scramCredentials(u config.User, method string) (*scram.StoredCredentials, *
 // authenticate runs the client side of the login for user (to database)
 // and returns the matching user, configured or looked up; cs is the client
 // connection's TLS (nil for plain text), whose verified certificate method
-// cert checks. Errors are *pgError: 28000 or 28P01 for a refused login; a
+// cert checks. Errors are *pgmsg.Error: 28000 or 28P01 for a refused login; a
 // user auth_query does not find gets the very answer a wrong password
 // gets.
 func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, database string, cs *tls.ConnectionState) (config.User, error) {
-	failed := fatal(codeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
+	failed := pgmsg.Fatal(pgmsg.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	u, ok := au.users[user]
 	creds, hasCreds := au.scram[user]
 	v := au.verifiers[user]
 	if !ok {
 		if au.lookup == nil {
-			return config.User{}, fatal(codeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's %s", user, au.list))
+			return config.User{}, pgmsg.Fatal(pgmsg.CodeInvalidAuthSpec, fmt.Sprintf("no such user: %q is not in pgsplit's %s", user, au.list))
 		}
 		pw, found, err := au.lookup.find(user, database)
 		if err != nil {
 			// The reason (auth_user, the primary's address) is in the
 			// log, not for a client that has not proved anything.
-			return config.User{}, fatal(codeCannotConnect, "pgsplit could not look up the login (auth.auth_query); the reason is in pgsplit's log")
+			return config.User{}, pgmsg.Fatal(pgmsg.CodeCannotConnect, "pgsplit could not look up the login (auth.auth_query); the reason is in pgsplit's log")
 		}
 		// What config.Validate refuses for auth.users is refused here too;
 		// an empty password serves no login.
@@ -161,18 +163,18 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 		// not told which CN it showed; the log is.
 		switch cn := certUser(cs); {
 		case cn == "":
-			return u, fatal(codeInvalidAuthSpec, "connection requires a valid client certificate")
+			return u, pgmsg.Fatal(pgmsg.CodeInvalidAuthSpec, "connection requires a valid client certificate")
 		case cn != user:
-			return u, &pgError{severity: "FATAL", code: codeInvalidAuthSpec, msg: fmt.Sprintf("certificate authentication failed for user %q", user),
-				logDetail: fmt.Sprintf("the client certificate's CN is %q", cn)}
+			return u, &pgmsg.Error{Severity: pgmsg.SeverityFatal, Code: pgmsg.CodeInvalidAuthSpec, Message: fmt.Sprintf("certificate authentication failed for user %q", user),
+				LogDetail: fmt.Sprintf("the client certificate's CN is %q", cn)}
 		}
 		return u, nil
 	}
-	return u, fatal(codeInternalError, "unknown auth.method")
+	return u, pgmsg.Fatal(pgmsg.CodeInternalError, "unknown auth.method")
 }
 
 // md5Exchange runs an md5 login of u, whose password is plain or an md5 hash.
-func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgError) error {
+func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgmsg.Error) error {
 	var salt [4]byte
 	if _, err := rand.Read(salt[:]); err != nil {
 		return err
@@ -186,7 +188,7 @@ func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgError
 	}
 	var pm pgproto3.PasswordMessage
 	if err := pm.Decode(body); err != nil {
-		return fatal(codeProtocolViolation, "invalid password packet")
+		return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid password packet")
 	}
 	hash := u.Password
 	if secret.KindOf(hash) != secret.MD5 {
@@ -202,7 +204,7 @@ func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgError
 // exist (or cannot log in with this method), so that the client learns
 // nothing it would not learn from a wrong password: the same challenge
 // type, a salt stable per name, and the same 28P01 at the end.
-func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user string, failed *pgError) error {
+func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user string, failed *pgmsg.Error) error {
 	if au.method == config.AuthMD5 {
 		if err := md5Exchange(r, w, config.User{Name: user, Password: secret.MD5Hash(user, string(au.mockKey))}, failed); err != nil {
 			return err
@@ -227,7 +229,7 @@ func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user stri
 // user is configured or looked up with a verifier), a successful login
 // leaves the ClientKey recovered from the client's proof in au.keys, for
 // pgsplit's logins to the servers.
-func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds scram.StoredCredentials, v *secret.Verifier, failed *pgError) error {
+func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds scram.StoredCredentials, v *secret.Verifier, failed *pgmsg.Error) error {
 	// PostgreSQL clients leave the SCRAM user name empty: the startup
 	// packet's user is the one that counts, so the lookup ignores it.
 	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
@@ -244,15 +246,15 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds sc
 	}
 	var init pgproto3.SASLInitialResponse
 	if err := init.Decode(body); err != nil {
-		return fatal(codeProtocolViolation, "invalid SASL initial response")
+		return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid SASL initial response")
 	}
 	if init.AuthMechanism != "SCRAM-SHA-256" {
-		return fatal(codeProtocolViolation, fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", init.AuthMechanism))
+		return pgmsg.Fatal(pgmsg.CodeProtocolViolation, fmt.Sprintf("client selected an invalid SASL authentication mechanism %q", init.AuthMechanism))
 	}
 	clientFirst := string(init.Data)
 	first, err := conv.Step(clientFirst)
 	if err != nil {
-		return fatal(codeProtocolViolation, "malformed SCRAM message: "+err.Error())
+		return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "malformed SCRAM message: "+err.Error())
 	}
 	if err := send(w, &pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
 		return err
@@ -263,7 +265,7 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds sc
 	}
 	var resp pgproto3.SASLResponse
 	if err := resp.Decode(body); err != nil {
-		return fatal(codeProtocolViolation, "invalid SASL response")
+		return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid SASL response")
 	}
 	clientFinal := string(resp.Data)
 	final, err := conv.Step(clientFinal)
@@ -293,15 +295,15 @@ func readAuthMsg(r *wire.Reader) ([]byte, error) {
 		// internal error: say so, as readStartup does for the startup packet.
 		var fe *wire.FrameError
 		if errors.As(err, &fe) {
-			return nil, fatal(codeProtocolViolation, fe.Error())
+			return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, fe.Error())
 		}
 		return nil, err
 	}
-	if typ != 'p' {
-		return nil, fatal(codeProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ))
+	if typ != pgmsg.PasswordMessage {
+		return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, fmt.Sprintf("expected password response, got message type %q", typ))
 	}
 	if n > 8192 {
-		return nil, fatal(codeProtocolViolation, "password packet too long")
+		return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "password packet too long")
 	}
 	return r.Body()
 }

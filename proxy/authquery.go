@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
@@ -80,7 +82,7 @@ func (l *userLookups) find(user, database string) (string, bool, error) {
 	if err != nil {
 		l.s.log.Warn("auth.auth_query failed", zap.String("user", user), zap.String("auth_user", cfg.Auth.AuthUser), zap.Error(err))
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && (pe.Code == codeInvalidCatalogName || strings.HasPrefix(pe.Code, "28")) {
+		if errors.As(err, &pe) && (pe.Code == pgmsg.CodeInvalidCatalogName || strings.HasPrefix(pe.Code, "28")) {
 			// The lookup's pool for a database that does not exist (any
 			// name, with databases empty) must not stay behind.
 			l.s.dropEmptyPools(database, cfg.Auth.ServiceUser().Name)

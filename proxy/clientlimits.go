@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
@@ -21,21 +23,18 @@ import (
 
 // Names of the limits as the log and the metric label give them.
 const (
-	limitMaxClientConn          = "max_client_conn"
-	limitConnectionsPerIP       = "max_connections_per_ip"
-	limitStartupTimeout         = "startup_timeout"
-	limitStartupPacket          = "startup_packet_size"
-	limitMessageSize            = "max_message_size"
-	limitClientStatements       = "max_client_statements"
-	limitClientStatementBytes   = "max_client_statement_bytes"
-	limitBatchBytes             = "max_batch_bytes"
-	limitClientIdle             = "client_idle_timeout"
-	limitIdleInTransaction      = "idle_in_transaction_timeout"
-	limitParseDepth             = "max_parse_depth"
-	limitParseBytes             = "max_parse_bytes"
-	codeProgramLimitExceeded    = "54000"
-	codeIdleSessionTimeout      = "57P05"
-	codeIdleInTransactionExpiry = "25P03"
+	limitMaxClientConn        = "max_client_conn"
+	limitConnectionsPerIP     = "max_connections_per_ip"
+	limitStartupTimeout       = "startup_timeout"
+	limitStartupPacket        = "startup_packet_size"
+	limitMessageSize          = "max_message_size"
+	limitClientStatements     = "max_client_statements"
+	limitClientStatementBytes = "max_client_statement_bytes"
+	limitBatchBytes           = "max_batch_bytes"
+	limitClientIdle           = "client_idle_timeout"
+	limitIdleInTransaction    = "idle_in_transaction_timeout"
+	limitParseDepth           = "max_parse_depth"
+	limitParseBytes           = "max_parse_bytes"
 )
 
 // limitNames lists every limit, so the metric shows each at 0 before its
@@ -81,15 +80,15 @@ type seat struct {
 	cancelOnly bool
 }
 
-func errTooManyFromIP() *pgError {
-	return fatal(codeTooManyConnections, "too many connections from this address")
+func errTooManyFromIP() *pgmsg.Error {
+	return pgmsg.Fatal(pgmsg.CodeTooManyConnections, "too many connections from this address")
 }
 
 // takeSeat counts a connection just accepted. A connection over
 // max_client_conn may still be an admin console login, which does not
 // count there: it gets one of maxAdminConns overflow places until its
 // startup packet says which it is (see seatFor). A refusal is FATAL 53300.
-func (srv *Server) takeSeat(from net.Addr, log *zap.Logger) (*seat, *pgError) {
+func (srv *Server) takeSeat(from net.Addr, log *zap.Logger) (*seat, *pgmsg.Error) {
 	cfg := srv.cfg.Load()
 	ip := from.String()
 	if h, _, err := net.SplitHostPort(ip); err == nil {
@@ -121,14 +120,14 @@ func (srv *Server) takeSeat(from net.Addr, log *zap.Logger) (*seat, *pgError) {
 	srv.overflow.Add(-1)
 	st.release()
 	srv.limitHit(log, limitMaxClientConn, zap.Int("max", cfg.MaxClientConn))
-	return nil, fatal(codeTooManyConnections, "sorry, too many clients already (max_client_conn)")
+	return nil, pgmsg.Fatal(pgmsg.CodeTooManyConnections, "sorry, too many clients already (max_client_conn)")
 }
 
 // seatFor settles the seat once the startup packet is read (and is not a
 // cancel request): an admin login moves to the admin logins' count; a
 // client that came in over max_client_conn, or over
 // max_connections_per_ip, is refused.
-func (st *seat) seatFor(admin bool, log *zap.Logger) *pgError {
+func (st *seat) seatFor(admin bool, log *zap.Logger) *pgmsg.Error {
 	srv := st.srv
 	if st.cancelOnly {
 		st.move(nil)
@@ -140,7 +139,7 @@ func (st *seat) seatFor(admin bool, log *zap.Logger) *pgError {
 		st.move(nil)
 		if srv.adminLogins.Add(1) > maxAdminConns {
 			srv.adminLogins.Add(-1)
-			return fatal(codeTooManyConnections, fmt.Sprintf("sorry, too many admin console logins in progress already (%d)", maxAdminConns))
+			return pgmsg.Fatal(pgmsg.CodeTooManyConnections, fmt.Sprintf("sorry, too many admin console logins in progress already (%d)", maxAdminConns))
 		}
 		st.counter = &srv.adminLogins
 		return nil
@@ -149,7 +148,7 @@ func (st *seat) seatFor(admin bool, log *zap.Logger) *pgError {
 		st.move(nil)
 		max := srv.cfg.Load().MaxClientConn
 		srv.limitHit(log, limitMaxClientConn, zap.Int("max", max))
-		return fatal(codeTooManyConnections, "sorry, too many clients already (max_client_conn)")
+		return pgmsg.Fatal(pgmsg.CodeTooManyConnections, "sorry, too many clients already (max_client_conn)")
 	}
 	return nil
 }
@@ -182,9 +181,9 @@ func (st *seat) release() {
 // client may have sent its first packet already: closing with it unread
 // would reset the connection and could lose the error, so pgsplit closes
 // its side for writing and reads what comes for a moment first.
-func refuseEarly(c net.Conn, pe *pgError) {
+func refuseEarly(c net.Conn, pe *pgmsg.Error) {
 	_ = c.SetDeadline(time.Now().Add(200 * time.Millisecond))
-	_, _ = c.Write(pe.encode(nil))
+	_, _ = c.Write(pe.Append(nil))
 	if tc, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = tc.CloseWrite()
 		var buf [512]byte
@@ -217,7 +216,7 @@ func (s *session) idleWait(l config.Limits) (limit string, at time.Time) {
 		return idleBusy, now.Add(shortest)
 	}
 	limit, d := limitClientIdle, l.ClientIdleTimeout
-	if byte(s.txStatus.Load()) != 'I' {
+	if byte(s.txStatus.Load()) != pgmsg.TxIdle {
 		limit, d = limitIdleInTransaction, l.IdleInTransactionTimeout
 	}
 	if d <= 0 {
@@ -246,23 +245,23 @@ func (s *session) quietUpstreams() bool {
 // idleExpired is the FATAL that ends a session whose idle wait for limit
 // ran out, or nil if it has not (the session was busy, or a ReadyForQuery
 // moved the start).
-func (s *session) idleExpired(l config.Limits) *pgError {
+func (s *session) idleExpired(l config.Limits) *pgmsg.Error {
 	limit, at := s.idleWait(l)
 	if limit == idleBusy || limit == "" || time.Now().Before(at) {
 		return nil
 	}
 	if limit == limitIdleInTransaction {
 		s.srv.limitHit(s.log, limit, zap.Duration("timeout", l.IdleInTransactionTimeout))
-		return fatal(codeIdleInTransactionExpiry, "terminating connection due to idle-in-transaction timeout")
+		return pgmsg.Fatal(pgmsg.CodeIdleInTransactionSessionTimeout, "terminating connection due to idle-in-transaction timeout")
 	}
 	s.srv.limitHit(s.log, limit, zap.Duration("timeout", l.ClientIdleTimeout))
-	return fatal(codeIdleSessionTimeout, "terminating connection due to idle-session timeout")
+	return pgmsg.Fatal(pgmsg.CodeIdleSessionTimeout, "terminating connection due to idle-session timeout")
 }
 
 // messageTooLarge is the FATAL for a client message over max_message_size.
-func (s *session) messageTooLarge(fe *wire.FrameError) *pgError {
+func (s *session) messageTooLarge(fe *wire.FrameError) *pgmsg.Error {
 	s.srv.limitHit(s.log, limitMessageSize, zap.Int("max", fe.Max))
-	return fatal(codeProgramLimitExceeded, fmt.Sprintf("%s (limits.max_message_size)", fe.Error()))
+	return pgmsg.Fatal(pgmsg.CodeProgramLimitExceeded, fmt.Sprintf("%s (limits.max_message_size)", fe.Error()))
 }
 
 // maxBatch is how many bytes of an extended-protocol batch the session
@@ -285,7 +284,7 @@ func (s *session) roomForStatement(name string, size int) error {
 	l := s.limits
 	if _, ok := s.stmts[name]; !ok && l.MaxClientStatements > 0 && len(s.stmts) >= l.MaxClientStatements {
 		s.srv.limitHit(s.log, limitClientStatements, zap.Int("max", l.MaxClientStatements))
-		return fatal(codeProgramLimitExceeded, fmt.Sprintf("too many prepared statements: this client has %d (limits.max_client_statements); close some first", len(s.stmts)))
+		return pgmsg.Fatal(pgmsg.CodeProgramLimitExceeded, fmt.Sprintf("too many prepared statements: this client has %d (limits.max_client_statements); close some first", len(s.stmts)))
 	}
 	if l.MaxClientStatementBytes <= 0 || s.stmtBytes+2*size <= l.MaxClientStatementBytes {
 		return nil
@@ -302,7 +301,7 @@ func (s *session) roomForStatement(name string, size int) error {
 		return nil
 	}
 	s.srv.limitHit(s.log, limitClientStatementBytes, zap.Int("max", l.MaxClientStatementBytes))
-	return fatal(codeProgramLimitExceeded, fmt.Sprintf("prepared statements too large: this client keeps %d bytes of them (limits.max_client_statement_bytes %d); close some first",
+	return pgmsg.Fatal(pgmsg.CodeProgramLimitExceeded, fmt.Sprintf("prepared statements too large: this client keeps %d bytes of them (limits.max_client_statement_bytes %d); close some first",
 		s.stmtBytes, l.MaxClientStatementBytes))
 }
 
@@ -321,5 +320,5 @@ func (s *session) checkBooks() error {
 		return nil
 	}
 	s.srv.limitHit(s.log, limitBatchBytes, zap.Int("max", s.maxBatch()))
-	return fatal(codeProgramLimitExceeded, fmt.Sprintf("extended-protocol batch keeps over %d bytes of statement and portal names before its Sync (limits.max_batch_bytes)", s.maxBatch()))
+	return pgmsg.Fatal(pgmsg.CodeProgramLimitExceeded, fmt.Sprintf("extended-protocol batch keeps over %d bytes of statement and portal names before its Sync (limits.max_batch_bytes)", s.maxBatch()))
 }

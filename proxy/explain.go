@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -206,7 +207,7 @@ func (e *explainer) explain(j explainJob) {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		status, rerr := c.Exec(rctx, "ROLLBACK")
 		rcancel()
-		if rerr != nil || status != 'I' {
+		if rerr != nil || status != pgmsg.TxIdle {
 			return fmt.Errorf("EXPLAIN ANALYZE: its transaction could not be ended (status %q): %s", status, errText(rerr))
 		}
 		return err

@@ -3,11 +3,12 @@ package proxy
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 
 	"go.uber.org/zap"
 
@@ -124,11 +125,11 @@ func (s *session) relayExtended(typ byte) error {
 	if err := s.appendExtended(typ, body); err != nil {
 		return err
 	}
-	complete := typ == 'S' || typ == 'H'
+	complete := typ == pgmsg.Sync || typ == pgmsg.Flush
 	if !complete && len(b.buf) <= s.maxBatch() && s.cr.Buffered() > 0 {
 		return nil // more of the batch is already here
 	}
-	if typ == 'S' && s.parseOnly() {
+	if typ == pgmsg.Sync && s.parseOnly() {
 		err := s.answerParseOnly()
 		b.reset()
 		return err
@@ -154,7 +155,7 @@ func (s *session) relayExtended(typ byte) error {
 			b.reset()
 			return err
 		}
-	case typ == 'H' && !s.readOnlyReplicaTx():
+	case typ == pgmsg.Flush && !s.readOnlyReplicaTx():
 		// After a Flush the client may go on with the same unfinished
 		// batch, which then cannot leave this server: only a read-only
 		// transaction may keep it on a replica.
@@ -189,7 +190,7 @@ func (s *session) relayExtended(typ byte) error {
 	// The safety net, as for a simple Query: a read batch on a replica,
 	// outside a transaction, the client waiting for it, is watched for a
 	// 25006 refusal or the replica going away before its first answer.
-	watch := typ == 'S' && complete && !b.large && u.target == router.Replica && s.split == nil &&
+	watch := typ == pgmsg.Sync && complete && !b.large && u.target == router.Replica && s.split == nil &&
 		!s.inTx() && s.cr.Buffered() == 0 && len(b.execs) > 0
 	if watch {
 		u.watch.Store(watchWaiting)
@@ -230,7 +231,7 @@ func (s *session) relayExtended(typ byte) error {
 // active connection.
 func (s *session) streamExtended(typ byte) error {
 	u := s.active
-	if typ == 'S' {
+	if typ == pgmsg.Sync {
 		u.expectReady()
 		u.pending.Add(1)
 		u.unsynced.Store(false)
@@ -238,7 +239,7 @@ func (s *session) streamExtended(typ byte) error {
 	} else {
 		u.unsynced.Store(true)
 	}
-	if typ != 'P' && typ != 'C' && typ != 'B' && typ != 'D' && typ != 'E' {
+	if !pgmsg.Step(typ) {
 		if err := s.cr.Forward(u.conn.W); err != nil {
 			return err
 		}
@@ -277,10 +278,10 @@ func (b *batch) sent() {
 
 // abortTransaction makes the server's open transaction fail as an error
 // pgsplit answers itself (pe) would have made it fail on one server: the
-// client is told ReadyForQuery 'E', and what it sends next gets 25P02 until
+// client is told ReadyForQuery E (failed), and what it sends next gets 25P02 until
 // it rolls back, as from PostgreSQL. Outside a transaction it does nothing.
-func (s *session) abortTransaction(pe *pgError) error {
-	if byte(s.txStatus.Load()) != 'T' {
+func (s *session) abortTransaction(pe *pgmsg.Error) error {
+	if byte(s.txStatus.Load()) != pgmsg.TxActive {
 		return nil
 	}
 	u := s.active
@@ -304,14 +305,14 @@ func (s *session) abortTransaction(pe *pgError) error {
 		return nil
 	}
 	u.expectErr.Add(1)
-	msg := "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '" + pe.code + "', MESSAGE = 'pgsplit: transaction aborted by an error pgsplit answered'; END$pgsplit$"
+	msg := "DO $pgsplit$BEGIN RAISE EXCEPTION USING ERRCODE = '" + pe.Code + "', MESSAGE = 'pgsplit: transaction aborted by an error pgsplit answered'; END$pgsplit$"
 	if err := s.inject(u, msg); err != nil {
 		return err
 	}
 	if err := u.conn.W.Flush(); err != nil {
 		return err
 	}
-	s.txStatus.Store('E')
+	s.txStatus.Store(pgmsg.TxFailed)
 	return nil
 }
 
@@ -403,7 +404,7 @@ func (s *session) sendBatch(u *upstream, last byte, reason string) error {
 	if _, err := u.conn.W.Write(b.buf); err != nil {
 		return err
 	}
-	if last == 'S' {
+	if last == pgmsg.Sync {
 		u.expectReady()
 		u.pending.Add(1)
 		u.unsynced.Store(false)
@@ -422,14 +423,14 @@ func (s *session) sendBatch(u *upstream, last byte, reason string) error {
 // routing and for the client's statement registry.
 func (s *session) appendExtended(typ byte, body []byte) error {
 	b := &s.batch
-	start := len(b.buf)
-	b.buf = append(b.buf, typ, 0, 0, 0, 0)
+	var start int
+	b.buf, start = pgmsg.Begin(b.buf, typ)
 	switch typ {
-	case 'P':
+	case pgmsg.Parse:
 		name, rest, ok := cut(body)
 		sql, _, ok2 := cut(rest)
 		if !ok || !ok2 {
-			return fatal(codeProtocolViolation, "invalid Parse message")
+			return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid Parse message")
 		}
 		if err := s.roomForStatement(name, len(body)); err != nil {
 			return err
@@ -438,7 +439,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 			// PostgreSQL refuses a Parse of a name in use (whatever the
 			// SQL); pgsplit's servers would not, as they know the
 			// statement by another name.
-			pe := pgErr(codeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name))
+			pe := pgmsg.Err(pgmsg.CodeDuplicatePreparedStatement, fmt.Sprintf("prepared statement %q already exists", name))
 			if err := s.abortTransaction(pe); err != nil {
 				return err
 			}
@@ -469,16 +470,15 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		}
 		b.parsed = append(b.parsed, cs)
 		b.buf = append(append(append(b.buf, cs.server...), 0), rest...)
-		cs.parse = append([]byte(nil), b.buf[start:]...)
-		binary.BigEndian.PutUint32(cs.parse[1:], uint32(len(cs.parse)-1))
+		cs.parse = pgmsg.Finish(append([]byte(nil), b.buf[start:]...), 0)
 		s.keepStatement(name, cs)
 		b.parses = append(b.parses, name)
 		s.noteClass(cs.class)
-	case 'B':
+	case pgmsg.Bind:
 		portal, rest, ok := cut(body)
 		name, params, ok2 := cut(rest)
 		if !ok || !ok2 {
-			return fatal(codeProtocolViolation, "invalid Bind message")
+			return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid Bind message")
 		}
 		cs := s.noteRef(name)
 		if b.portals == nil {
@@ -499,21 +499,21 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 		b.buf = append(append(b.buf, portal...), 0)
 		b.buf = append(append(b.buf, serverName(cs, name)...), 0)
 		b.buf = append(b.buf, params...)
-	case 'D':
-		if len(body) > 0 && body[0] == 'S' {
+	case pgmsg.Describe:
+		if len(body) > 0 && body[0] == pgmsg.TargetStatement {
 			name, _, _ := cut(body[1:])
 			cs := s.noteRef(name)
-			b.buf = append(append(append(b.buf, 'S'), serverName(cs, name)...), 0)
+			b.buf = append(append(append(b.buf, pgmsg.TargetStatement), serverName(cs, name)...), 0)
 			break
 		}
 		b.buf = append(b.buf, body...)
-	case 'E':
+	case pgmsg.Execute:
 		if bp := b.portals[cstring(body)]; bp.stmt != nil {
 			b.execs = append(b.execs, execution{bp.stmt, bp.params, s.msgAt})
 		}
 		b.buf = append(b.buf, body...)
-	case 'C':
-		if len(body) > 0 && body[0] == 'S' {
+	case pgmsg.Close:
+		if len(body) > 0 && body[0] == pgmsg.TargetStatement {
 			// The servers keep the statement for other clients; the
 			// client's name is unknown to them, so its Close is answered
 			// CloseComplete with no effect.
@@ -524,7 +524,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 	default:
 		b.buf = append(b.buf, body...)
 	}
-	binary.BigEndian.PutUint32(b.buf[start+1:], uint32(len(b.buf)-start-1))
+	b.buf = pgmsg.Finish(b.buf, start)
 	return nil
 }
 
@@ -539,7 +539,7 @@ func (s *session) appendExtended(typ byte, body []byte) error {
 func (s *session) parseOnly() bool {
 	b := &s.batch
 	if len(b.parses) == 0 || len(b.refs) > 0 || len(b.execs) > 0 || b.large ||
-		byte(s.txStatus.Load()) != 'I' || s.openTxOn() != router.HintNone {
+		byte(s.txStatus.Load()) != pgmsg.TxIdle || s.openTxOn() != router.HintNone {
 		return false
 	}
 	for _, u := range s.ups {
@@ -552,11 +552,11 @@ func (s *session) parseOnly() bool {
 			return false
 		}
 	}
-	for typ, body := range frames(b.buf) {
+	for typ, body := range pgmsg.Frames(b.buf) {
 		switch typ {
-		case 'P', 'S':
-		case 'C':
-			if len(body) < 1 || body[0] != 'S' {
+		case pgmsg.Parse, pgmsg.Sync:
+		case pgmsg.Close:
+			if len(body) < 1 || body[0] != pgmsg.TargetStatement {
 				return false
 			}
 		default:
@@ -578,14 +578,14 @@ func (s *session) answerParseOnly() error {
 		cs.confirmed.Store(true)
 	}
 	var out []byte
-	for typ := range frames(s.batch.buf) {
+	for typ := range pgmsg.Frames(s.batch.buf) {
 		switch typ {
-		case 'P':
-			out = append(out, '1', 0, 0, 0, 4)
-		case 'C':
-			out = append(out, '3', 0, 0, 0, 4)
-		case 'S':
-			out = append(out, readyForQuery(byte(s.txStatus.Load()))...)
+		case pgmsg.Parse:
+			out = pgmsg.AppendEmpty(out, pgmsg.ParseComplete)
+		case pgmsg.Close:
+			out = pgmsg.AppendEmpty(out, pgmsg.CloseComplete)
+		case pgmsg.Sync:
+			out = pgmsg.AppendReadyForQuery(out, byte(s.txStatus.Load()))
 		}
 	}
 	s.wmu.Lock()
@@ -598,8 +598,8 @@ func (s *session) answerParseOnly() error {
 
 // onlySyncFlush reports whether buf holds only Sync and Flush messages.
 func onlySyncFlush(buf []byte) bool {
-	for typ := range frames(buf) {
-		if typ != 'S' && typ != 'H' {
+	for typ := range pgmsg.Frames(buf) {
+		if typ != pgmsg.Sync && typ != pgmsg.Flush {
 			return false
 		}
 	}
@@ -795,10 +795,7 @@ func (u *upstream) settleStatements() {
 }
 
 func (s *session) injectClose(u *upstream, name string) error {
-	msg := make([]byte, 0, 7+len(name))
-	msg = append(msg, 'C', 0, 0, 0, 0, 'S')
-	msg = append(append(msg, name...), 0)
-	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
+	msg := pgmsg.AppendClose(make([]byte, 0, 7+len(name)), pgmsg.TargetStatement, name)
 	u.dropClose.Add(1)
 	u.conn.State.Prepared.Remove(name)
 	if name == "" {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
@@ -23,9 +25,6 @@ import (
 // noPrimaryProbe is how often the health monitor checks the servers while
 // no primary is known.
 const noPrimaryProbe = 200 * time.Millisecond
-
-// codeCannotConnectNow is SQLSTATE 57P03, cannot_connect_now.
-const codeCannotConnectNow = "57P03"
 
 // setPrimary makes srv the server writes go to (srv.Host empty: none) and
 // every other configured server a replica, waking the writes waiting for a
@@ -101,7 +100,7 @@ func (s *Server) awaitPrimary(w *waitLimit, failed config.Server) (config.Server
 			if p.Host != "" {
 				msg = fmt.Sprintf("no primary available: the primary %s cannot be reached", p.Addr())
 			}
-			return config.Server{}, pgErr(codeCannotConnectNow, msg)
+			return config.Server{}, pgmsg.Err(pgmsg.CodeCannotConnectNow, msg)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/pgsplit/pgsplit/pool"
 )
 
@@ -83,11 +85,11 @@ func parseOptions(s string) (map[string]string, error) {
 		case strings.HasPrefix(w, "--"):
 			kv = w[2:]
 		default:
-			return nil, fatal(codeFeatureNotSupported, fmt.Sprintf("startup option %q is not supported by pgsplit: use -c name=value", w))
+			return nil, pgmsg.Fatal(pgmsg.CodeFeatureNotSupported, fmt.Sprintf("startup option %q is not supported by pgsplit: use -c name=value", w))
 		}
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, fatal(codeProtocolViolation, fmt.Sprintf("invalid startup option %q: expected name=value", kv))
+			return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, fmt.Sprintf("invalid startup option %q: expected name=value", kv))
 		}
 		out[strings.ReplaceAll(k, "-", "_")] = v
 	}

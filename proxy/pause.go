@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 )
 
 // pauseGate holds new transactions while an admin has run PAUSE: a session
@@ -53,7 +55,7 @@ func (g *pauseGate) open(gen uint64) bool {
 
 // wait blocks until the gate opens or timeout passes (an ERROR for the
 // client, who keeps its session).
-func (g *pauseGate) wait(s *session, timeout time.Duration) *pgError {
+func (g *pauseGate) wait(s *session, timeout time.Duration) *pgmsg.Error {
 	g.mu.Lock()
 	ch := g.opened
 	g.mu.Unlock()
@@ -72,7 +74,7 @@ func (g *pauseGate) wait(s *session, timeout time.Duration) *pgError {
 	case <-ch:
 		return nil
 	case <-t.C:
-		return pgErr(codeTooManyConnections,
+		return pgmsg.Err(pgmsg.CodeTooManyConnections,
 			fmt.Sprintf("pgsplit is paused (PAUSE by an admin): no new transaction may start; waited %s (pool_timeout)", timeout))
 	}
 }

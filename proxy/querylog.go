@@ -16,6 +16,7 @@ import (
 	"gopkg.in/natefinch/lumberjack.v2"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -248,7 +249,7 @@ func (u *upstream) expectReady() int64 {
 // statistics.
 func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, params *bindParams, reason string, start time.Time, seq int64) *queryRecord {
 	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, params: params, role: u.target, server: u.conn.Addr,
-		reason: reason, inTx: byte(s.txStatus.Load()) != 'I' || s.split != nil, seq: seq, client: s}
+		reason: reason, inTx: byte(s.txStatus.Load()) != pgmsg.TxIdle || s.split != nil, seq: seq, client: s}
 	u.recMu.Lock()
 	u.recs = append(u.recs, r)
 	u.recMu.Unlock()
@@ -296,28 +297,28 @@ func (u *upstream) dropBatchRecords() {
 // drops the Executes its batch skipped after an error. body is the
 // message's body for C and E.
 func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
-	if typ == 'Z' {
+	if typ == pgmsg.ReadyForQuery {
 		u.zSeen++
-	} else if typ == 'E' {
+	} else if typ == pgmsg.ErrorResponse {
 		u.answerErr = true
 	}
 	u.recMu.Lock()
-	if typ == 'Z' {
+	if typ == pgmsg.ReadyForQuery {
 		u.confirmParsed(u.zSeen) // done before the relay, but for a Z the safety net relayed
 	}
-	if len(u.recs) == 0 && typ != 'Z' {
+	if len(u.recs) == 0 && typ != pgmsg.ReadyForQuery {
 		u.recMu.Unlock()
 		return
 	}
 	now := time.Now()
 	var done []*queryRecord
 	switch typ {
-	case 'C', 'E', 'I', 's':
+	case pgmsg.CommandComplete, pgmsg.ErrorResponse, pgmsg.EmptyQueryResponse, pgmsg.PortalSuspended:
 		r := u.recs[0]
 		switch typ {
-		case 'C':
+		case pgmsg.CommandComplete:
 			r.rows += tagRows(body)
-		case 'E':
+		case pgmsg.ErrorResponse:
 			if r.sqlstate == "" {
 				r.sqlstate = errorCode(body)
 			}
@@ -327,7 +328,7 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 			done = append(done, r)
 			u.recs = u.recs[1:]
 		}
-	case 'Z':
+	case pgmsg.ReadyForQuery:
 		i := 0
 		for ; i < len(u.recs) && u.recs[i].seq <= u.zSeen; i++ {
 			if r := u.recs[i]; !r.execute {
@@ -346,12 +347,12 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 		}
 	}
 	var began int64
-	if typ == 'Z' {
+	if typ == pgmsg.ReadyForQuery {
 		if !u.batchStart.IsZero() {
 			s.txBegan.CompareAndSwap(0, u.batchStart.UnixNano())
 			u.batchStart = time.Time{}
 		}
-		if len(body) == 1 && body[0] == 'I' {
+		if len(body) == 1 && body[0] == pgmsg.TxIdle {
 			began = s.txBegan.Swap(0)
 		}
 	}

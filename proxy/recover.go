@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"go.uber.org/zap"
 )
 
@@ -113,5 +115,5 @@ func (s *session) fatalAfterPanic() {
 		time.Sleep(time.Millisecond)
 	}
 	s.wmu.Unlock()
-	s.sendFatal(fatal(codeInternalError, "pgsplit internal error; the connection was closed"))
+	s.sendFatal(pgmsg.Fatal(pgmsg.CodeInternalError, "pgsplit internal error; the connection was closed"))
 }

@@ -2,10 +2,11 @@ package proxy
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"strings"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -26,13 +27,13 @@ func (s *session) relayClient() string {
 		}
 		s.msgAt, s.waited, s.readFloor = time.Now(), 0, 0
 		s.lastRequest.Store(s.msgAt.UnixNano())
-		if s.srv.pause.paused() && typ != 'X' && s.batch.empty() && s.idle() {
+		if s.srv.pause.paused() && typ != pgmsg.Terminate && s.batch.empty() && s.idle() {
 			// PAUSE: a new transaction waits for RESUME.
 			pe := s.srv.pause.wait(s, s.srv.cfg.Load().Pool.PoolTimeout)
 			if s.srv.draining.Load() {
 				// Shutdown opened the gate: this statement must not run
 				// (drain may already have told the client so).
-				s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+				s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 				return "shutdown while held by PAUSE"
 			}
 			if pe != nil {
@@ -44,9 +45,9 @@ func (s *session) relayClient() string {
 		}
 		s.claim()
 		switch {
-		case typ == 'X':
+		case typ == pgmsg.Terminate:
 			return "client terminated"
-		case s.skipSync && (typ == 'P' || typ == 'B' || typ == 'D' || typ == 'E' || typ == 'C' || typ == 'H' || typ == 'S'):
+		case s.skipSync && pgmsg.Extended(typ):
 			err = s.skipToSync(typ)
 		default:
 			err = s.relayMessage(typ)
@@ -56,8 +57,8 @@ func (s *session) relayClient() string {
 		}
 		s.settle()
 		if err != nil {
-			var pe *pgError
-			if errors.As(err, &pe) && pe.severity == "FATAL" {
+			var pe *pgmsg.Error
+			if errors.As(err, &pe) && pe.Severity == pgmsg.SeverityFatal {
 				s.sendFatal(pe)
 			}
 			return "relay client→server: " + err.Error()
@@ -65,7 +66,7 @@ func (s *session) relayClient() string {
 		if s.draining.Load() && s.idle() {
 			// pgsplit answered this one itself (no ReadyForQuery from a
 			// server to trigger the pump's check).
-			s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+			s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 		}
 	}
 }
@@ -105,12 +106,12 @@ func (s *session) nextMessage() (byte, error) {
 			s.sendFatal(s.messageTooLarge(fe))
 			return 0, errors.New("limit: " + fe.Error())
 		case errors.As(err, &fe):
-			s.sendFatal(fatal(codeProtocolViolation, fe.Error()))
+			s.sendFatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fe.Error()))
 			return 0, errors.New("protocol violation: " + fe.Error())
 		case limit != "" && isTimeout(err) && !s.cr.Broken():
 			if pe := s.idleExpired(limits); pe != nil {
 				s.sendFatal(pe)
-				return 0, errors.New(pe.msg)
+				return 0, errors.New(pe.Message)
 			}
 			continue
 		}
@@ -121,11 +122,11 @@ func (s *session) nextMessage() (byte, error) {
 // relayMessage routes one client message.
 func (s *session) relayMessage(typ byte) error {
 	switch typ {
-	case 'Q':
+	case pgmsg.Query:
 		return s.relayQuery()
-	case 'P', 'B', 'D', 'E', 'C', 'H', 'S':
+	case pgmsg.Parse, pgmsg.Bind, pgmsg.Describe, pgmsg.Execute, pgmsg.Close, pgmsg.Flush, pgmsg.Sync:
 		return s.relayExtended(typ)
-	case 'F':
+	case pgmsg.FunctionCall:
 		return s.relayFunctionCall()
 	}
 	// COPY data and anything else belong to the statement running on the
@@ -173,9 +174,9 @@ func (s *session) relayFunctionCall() error {
 // pg_terminate_backend (router.SignalsBackend) with 0A000, aborting an
 // open transaction as the error would.
 func (s *session) refuseBackendSignal() error {
-	pe := pgErr(codeFeatureNotSupported,
+	pe := pgmsg.Err(pgmsg.CodeFeatureNotSupported,
 		"pg_cancel_backend() and pg_terminate_backend() are refused through pgsplit: the backend pids a client sees belong to pooled server connections that serve other clients too")
-	pe.detail = "Cancel a statement with your driver's cancel (a CancelRequest: pgsplit sends it to the server running that client's statement); to stop other sessions, connect to the server directly."
+	pe.Detail = "Cancel a statement with your driver's cancel (a CancelRequest: pgsplit sends it to the server running that client's statement); to stop other sessions, connect to the server directly."
 	if err := s.abortTransaction(pe); err != nil {
 		return err
 	}
@@ -288,7 +289,7 @@ func (s *session) moveReadOnlyToPrimary(begin string, body []byte, sql string, s
 	if err := s.waitQuiet(r); err != nil {
 		return err
 	}
-	if byte(r.txStatus.Load()) != 'T' {
+	if byte(r.txStatus.Load()) != pgmsg.TxActive {
 		// The BEGIN failed, or the transaction is over: nothing to move.
 		u, err := s.switchTo(router.Replica)
 		if err != nil {
@@ -400,7 +401,7 @@ func (s *session) awaitVerdict(u *upstream) bool {
 // connection (the primary when there is none yet).
 func (s *session) forwardToActive(typ byte) error {
 	u := s.active
-	if u == nil && (typ == 'd' || typ == 'c' || typ == 'f') {
+	if u == nil && (typ == pgmsg.CopyData || typ == pgmsg.CopyDone || typ == pgmsg.CopyFail) {
 		// COPY data with no COPY running (it failed, and its connection
 		// went back to the pool): ignored, as PostgreSQL ignores it.
 		_, err := s.cr.Body()
@@ -442,16 +443,16 @@ func (s *session) switchTo(t router.Target) (*upstream, error) {
 		u, err = s.acquire(t)
 		if err != nil {
 			if t == router.Primary {
-				var pe *pgError
-				if errors.As(err, &pe) && !((pe.code == codeTooManyConnections || pe.code == codeCannotConnectNow) && s.txPooling && s.split == nil && byte(s.txStatus.Load()) == 'I') {
+				var pe *pgmsg.Error
+				if errors.As(err, &pe) && !((pe.Code == pgmsg.CodeTooManyConnections || pe.Code == pgmsg.CodeCannotConnectNow) && s.txPooling && s.split == nil && byte(s.txStatus.Load()) == pgmsg.TxIdle) {
 					// Without a server the session cannot go on, unless
 					// transaction pooling lets the next statement try
 					// again.
-					pe.severity = "FATAL"
+					pe.Severity = pgmsg.SeverityFatal
 				}
 				return nil, err
 			}
-			var pe *pgError
+			var pe *pgmsg.Error
 			if s.srv.cfg.Load().Routing.ReadFrom == config.ReadFromReplicasOnly && errors.As(err, &pe) {
 				return nil, err
 			}
@@ -518,7 +519,7 @@ func (s *session) syncSettings(u *upstream) error {
 			return err
 		}
 	}
-	if byte(u.txStatus.Load()) != 'I' {
+	if byte(u.txStatus.Load()) != pgmsg.TxIdle {
 		// Inside a transaction the connection has the settings it was
 		// given when the transaction began, plus the client's own
 		// changes, which a rollback may still undo: nothing to replay.
@@ -566,10 +567,7 @@ func (s *session) settingsDiff(have map[string]string) []string {
 
 // inject sends sql to u as a simple Query whose answers the pump drops.
 func (s *session) inject(u *upstream, sql string) error {
-	msg := make([]byte, 5, 6+len(sql))
-	msg[0] = 'Q'
-	msg = append(append(msg, sql...), 0)
-	binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
+	msg := pgmsg.AppendQuery(make([]byte, 0, 6+len(sql)), sql)
 	u.dropZ.Add(1)
 	u.pending.Add(1)
 	u.conn.State.Unnamed = nil

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -65,7 +67,7 @@ func (s *session) decideBatch(t router.Target, reason string) (decision, error) 
 // nowhere (57P03: reads never go to the primary, and never go stale).
 func (s *session) rywFallback() (decision, error) {
 	if s.srv.cfg.Load().Routing.ReadFrom == config.ReadFromReplicasOnly {
-		return decision{}, pgErr(codeCannotConnectNow,
+		return decision{}, pgmsg.Err(pgmsg.CodeCannotConnectNow,
 			"no replica has replayed the writes this read must see yet (routing.read_from: replicas_only, read_your_writes_wait "+
 				s.srv.cfg.Load().Routing.ReadYourWritesWait.String()+")")
 	}
@@ -126,7 +128,7 @@ func (s *session) txTarget(follow bool) (router.Target, error) {
 // a transaction, HintNone if none.
 func (s *session) openTxOn() router.Target {
 	for _, u := range s.ups {
-		if u != nil && byte(u.txStatus.Load()) != 'I' {
+		if u != nil && byte(u.txStatus.Load()) != pgmsg.TxIdle {
 			return u.target
 		}
 	}
@@ -280,7 +282,7 @@ func (s *session) openTentative(u *upstream, st router.Statement, stmts bool) {
 	if t == nil {
 		t = &tentative{u: u, settings: make(map[string]string, len(s.settings)),
 			errs: u.errsMark, rollbacks: u.rollbacksMark,
-			inTx: byte(u.txStatus.Load()) != 'I' || s.split != nil || u.pending.Load()-u.dropZ.Load() > 1 || st.Statements > 1}
+			inTx: byte(u.txStatus.Load()) != pgmsg.TxIdle || s.split != nil || u.pending.Load()-u.dropZ.Load() > 1 || st.Statements > 1}
 		for k, v := range s.settings {
 			t.settings[k] = v
 		}
@@ -302,7 +304,7 @@ func (s *session) settleTentative() {
 	kept := s.tents[:0]
 	for _, t := range s.tents {
 		u := t.u
-		if u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != 'I' {
+		if u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != pgmsg.TxIdle {
 			kept = append(kept, t)
 			continue
 		}
@@ -342,7 +344,7 @@ func (s *session) routeSettingStatement(st router.Statement) decision {
 	v, err := s.route.ApplySetting(st)
 	if err != nil {
 		return decision{local: []pgproto3.BackendMessage{&pgproto3.ErrorResponse{
-			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "22023",
+			Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeInvalidParameterValue,
 			Message: err.Error() + ": got \"" + st.SetValue + "\"",
 		}}}
 	}
@@ -372,7 +374,7 @@ func (s *session) answerLocally(msgs []pgproto3.BackendMessage) error {
 	if err := writeMsgs(s.cw, msgs...); err != nil {
 		return err
 	}
-	if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, byte(s.txStatus.Load()))); err != nil {
 		return err
 	}
 	return s.cw.Flush()
@@ -444,12 +446,12 @@ func (s *session) answerBatchLocally(mixed bool) error {
 	portals := map[string]string{}
 	failed := false
 	if mixed {
-		out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: codeFeatureNotSupported,
+		out = append(out, &pgproto3.ErrorResponse{Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeFeatureNotSupported,
 			Message: "pgsplit.route cannot share an extended-protocol batch with other statements"})
 		failed = true
 	}
-	for typ, body := range frames(s.batch.buf) {
-		if typ == 'S' {
+	for typ, body := range pgmsg.Frames(s.batch.buf) {
+		if typ == pgmsg.Sync {
 			out = append(out, &pgproto3.ReadyForQuery{TxStatus: byte(s.txStatus.Load())})
 			failed = false
 			continue
@@ -458,20 +460,20 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			continue
 		}
 		switch typ {
-		case 'P':
+		case pgmsg.Parse:
 			out = append(out, &pgproto3.ParseComplete{})
-		case 'B':
+		case pgmsg.Bind:
 			portal, r, _ := cut(body)
 			portals[portal] = s.clientName(cstring(r))
 			out = append(out, &pgproto3.BindComplete{})
-		case 'D':
+		case pgmsg.Describe:
 			if len(body) < 2 {
-				out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: codeProtocolViolation, Message: "invalid Describe message"})
+				out = append(out, &pgproto3.ErrorResponse{Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeProtocolViolation, Message: "invalid Describe message"})
 				failed = true
 				continue
 			}
 			name := cstring(body[1:])
-			if body[0] == 'P' {
+			if body[0] == pgmsg.TargetPortal {
 				name = portals[name]
 			} else {
 				name = s.clientName(name)
@@ -482,12 +484,12 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			} else {
 				out = append(out, &pgproto3.NoData{})
 			}
-		case 'E':
+		case pgmsg.Execute:
 			cs := s.stmts[portals[cstring(body)]]
 			if cs != nil && cs.class.Kind == router.KindDeallocate {
 				if !s.deallocatesOurs(cs.class) {
 					// Executed again after the statement is gone.
-					out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "26000",
+					out = append(out, &pgproto3.ErrorResponse{Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeInvalidStatementName,
 						Message: fmt.Sprintf("prepared statement %q does not exist", cs.class.PreparedName)})
 					failed = true
 					continue
@@ -500,7 +502,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 				cs = nil
 			}
 			if cs == nil {
-				out = append(out, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "34000", Message: "portal does not exist"})
+				out = append(out, &pgproto3.ErrorResponse{Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeInvalidCursorName, Message: "portal does not exist"})
 				failed = true
 				continue
 			}
@@ -514,7 +516,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 				}
 			}
 			out = append(out, msgs...)
-		case 'C':
+		case pgmsg.Close:
 			out = append(out, &pgproto3.CloseComplete{})
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -615,12 +616,12 @@ func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) {
 	}
 	u.writes = slices.DeleteFunc(u.writes, func(w writeScope) bool { return w.seq <= z })
 	var done writeScope
-	if status == 'I' {
+	if status == pgmsg.TxIdle {
 		done, u.txWrote = u.txWrote, writeScope{}
 	}
 	u.wrote.Store(len(u.writes) > 0 || u.txWrote.all || len(u.txWrote.tables) > 0)
 	u.recMu.Unlock()
-	if status != 'I' || rolledBack || (!done.all && len(done.tables) == 0) {
+	if status != pgmsg.TxIdle || rolledBack || (!done.all && len(done.tables) == 0) {
 		return
 	}
 	if s.srv.cfg.Load().Routing.RYWMode() == config.RYWSession {

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -129,7 +131,7 @@ func (s *session) serve() {
 	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
 	br := bufio.NewReaderSize(s.conn, clientBufSize)
 	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
-	s.txStatus.Store('I')
+	s.txStatus.Store(pgmsg.TxIdle)
 	s.zSignal = make(chan struct{}, 1)
 	s.settings, s.stmts = map[string]string{}, map[string]*clientStmt{}
 
@@ -192,7 +194,7 @@ func (s *session) serve() {
 	}
 	u, err := au.authenticate(s.cr, s.cw, user, database, link.tls)
 	if err == nil && s.srv.draining.Load() {
-		err = fatal(codeAdminShutdown, "the database system is shutting down")
+		err = pgmsg.Fatal(pgmsg.CodeAdminShutdown, "the database system is shutting down")
 	}
 	if admin {
 		seat.move(nil) // logged in, or not: no longer a login in progress
@@ -209,7 +211,7 @@ func (s *session) serve() {
 	// connection is bounded by pool_timeout.
 	_ = s.conn.SetDeadline(time.Time{})
 	if !s.srv.servesDatabase(database) {
-		s.failStartup(fatal(codeInvalidCatalogName, fmt.Sprintf("database %q is not served by pgsplit (not listed in databases)", database)), user, database)
+		s.failStartup(pgmsg.Fatal(pgmsg.CodeInvalidCatalogName, fmt.Sprintf("database %q is not served by pgsplit (not listed in databases)", database)), user, database)
 		return
 	}
 	setup, err := startupSettings(st.params)
@@ -230,10 +232,10 @@ func (s *session) serve() {
 		err = s.applyStartup(up)
 	}
 	if err != nil {
-		var pe *pgError
+		var pe *pgmsg.Error
 		if errors.As(err, &pe) {
-			pe.severity = "FATAL" // no session without a first server connection
-			if pe.code == codeInvalidCatalogName || strings.HasPrefix(pe.code, "28") {
+			pe.Severity = pgmsg.SeverityFatal // no session without a first server connection
+			if pe.Code == pgmsg.CodeInvalidCatalogName || strings.HasPrefix(pe.Code, "28") {
 				// No such database, or pgsplit's login refused: the pools
 				// made for it hold nothing and must not pile up (any
 				// name is tried when databases is empty).
@@ -272,7 +274,7 @@ func (s *session) serve() {
 
 // failStartup tells the client why it cannot log in, logs it, and returns.
 func (s *session) failStartup(err error, user, database string) {
-	var pe *pgError
+	var pe *pgmsg.Error
 	var fe *wire.FrameError
 	var he *handshakeError
 	switch {
@@ -285,7 +287,7 @@ func (s *session) failStartup(err error, user, database string) {
 		s.srv.limitHit(s.log, limitStartupPacket, zap.Int("max", wire.MaxStartupLen))
 		fallthrough
 	case errors.As(err, &fe):
-		pe = fatal(codeProtocolViolation, fe.Error())
+		pe = pgmsg.Fatal(pgmsg.CodeProtocolViolation, fe.Error())
 	}
 	if pe == nil && !errors.As(err, &pe) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
@@ -296,31 +298,31 @@ func (s *session) failStartup(err error, user, database string) {
 		switch {
 		case errors.As(err, &ne) && ne.Timeout() && s.srv.draining.Load():
 			// drain woke the login's reads: pgsplit is shutting down.
-			pe = fatal(codeAdminShutdown, "the database system is shutting down")
+			pe = pgmsg.Fatal(pgmsg.CodeAdminShutdown, "the database system is shutting down")
 		case errors.As(err, &ne) && ne.Timeout():
 			s.srv.limitHit(s.log, limitStartupTimeout, zap.Duration("timeout", s.srv.cfg.Load().Limits.StartupTimeout))
-			pe = fatal(codeProtocolViolation, "timeout during startup and authentication (limits.startup_timeout)")
+			pe = pgmsg.Fatal(pgmsg.CodeProtocolViolation, "timeout during startup and authentication (limits.startup_timeout)")
 		default:
-			pe = fatal(codeInternalError, "pgsplit: "+err.Error())
+			pe = pgmsg.Fatal(pgmsg.CodeInternalError, "pgsplit: "+err.Error())
 		}
 	}
-	fields := []zap.Field{zap.String("sqlstate", pe.code), zap.String("reason", pe.msg)}
-	if pe.logDetail != "" {
-		fields = append(fields, zap.String("detail", pe.logDetail))
+	fields := []zap.Field{zap.String("sqlstate", pe.Code), zap.String("reason", pe.Message)}
+	if pe.LogDetail != "" {
+		fields = append(fields, zap.String("detail", pe.LogDetail))
 	}
-	switch pe.code {
-	case codeInvalidPassword, codeInvalidAuthSpec:
+	switch pe.Code {
+	case pgmsg.CodeInvalidPassword, pgmsg.CodeInvalidAuthSpec:
 		s.log.Warn("authentication failed", fields...)
 	default:
 		s.log.Info("login refused", fields...)
 	}
-	_, _ = s.cw.Write(pe.encode(nil))
+	_, _ = s.cw.Write(pe.Append(nil))
 	_ = s.cw.Flush()
 }
 
 // acquire attaches a server connection for target to the session and
 // applies the client's startup settings on it. It does not start the pump.
-// Errors are *pgError for the client.
+// Errors are *pgmsg.Error for the client.
 func (s *session) acquire(t router.Target) (*upstream, error) {
 	cfg := s.srv.cfg.Load()
 	w := &waitLimit{d: cfg.Pool.PoolTimeout + cfg.Pool.ConnectTimeout}
@@ -330,10 +332,10 @@ func (s *session) acquire(t router.Target) (*upstream, error) {
 	}
 	p, srv := s.srv.poolFor(t, s.user, s.database, s.readFloor)
 	if p == nil {
-		return nil, pgErr(codeCannotConnectNow, "no server available for reads: no replica in rotation and no primary known")
+		return nil, pgmsg.Err(pgmsg.CodeCannotConnectNow, "no server available for reads: no replica in rotation and no primary known")
 	}
 	if cfg.Routing.ReadFrom == config.ReadFromReplicasOnly && srv == s.srv.currentPrimary() {
-		return nil, pgErr(codeCannotConnectNow, "no replica available within the lag limits (routing.read_from: replicas_only)")
+		return nil, pgmsg.Err(pgmsg.CodeCannotConnectNow, "no replica available within the lag limits (routing.read_from: replicas_only)")
 	}
 	c, err := s.checkout(w, p)
 	if err != nil {
@@ -367,7 +369,7 @@ func (s *session) acquireForLogin() (*upstream, error) {
 		s.log.Warn("primary connection failed at login; logging in on a replica", zap.String("server", srv.Addr()), zap.Error(err))
 		s.srv.health.probeNow()
 	} else if !s.srv.readsOffloaded() {
-		return nil, fatal(codeCannotConnectNow, "no primary available, and reads are not offloaded (routing.read_from: primary)")
+		return nil, pgmsg.Fatal(pgmsg.CodeCannotConnectNow, "no primary available, and reads are not offloaded (routing.read_from: primary)")
 	}
 	return s.acquire(router.Replica)
 }
@@ -475,11 +477,11 @@ func (s *session) acquireError(t router.Target, srv config.Server, err error) er
 	case timedOut:
 		// An ERROR: under transaction pooling the session goes on
 		// (switchTo makes it FATAL where it cannot).
-		return pgErr(codeTooManyConnections, te.Error())
+		return pgmsg.Err(pgmsg.CodeTooManyConnections, te.Error())
 	case errors.As(err, &se):
-		return &pgError{severity: "FATAL", code: se.Code, msg: se.Message, detail: se.Detail}
+		return &pgmsg.Error{Severity: pgmsg.SeverityFatal, Code: se.Code, Message: se.Message, Detail: se.Detail}
 	}
-	return fatal(codeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
+	return pgmsg.Fatal(pgmsg.CodeCannotConnect, fmt.Sprintf("pgsplit could not connect to server %s: %v", srv.Addr(), err))
 }
 
 // applyStartup applies the client's startup parameters on its first server
@@ -496,9 +498,9 @@ func (s *session) applyStartup(u *upstream) error {
 	if _, err := u.conn.Exec(ctx, q); err != nil {
 		s.discard(u)
 		if se, ok := pool.IsServerError(err); ok {
-			return &pgError{severity: "FATAL", code: se.Msg.Code, msg: se.Msg.Message, detail: se.Msg.Detail}
+			return &pgmsg.Error{Severity: pgmsg.SeverityFatal, Code: se.Msg.Code, Message: se.Msg.Message, Detail: se.Msg.Detail}
 		}
-		return fatal(codeConnectionFailure, "pgsplit: applying startup parameters: "+err.Error())
+		return pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit: applying startup parameters: "+err.Error())
 	}
 	return nil
 }
@@ -526,7 +528,7 @@ func (s *session) greet(params map[string]string) error {
 	if err := writeMsgs(s.cw, msgs...); err != nil {
 		return err
 	}
-	if _, err := s.cw.Write(readyForQuery('I')); err != nil {
+	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, pgmsg.TxIdle)); err != nil {
 		return err
 	}
 	return s.cw.Flush()
@@ -546,7 +548,7 @@ func (s *session) drain() {
 		return
 	}
 	if s.idle() {
-		s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+		s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 	}
 }
 
@@ -559,7 +561,7 @@ func (s *session) kill() {
 		return
 	}
 	_ = s.conn.SetDeadline(time.Now().Add(time.Second))
-	s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit shutdown_timeout reached"))
+	s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit shutdown_timeout reached"))
 }
 
 // cancel forwards a client's CancelRequest to the upstream connection that
@@ -600,12 +602,12 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 // idle reports whether the client has no statement running and no
 // transaction open on any of its server connections.
 func (s *session) idle() bool {
-	return s.quietUpstreams() && byte(s.txStatus.Load()) == 'I'
+	return s.quietUpstreams() && byte(s.txStatus.Load()) == pgmsg.TxIdle
 }
 
 // sendFatal writes a FATAL error to the client and closes the connection,
 // which ends serve's read loop.
-func (s *session) sendFatal(e *pgError) {
+func (s *session) sendFatal(e *pgmsg.Error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.closed {
@@ -614,7 +616,7 @@ func (s *session) sendFatal(e *pgError) {
 	s.closed = true
 	close(s.gone)
 	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = s.cw.Write(e.encode(nil))
+	_, _ = s.cw.Write(e.Append(nil))
 	_ = s.cw.Flush()
 	_ = s.conn.Close()
 }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -51,7 +53,7 @@ func (s *session) settleSplit() {
 	if tx == nil || tx.on == router.HintNone {
 		return
 	}
-	if u := s.ups[tx.on]; u == nil || (u.quiet() && byte(u.txStatus.Load()) == 'I') {
+	if u := s.ups[tx.on]; u == nil || (u.quiet() && byte(u.txStatus.Load()) == pgmsg.TxIdle) {
 		s.split = nil
 	}
 }
@@ -61,7 +63,7 @@ func (s *session) settleSplit() {
 func (s *session) relaySplit(body []byte, sql string, st router.Statement) error {
 	if s.split == nil {
 		s.split = &splitTx{begin: sql, on: router.HintNone}
-		return s.answerTx("BEGIN", 'T')
+		return s.answerTx("BEGIN", pgmsg.TxActive)
 	}
 	tx := s.split
 	end := st.Kind == router.KindCommit || st.Kind == router.KindRollback
@@ -73,7 +75,7 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 			if st.Kind == router.KindRollback {
 				tag = "ROLLBACK"
 			}
-			return s.answerTx(tag, 'I')
+			return s.answerTx(tag, pgmsg.TxIdle)
 		}
 		t := router.Primary
 		if s.readsInSplit(st) && s.replicaReadable(s.ups[router.Replica], false, readStmt{sql, st}) {
@@ -102,7 +104,7 @@ func (s *session) relaySplit(body []byte, sql string, st router.Statement) error
 				return err
 			}
 		}
-		if end || tx.readOnly || r == nil || byte(r.txStatus.Load()) == 'E' || read {
+		if end || tx.readOnly || r == nil || byte(r.txStatus.Load()) == pgmsg.TxFailed || read {
 			// Reads, the end of the transaction, and anything after an
 			// error (which must fail as it would on one server) stay.
 			if end {
@@ -156,7 +158,7 @@ func (s *session) sendQuery(u *upstream, body []byte, sql string, st router.Stat
 // transaction that began with SET TRANSACTION READ ONLY).
 func (s *session) readOnlyReplicaTx() bool {
 	r := s.ups[router.Replica]
-	if r == nil || byte(r.txStatus.Load()) == 'I' {
+	if r == nil || byte(r.txStatus.Load()) == pgmsg.TxIdle {
 		return false
 	}
 	return s.split == nil || s.split.readOnly
@@ -173,7 +175,7 @@ func (s *session) answerTx(tag string, status byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	s.txStatus.Store(uint32(status))
-	if status == 'I' {
+	if status == pgmsg.TxIdle {
 		if began := s.txBegan.Swap(0); began != 0 {
 			s.endTransaction(began, time.Now())
 		}
@@ -181,7 +183,7 @@ func (s *session) answerTx(tag string, status byte) error {
 	if err := writeMsgs(s.cw, &pgproto3.CommandComplete{CommandTag: []byte(tag)}); err != nil {
 		return err
 	}
-	if _, err := s.cw.Write(readyForQuery(status)); err != nil {
+	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, status)); err != nil {
 		return err
 	}
 	return s.cw.Flush()
@@ -216,7 +218,7 @@ func (s *session) splitBatch(t router.Target) (router.Target, error) {
 				return router.Replica, err
 			}
 		}
-		if t == router.Replica || tx.readOnly || r == nil || r.unsynced.Load() || byte(r.txStatus.Load()) == 'E' {
+		if t == router.Replica || tx.readOnly || r == nil || r.unsynced.Load() || byte(r.txStatus.Load()) == pgmsg.TxFailed {
 			return router.Replica, nil
 		}
 		_, err := s.moveSplitToPrimary(r, "batch needs the primary")

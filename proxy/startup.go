@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsplit/pgsplit/config"
@@ -31,48 +33,48 @@ type startup struct {
 // It is a pure function of the bytes so it can be fuzzed.
 func parseStartup(body []byte) (code uint32, st *startup, err error) {
 	if len(body) < 4 {
-		return 0, nil, fatal(codeProtocolViolation, "invalid startup packet layout: too short")
+		return 0, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid startup packet layout: too short")
 	}
 	code = binary.BigEndian.Uint32(body)
 	switch code {
 	case codeSSLRequest, codeGSSENCRequest:
 		if len(body) != 4 {
-			return code, nil, fatal(codeProtocolViolation, "invalid length of startup packet")
+			return code, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid length of startup packet")
 		}
 		return code, nil, nil
 	case codeCancelRequest:
 		var cr pgproto3.CancelRequest
 		if err := cr.Decode(body); err != nil || len(body) < 12 {
-			return code, nil, fatal(codeProtocolViolation, "invalid length of cancel request packet")
+			return code, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid length of cancel request packet")
 		}
 		return code, &startup{cancel: &cr}, nil
 	}
 	major, minor := code>>16, code&0xffff
 	if major != 3 {
-		return code, nil, fatal(codeFeatureNotSupported,
+		return code, nil, pgmsg.Fatal(pgmsg.CodeFeatureNotSupported,
 			fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", major, minor))
 	}
 	st = &startup{minor: minor, params: map[string]string{}}
 	rest := body[4:]
 	for {
 		if len(rest) == 0 {
-			return code, nil, fatal(codeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
+			return code, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 		}
 		if rest[0] == 0 {
 			if len(rest) != 1 {
-				return code, nil, fatal(codeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
+				return code, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 			}
 			break
 		}
 		i := bytes.IndexByte(rest, 0)
 		if i < 0 {
-			return code, nil, fatal(codeProtocolViolation, "invalid startup packet layout: unterminated parameter name")
+			return code, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid startup packet layout: unterminated parameter name")
 		}
 		name := string(rest[:i])
 		rest = rest[i+1:]
 		j := bytes.IndexByte(rest, 0)
 		if j < 0 {
-			return code, nil, fatal(codeProtocolViolation, "invalid startup packet layout: unterminated parameter value")
+			return code, nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "invalid startup packet layout: unterminated parameter value")
 		}
 		val := string(rest[:j])
 		rest = rest[j+1:]
@@ -83,13 +85,13 @@ func parseStartup(body []byte) (code uint32, st *startup, err error) {
 		st.params[name] = val
 	}
 	if st.params["user"] == "" {
-		return code, nil, fatal(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
+		return code, nil, pgmsg.Fatal(pgmsg.CodeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
 	}
 	if st.params["database"] == "" {
 		st.params["database"] = st.params["user"]
 	}
 	if r := st.params["replication"]; r != "" && r != "false" && r != "off" && r != "no" && r != "0" {
-		return code, nil, fatal(codeFeatureNotSupported, "pgsplit does not proxy replication connections; connect to the server directly")
+		return code, nil, pgmsg.Fatal(pgmsg.CodeFeatureNotSupported, "pgsplit does not proxy replication connections; connect to the server directly")
 	}
 	delete(st.params, "replication")
 	return code, st, nil
@@ -125,18 +127,18 @@ func readStartup(l *clientLink, front *frontTLS) (*startup, error) {
 		switch code {
 		case codeSSLRequest, codeGSSENCRequest:
 			if (code == codeSSLRequest && sawSSL) || (code == codeGSSENCRequest && sawGSS) {
-				return nil, fatal(codeProtocolViolation, "encryption requested twice in startup")
+				return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "encryption requested twice in startup")
 			}
 			sawSSL = sawSSL || code == codeSSLRequest
 			sawGSS = sawGSS || code == codeGSSENCRequest
 			// Bytes sent before our answer could be an injection attempt
 			// (CVE-2021-23222): refuse them as PostgreSQL does.
 			if l.br.Buffered() > 0 {
-				return nil, fatal(codeProtocolViolation, "received unencrypted data after encryption request")
+				return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "received unencrypted data after encryption request")
 			}
-			answer := byte('N')
+			answer := byte(pgmsg.SSLRefuse)
 			if code == codeSSLRequest && front.negotiated != nil {
-				answer = 'S'
+				answer = pgmsg.SSLAccept
 			}
 			if err := l.bw.WriteByte(answer); err != nil {
 				return nil, err
@@ -144,7 +146,7 @@ func readStartup(l *clientLink, front *frontTLS) (*startup, error) {
 			if err := l.bw.Flush(); err != nil {
 				return nil, err
 			}
-			if answer == 'S' {
+			if answer == pgmsg.SSLAccept {
 				if err := l.startTLS(front.negotiated); err != nil {
 					return nil, err
 				}

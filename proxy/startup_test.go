@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"go.uber.org/goleak"
 
 	"github.com/pgsplit/pgsplit/config"
@@ -56,10 +58,10 @@ func TestParseStartup(t *testing.T) {
 				}
 				return ""
 			}},
-		{"protocol 2.0", startupPacket(2<<16, "user", "app"), codeFeatureNotSupported, nil},
-		{"no user", startupPacket(3<<16, "database", "db"), codeInvalidAuthSpec, nil},
-		{"replication", startupPacket(3<<16, "user", "app", "replication", "database"), codeFeatureNotSupported, nil},
-		{"missing terminator", startupPacket(3<<16, "user", "app")[:20], codeProtocolViolation, nil},
+		{"protocol 2.0", startupPacket(2<<16, "user", "app"), pgmsg.CodeFeatureNotSupported, nil},
+		{"no user", startupPacket(3<<16, "database", "db"), pgmsg.CodeInvalidAuthSpec, nil},
+		{"replication", startupPacket(3<<16, "user", "app", "replication", "database"), pgmsg.CodeFeatureNotSupported, nil},
+		{"missing terminator", startupPacket(3<<16, "user", "app")[:20], pgmsg.CodeProtocolViolation, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, st, err := parseStartup(tc.pkt[4:])
@@ -72,8 +74,8 @@ func TestParseStartup(t *testing.T) {
 				}
 				return
 			}
-			var pe *pgError
-			if !errors.As(err, &pe) || pe.code != tc.wantCode {
+			var pe *pgmsg.Error
+			if !errors.As(err, &pe) || pe.Code != tc.wantCode {
 				t.Fatalf("want SQLSTATE %s, got %v", tc.wantCode, err)
 			}
 		})
@@ -118,8 +120,8 @@ func TestReadStartupOverPipe(t *testing.T) {
 		_, _ = client.Write(append(ssl, startupPacket(3<<16, "user", "app")...))
 	}()
 	_, err = readStartup(pipeLink(server), &frontTLS{mode: config.TLSDisable})
-	var pe *pgError
-	if !errors.As(err, &pe) || pe.code != codeProtocolViolation {
+	var pe *pgmsg.Error
+	if !errors.As(err, &pe) || pe.Code != pgmsg.CodeProtocolViolation {
 		t.Fatalf("pipelined data after SSLRequest: want 08P01, got %v", err)
 	}
 	server.Close()
@@ -172,7 +174,7 @@ func FuzzParseStartup(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _, err := parseStartup(b)
 		if err != nil {
-			var pe *pgError
+			var pe *pgmsg.Error
 			if !errors.As(err, &pe) {
 				t.Fatalf("non-pgError %T: %v", err, err)
 			}

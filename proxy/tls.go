@@ -8,6 +8,8 @@ import (
 	"net"
 	"slices"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/pool"
 )
@@ -154,8 +156,8 @@ func certUser(cs *tls.ConnectionState) string {
 }
 
 // requireTLSError is the answer to a plaintext login under tls.mode require.
-func requireTLSError() *pgError {
-	return fatal(codeInvalidAuthSpec, fmt.Sprintf("TLS is required: pgsplit's tls.mode is %s; connect with sslmode=require (or verify-ca, verify-full)", config.TLSRequire))
+func requireTLSError() *pgmsg.Error {
+	return pgmsg.Fatal(pgmsg.CodeInvalidAuthSpec, fmt.Sprintf("TLS is required: pgsplit's tls.mode is %s; connect with sslmode=require (or verify-ca, verify-full)", config.TLSRequire))
 }
 
 // upstreamTLS is server_tls in the pool's terms.

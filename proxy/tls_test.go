@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"go.uber.org/goleak"
 
 	"github.com/pgsplit/pgsplit/config"
@@ -103,9 +105,9 @@ func TestReadStartupTLSModes(t *testing.T) {
 		})
 		t.Run(mode+"/plaintext", func(t *testing.T) {
 			_, _, err, _ := startupOver(t, front, func(c net.Conn) error { _, err := c.Write(startup); return err })
-			var pe *pgError
+			var pe *pgmsg.Error
 			if mode == config.TLSRequire {
-				if !errors.As(err, &pe) || pe.code != codeInvalidAuthSpec || pe.severity != "FATAL" {
+				if !errors.As(err, &pe) || pe.Code != pgmsg.CodeInvalidAuthSpec || pe.Severity != pgmsg.SeverityFatal {
 					t.Fatalf("want FATAL 28000, got %v", err)
 				}
 			} else if err != nil {
@@ -129,13 +131,13 @@ func TestReadStartupTLSModes(t *testing.T) {
 					return err
 				})
 				var he *handshakeError
-				var pe *pgError
+				var pe *pgmsg.Error
 				switch {
 				case mode == config.TLSDisable:
 					// Read as a startup packet, as before TLS: 08P01
 					// (a framing error, which failStartup answers so).
 					var fe *wire.FrameError
-					if !(errors.As(err, &pe) && pe.code == codeProtocolViolation || errors.As(err, &fe)) || cerr == nil {
+					if !(errors.As(err, &pe) && pe.Code == pgmsg.CodeProtocolViolation || errors.As(err, &fe)) || cerr == nil {
 						t.Fatalf("want 08P01, got client %v, server %v", cerr, err)
 					}
 				case alpn != nil && (err != nil || cerr != nil || st.params["user"] != "app" || l.tls.NegotiatedProtocol != alpnPostgres):

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
+
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/pool"
@@ -75,7 +77,7 @@ func (s *session) settle() {
 	for _, u := range s.ups {
 		if u != nil && closed(u.exited) && u.lostOwing() {
 			// Sent to a connection whose pump had ended (idleEnded).
-			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+			s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
 		}
 		if u == nil || u.hold.Load() != holdSending {
 			continue
@@ -189,20 +191,20 @@ func (srv *Server) PoolStats() []pool.Stats {
 // answerError tells the client a statement failed in pgsplit itself (no
 // server connection within pool_timeout) and keeps the session: ERROR, then
 // ReadyForQuery once the client's batch is over.
-func (s *session) answerError(pe *pgError, typ byte) error {
+func (s *session) answerError(pe *pgmsg.Error, typ byte) error {
 	s.batch.reset()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.cw.Write(pe.encode(nil)); err != nil {
+	if _, err := s.cw.Write(pe.Append(nil)); err != nil {
 		return err
 	}
 	switch typ {
-	case 'P', 'B', 'D', 'E', 'C', 'H':
+	case pgmsg.Parse, pgmsg.Bind, pgmsg.Describe, pgmsg.Execute, pgmsg.Close, pgmsg.Flush:
 		// Inside an extended-protocol batch: like a server, ignore the
 		// rest of it until Sync.
 		s.skipSync = true
 	default:
-		if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+		if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, byte(s.txStatus.Load()))); err != nil {
 			return err
 		}
 	}
@@ -215,25 +217,25 @@ func (s *session) skipToSync(typ byte) error {
 	if _, err := s.cr.Body(); err != nil {
 		return err
 	}
-	if typ != 'S' {
+	if typ != pgmsg.Sync {
 		return nil
 	}
 	s.skipSync = false
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if _, err := s.cw.Write(readyForQuery(byte(s.txStatus.Load()))); err != nil {
+	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, byte(s.txStatus.Load()))); err != nil {
 		return err
 	}
 	return s.cw.Flush()
 }
 
 // recoverable reports whether err is an ERROR the session survives.
-func recoverable(err error) (*pgError, bool) {
+func recoverable(err error) (*pgmsg.Error, bool) {
 	if err == nil {
 		return nil, false
 	}
-	var pe *pgError
-	if errors.As(err, &pe) && pe.severity == "ERROR" {
+	var pe *pgmsg.Error
+	if errors.As(err, &pe) && pe.Severity == pgmsg.SeverityError {
 		return pe, true
 	}
 	return nil, false

@@ -3,13 +3,14 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/pgmsg"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -149,7 +150,7 @@ var errReleased = errors.New("connection returned to the pool")
 
 func newUpstream(t router.Target, c *pool.Conn, p *pool.Pool, ep endpoint) *upstream {
 	u := &upstream{target: t, conn: c, pool: p, ep: ep, exited: make(chan struct{}), verdict: make(chan bool, 1)}
-	u.txStatus.Store('I')
+	u.txStatus.Store(pgmsg.TxIdle)
 	u.hold.Store(holdSending) // acquired by the session goroutine, which uses it now
 	return u
 }
@@ -164,7 +165,7 @@ func (u *upstream) owesAnswers() bool { return u.pending.Load() > 0 || u.unsynce
 // quietIdle reports whether the connection is idle between transactions:
 // nothing owed, nothing injected pending, no transaction open.
 func (u *upstream) quietIdle() bool {
-	return u.quiet() && byte(u.txStatus.Load()) == 'I' && u.watch.Load() == watchOff
+	return u.quiet() && byte(u.txStatus.Load()) == pgmsg.TxIdle && u.watch.Load() == watchOff
 }
 
 // quiet reports that u owes nothing: no answer to the client's messages,
@@ -231,7 +232,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			return fmt.Errorf("relay server→client: read: %w", err)
 		}
-		if typ == 'E' && u.quietIdle() && s.replaceable(u) {
+		if typ == pgmsg.ErrorResponse && u.quietIdle() && s.replaceable(u) {
 			// An error while nothing is owed is the server ending the
 			// session (shutdown, crash, terminate): not the client's.
 			b, err := u.conn.R.Body()
@@ -240,10 +241,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			return s.idleEnded(u, fmt.Errorf("relay server→client: the server ended the idle connection (%s)", errorCode(b)))
 		}
-		if u.dropZ.Load() > 0 && typ != 'A' {
+		if u.dropZ.Load() > 0 && typ != pgmsg.NotificationResponse {
 			// An answer to a statement pgsplit injected: consume it.
 			switch typ {
-			case 'Z':
+			case pgmsg.ReadyForQuery:
 				u.dropZ.Add(-1)
 				u.pending.Add(-1)
 				b, err := u.conn.R.Body()
@@ -257,7 +258,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				if s.tryRelease(u) {
 					return errReleased
 				}
-			case 'E':
+			case pgmsg.ErrorResponse:
 				u.failed.Store(true)
 				if takeOne(&u.expectErr) {
 					break
@@ -280,10 +281,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			continue
 		}
-		if (typ == '1' && takeOne(&u.dropParse)) || (typ == '3' && takeOne(&u.dropClose)) {
+		if (typ == pgmsg.ParseComplete && takeOne(&u.dropParse)) || (typ == pgmsg.CloseComplete && takeOne(&u.dropClose)) {
 			continue // answers to statements pgsplit prepared itself
 		}
-		if u.watch.Load() != watchOff && typ != 'A' && typ != 'N' && typ != 'S' {
+		if u.watch.Load() != watchOff && typ != pgmsg.NotificationResponse && typ != pgmsg.NoticeResponse && typ != pgmsg.ParameterStatus {
 			// The first answer to a watched statement: what only
 			// acknowledges the batch's messages (ParseComplete,
 			// BindComplete, RowDescription…, no row yet) is held back
@@ -296,13 +297,13 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				return fmt.Errorf("relay server→client: read: %w", err)
 			}
 			if acknowledges(typ) && (len(held) == 0 || len(held)+len(b) <= maxHeld) {
-				start := len(held)
-				held = append(append(held, typ, 0, 0, 0, 0), b...)
-				binary.BigEndian.PutUint32(held[start+1:], uint32(len(b)+4))
+				var start int
+				held, start = pgmsg.Begin(held, typ)
+				held = pgmsg.Finish(append(held, b...), start)
 				continue
 			}
 			code := ""
-			if typ == 'E' {
+			if typ == pgmsg.ErrorResponse {
 				code = errorCode(b)
 				if serverGoingAway(code) && u.watch.CompareAndSwap(watchWaiting, watchOff) {
 					// The replica is shutting down or crashed before
@@ -317,7 +318,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				u.failed.Store(true)
 				u.errs.Add(1) // counted even if retried: harmless (see tentative)
 			}
-			retry := typ == 'E' && code == codeReadOnlyTransaction
+			retry := typ == pgmsg.ErrorResponse && code == pgmsg.CodeReadOnlyTransaction
 			if u.watch.CompareAndSwap(watchWaiting, watchOff) {
 				u.verdict <- retry
 				if retry {
@@ -340,24 +341,24 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			if err != nil {
 				return fmt.Errorf("relay server→client: %w", &clientWriteError{err})
 			}
-			if typ == 'C' || typ == 'E' || typ == 'Z' || typ == 'I' || typ == 's' {
+			if pgmsg.Ends(typ) {
 				s.noteAnswer(u, typ, b)
 			}
-			if typ == 'Z' && len(b) == 1 {
+			if typ == pgmsg.ReadyForQuery && len(b) == 1 {
 				// Not expected first, but keep the books right.
 				s.readyForQuery(u, b[0])
 				nudge(zSignal)
 			}
 			continue
 		}
-		if typ == 'E' {
+		if typ == pgmsg.ErrorResponse {
 			u.failed.Store(true)
 			u.errs.Add(1)
 		}
 		s.wmu.Lock()
 		var status byte
 		var body []byte // of C, E and Z, for the query log
-		if typ == 'C' || typ == 'E' {
+		if typ == pgmsg.CommandComplete || typ == pgmsg.ErrorResponse {
 			if body, err = u.conn.R.Body(); err == nil {
 				b := body
 				// ROLLBACK, ROLLBACK TO SAVEPOINT, and COMMIT of a failed
@@ -374,7 +375,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 					err = &clientWriteError{werr}
 				}
 			}
-		} else if typ == 'Z' {
+		} else if typ == pgmsg.ReadyForQuery {
 			var b []byte
 			b, err = u.conn.R.Body()
 			body = b
@@ -383,7 +384,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 			if err == nil {
 				status = b[0]
-				if status == 'I' && lastRollback {
+				if status == pgmsg.TxIdle && lastRollback {
 					u.rollbacks.Add(1)
 				}
 				// Before the client can see the commit: register it
@@ -410,7 +411,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		// server sent more (a dying backend's FATAL right behind it): the
 		// connection may go back to the pool next, and nothing would
 		// flush what is buffered for the client.
-		if err == nil && (u.conn.R.Buffered() == 0 || (typ == 'Z' && u.pending.Load() == 0)) {
+		if err == nil && (u.conn.R.Buffered() == 0 || (typ == pgmsg.ReadyForQuery && u.pending.Load() == 0)) {
 			if werr := s.cw.Flush(); werr != nil {
 				err = &clientWriteError{werr}
 			}
@@ -419,14 +420,13 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		if err != nil {
 			return fmt.Errorf("relay server→client: %w", err)
 		}
-		switch typ {
-		case 'C', 'E', 'Z', 'I', 's':
+		if pgmsg.Ends(typ) {
 			s.noteAnswer(u, typ, body)
 		}
-		if typ == 'Z' {
+		if typ == pgmsg.ReadyForQuery {
 			nudge(zSignal)
-			if status == 'I' && s.draining.Load() && s.idle() {
-				s.sendFatal(fatal(codeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+			if status == pgmsg.TxIdle && s.draining.Load() && s.idle() {
+				s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 			}
 			if s.tryRelease(u) {
 				return errReleased
@@ -447,7 +447,7 @@ const maxHeld = 64 << 10
 // statement ran or failed.
 func acknowledges(typ byte) bool {
 	switch typ {
-	case '1', '2', '3', 't', 'T', 'n':
+	case pgmsg.ParseComplete, pgmsg.BindComplete, pgmsg.CloseComplete, pgmsg.ParameterDescription, pgmsg.RowDescription, pgmsg.NoData:
 		return true
 	}
 	return false
@@ -516,7 +516,7 @@ func errorCode(b []byte) string {
 		if end < 0 {
 			return ""
 		}
-		if field == 'C' {
+		if field == 'C' { // the SQLSTATE field
 			return string(b[1 : 1+end])
 		}
 		b = b[2+end:]
@@ -597,13 +597,13 @@ func (s *session) startPump(u *upstream) {
 			// (claim, rerunElsewhere, release).
 			s.log.Info("server connection lost while it owed nothing, or before its answer", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
 			if u.lostOwing() {
-				s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+				s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
 			}
 		case errors.As(err, &cwe):
-			s.sendFatal(fatal(codeConnectionFailure, "pgsplit could not write to the client"))
+			s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit could not write to the client"))
 		default:
 			s.log.Info("upstream connection lost", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
-			s.sendFatal(fatal(codeConnectionFailure, "pgsplit lost the connection to the server"))
+			s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
 		}
 		u.err = err
 		close(u.exited)
@@ -620,7 +620,7 @@ func (s *session) resetReleased(u *upstream) bool {
 	var what string
 	switch {
 	case u.resetOnRelease.Load():
-		reset = func(ctx context.Context) error { return u.conn.Reset(ctx, 'I') }
+		reset = func(ctx context.Context) error { return u.conn.Reset(ctx, pgmsg.TxIdle) }
 		what = "reset of a formerly pinned connection failed; closing it"
 	case u.userCode.Load():
 		reset, what = u.conn.SoftReset, "reset after a function, DO or CALL failed; closing the connection"
