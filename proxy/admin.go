@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"net"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -112,7 +111,7 @@ func (s *session) adminLoop() string {
 				skip = true
 			}
 		default:
-			s.sendFatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fmt.Sprintf("unexpected message type %q on the admin console", typ)))
+			s.out.fatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fmt.Sprintf("unexpected message type %q on the admin console", typ)))
 			return "protocol violation"
 		}
 		if err := s.adminWrite(out); err != nil {
@@ -129,17 +128,7 @@ func (s *session) adminLoop() string {
 // adminWrite sends out under the session's write lock (drain and kill
 // write from other goroutines).
 func (s *session) adminWrite(out []byte) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.closed {
-		return net.ErrClosed
-	}
-	if len(out) > 0 {
-		if _, err := s.cw.Write(out); err != nil {
-			return err
-		}
-	}
-	return s.cw.Flush()
+	return s.out.send(out)
 }
 
 // adminQuery answers a simple-protocol Query: each ';'-separated command
@@ -431,7 +420,8 @@ var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func (r *resultSet) dataRows(out []byte, formats []int16) []byte {
 	for _, row := range r.rows {
-		out, start := pgmsg.Begin(out, pgmsg.DataRow)
+		var start int
+		out, start = pgmsg.Begin(out, pgmsg.DataRow)
 		out = binary.BigEndian.AppendUint16(out, uint16(len(row)))
 		for i, v := range row {
 			bin := format(formats, i) == 1

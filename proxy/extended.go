@@ -588,12 +588,7 @@ func (s *session) answerParseOnly() error {
 			out = pgmsg.AppendReadyForQuery(out, byte(s.txStatus.Load()))
 		}
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if _, err := s.cw.Write(out); err != nil {
-		return err
-	}
-	return s.cw.Flush()
+	return s.out.send(out)
 }
 
 // onlySyncFlush reports whether buf holds only Sync and Flush messages.

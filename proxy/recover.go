@@ -106,14 +106,9 @@ func (e *internalError) Error() string { return "internal error in pgsplit: " + 
 // the client connection is closed without a word rather than waited on
 // forever.
 func (s *session) fatalAfterPanic() {
-	deadline := time.Now().Add(time.Second)
-	for !s.wmu.TryLock() {
-		if time.Now().After(deadline) {
-			_ = s.conn.Close()
-			return
-		}
-		time.Sleep(time.Millisecond)
+	if s.out == nil || !s.out.lockWithin(time.Second) { // nil: before the startup packet
+		_ = s.conn.Close()
+		return
 	}
-	s.wmu.Unlock()
-	s.sendFatal(pgmsg.Fatal(pgmsg.CodeInternalError, "pgsplit internal error; the connection was closed"))
+	s.out.fatal(pgmsg.Fatal(pgmsg.CodeInternalError, "pgsplit internal error; the connection was closed"))
 }

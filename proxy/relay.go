@@ -33,7 +33,7 @@ func (s *session) relayClient() string {
 			if s.srv.draining.Load() {
 				// Shutdown opened the gate: this statement must not run
 				// (drain may already have told the client so).
-				s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+				s.out.fatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 				return "shutdown while held by PAUSE"
 			}
 			if pe != nil {
@@ -59,14 +59,14 @@ func (s *session) relayClient() string {
 		if err != nil {
 			var pe *pgmsg.Error
 			if errors.As(err, &pe) && pe.Severity == pgmsg.SeverityFatal {
-				s.sendFatal(pe)
+				s.out.fatal(pe)
 			}
 			return "relay client→server: " + err.Error()
 		}
 		if s.draining.Load() && s.idle() {
 			// pgsplit answered this one itself (no ReadyForQuery from a
 			// server to trigger the pump's check).
-			s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+			s.out.fatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 		}
 	}
 }
@@ -103,14 +103,14 @@ func (s *session) nextMessage() (byte, error) {
 		var fe *wire.FrameError
 		switch {
 		case errors.As(err, &fe) && fe.TooLarge():
-			s.sendFatal(s.messageTooLarge(fe))
+			s.out.fatal(s.messageTooLarge(fe))
 			return 0, errors.New("limit: " + fe.Error())
 		case errors.As(err, &fe):
-			s.sendFatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fe.Error()))
+			s.out.fatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fe.Error()))
 			return 0, errors.New("protocol violation: " + fe.Error())
 		case limit != "" && isTimeout(err) && !s.cr.Broken():
 			if pe := s.idleExpired(limits); pe != nil {
-				s.sendFatal(pe)
+				s.out.fatal(pe)
 				return 0, errors.New(pe.Message)
 			}
 			continue
@@ -370,7 +370,7 @@ func (s *session) awaitVerdict(u *upstream) bool {
 	case retry := <-u.verdict:
 		return retry
 	case <-u.exited:
-	case <-s.gone:
+	case <-s.out.goneCh():
 	case <-t.C:
 	}
 	if u.watch.CompareAndSwap(watchWaiting, watchAbandoned) {
@@ -491,7 +491,7 @@ func (s *session) waitUntil(u *upstream, done func() bool) error {
 		case <-s.zSignal:
 		case <-u.exited:
 			return errors.New("server connection ended")
-		case <-s.gone:
+		case <-s.out.goneCh():
 			return errors.New("session closed")
 		case <-time.After(time.Second):
 			// A signal may have gone to an earlier wait; look again.

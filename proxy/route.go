@@ -369,15 +369,7 @@ func (s *session) answerLocally(msgs []pgproto3.BackendMessage) error {
 			return err
 		}
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if err := writeMsgs(s.cw, msgs...); err != nil {
-		return err
-	}
-	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, byte(s.txStatus.Load()))); err != nil {
-		return err
-	}
-	return s.cw.Flush()
+	return s.out.answer(byte(s.txStatus.Load()), msgs...)
 }
 
 // clientName maps a statement name as the batch holds it (the servers'
@@ -520,10 +512,5 @@ func (s *session) answerBatchLocally(mixed bool) error {
 			out = append(out, &pgproto3.CloseComplete{})
 		}
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if err := writeMsgs(s.cw, out...); err != nil {
-		return err
-	}
-	return s.cw.Flush()
+	return s.out.sendMsgs(out...)
 }

@@ -266,7 +266,7 @@ func (s *Server) Serve() error {
 
 // newSession registers a session under a fresh, unique cancel key.
 func (s *Server) newSession(c net.Conn) *session {
-	sess := &session{srv: s, gone: make(chan struct{}), connectedAt: time.Now()}
+	sess := &session{srv: s, connectedAt: time.Now()}
 	sess.conn = countingConn{Conn: c, s: sess}
 	var b [8]byte
 	s.mu.Lock()

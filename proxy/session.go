@@ -49,10 +49,9 @@ type session struct {
 
 	cr *wire.Reader // client reader: serve's goroutine only
 
-	wmu    sync.Mutex // guards cw and closed
-	cw     *bufio.Writer
-	closed bool
-	gone   chan struct{} // closed with the client connection by sendFatal
+	// out is the only writer to the client, set once the startup phase
+	// settled the link; before the greeting only serve's goroutine uses it.
+	out *clientWriter
 
 	upMu sync.Mutex   // guards ups for readers on other goroutines (cancel)
 	ups  [2]*upstream // server connections by router.Target
@@ -130,7 +129,6 @@ func (s *session) serve() {
 	defer s.recoverSession() // before Close: it tells the client why
 	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
 	br := bufio.NewReaderSize(s.conn, clientBufSize)
-	s.cw = bufio.NewWriterSize(s.conn, clientBufSize)
 	s.txStatus.Store(pgmsg.TxIdle)
 	s.zSignal = make(chan struct{}, 1)
 	s.settings, s.stmts = map[string]string{}, map[string]*clientStmt{}
@@ -151,11 +149,12 @@ func (s *session) serve() {
 		// overwritten drain's wake-up: wake the startup reads again.
 		_ = s.conn.SetReadDeadline(time.Now())
 	}
-	link := &clientLink{conn: s.conn, br: br, bw: s.cw}
+	link := &clientLink{conn: s.conn, br: br, bw: bufio.NewWriterSize(s.conn, clientBufSize)}
 	st, err := readStartup(link, s.srv.front.Load())
 	// From here on the session reads and writes through TLS if the client
 	// negotiated it (the error answer too).
-	s.br, s.cw, s.cr = link.br, link.bw, wire.NewReader(link.br, s.limits.MaxMessageSize)
+	s.br, s.cr = link.br, wire.NewReader(link.br, s.limits.MaxMessageSize)
+	s.out = newClientWriter(s.conn, link.bw)
 	s.tlsInfo = link.describe()
 	if s.tlsInfo != "" {
 		s.log = s.log.With(zap.String("tls", s.tlsInfo))
@@ -188,11 +187,11 @@ func (s *session) serve() {
 	}
 
 	if st.minor > 0 || len(st.unknown) > 0 {
-		if err := send(s.cw, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
+		if err := send(s.out.loginWriter(), &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
 			return
 		}
 	}
-	u, err := au.authenticate(s.cr, s.cw, user, database, link.tls)
+	u, err := au.authenticate(s.cr, s.out.loginWriter(), user, database, link.tls)
 	if err == nil && s.srv.draining.Load() {
 		err = pgmsg.Fatal(pgmsg.CodeAdminShutdown, "the database system is shutting down")
 	}
@@ -316,8 +315,7 @@ func (s *session) failStartup(err error, user, database string) {
 	default:
 		s.log.Info("login refused", fields...)
 	}
-	_, _ = s.cw.Write(pe.Append(nil))
-	_ = s.cw.Flush()
+	s.out.fatal(pe)
 }
 
 // acquire attaches a server connection for target to the session and
@@ -525,13 +523,7 @@ func (s *session) greet(params map[string]string) error {
 		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: v})
 	}
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: s.pid, SecretKey: s.secret[:]})
-	if err := writeMsgs(s.cw, msgs...); err != nil {
-		return err
-	}
-	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, pgmsg.TxIdle)); err != nil {
-		return err
-	}
-	return s.cw.Flush()
+	return s.out.answer(pgmsg.TxIdle, msgs...)
 }
 
 // drain asks the session to end as soon as its client is idle: now, if it
@@ -548,7 +540,7 @@ func (s *session) drain() {
 		return
 	}
 	if s.idle() {
-		s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+		s.out.fatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 	}
 }
 
@@ -561,7 +553,7 @@ func (s *session) kill() {
 		return
 	}
 	_ = s.conn.SetDeadline(time.Now().Add(time.Second))
-	s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit shutdown_timeout reached"))
+	s.out.fatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit shutdown_timeout reached"))
 }
 
 // cancel forwards a client's CancelRequest to the upstream connection that
@@ -603,22 +595,6 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 // transaction open on any of its server connections.
 func (s *session) idle() bool {
 	return s.quietUpstreams() && byte(s.txStatus.Load()) == pgmsg.TxIdle
-}
-
-// sendFatal writes a FATAL error to the client and closes the connection,
-// which ends serve's read loop.
-func (s *session) sendFatal(e *pgmsg.Error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.closed {
-		return
-	}
-	s.closed = true
-	close(s.gone)
-	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = s.cw.Write(e.Append(nil))
-	_ = s.cw.Flush()
-	_ = s.conn.Close()
 }
 
 // finish gives back every server connection once the client is gone.

@@ -172,21 +172,13 @@ func (s *session) answerTx(tag string, status byte) error {
 			return err
 		}
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	s.txStatus.Store(uint32(status))
 	if status == pgmsg.TxIdle {
 		if began := s.txBegan.Swap(0); began != 0 {
 			s.endTransaction(began, time.Now())
 		}
 	}
-	if err := writeMsgs(s.cw, &pgproto3.CommandComplete{CommandTag: []byte(tag)}); err != nil {
-		return err
-	}
-	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, status)); err != nil {
-		return err
-	}
-	return s.cw.Flush()
+	return s.out.answer(status, &pgproto3.CommandComplete{CommandTag: []byte(tag)})
 }
 
 // splitBatch routes an extended-protocol batch (whose statements need t)

@@ -77,7 +77,7 @@ func (s *session) settle() {
 	for _, u := range s.ups {
 		if u != nil && closed(u.exited) && u.lostOwing() {
 			// Sent to a connection whose pump had ended (idleEnded).
-			s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
+			s.out.fatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
 		}
 		if u == nil || u.hold.Load() != holdSending {
 			continue
@@ -193,22 +193,10 @@ func (srv *Server) PoolStats() []pool.Stats {
 // ReadyForQuery once the client's batch is over.
 func (s *session) answerError(pe *pgmsg.Error, typ byte) error {
 	s.batch.reset()
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if _, err := s.cw.Write(pe.Append(nil)); err != nil {
-		return err
-	}
-	switch typ {
-	case pgmsg.Parse, pgmsg.Bind, pgmsg.Describe, pgmsg.Execute, pgmsg.Close, pgmsg.Flush:
-		// Inside an extended-protocol batch: like a server, ignore the
-		// rest of it until Sync.
-		s.skipSync = true
-	default:
-		if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, byte(s.txStatus.Load()))); err != nil {
-			return err
-		}
-	}
-	return s.cw.Flush()
+	// Inside an extended-protocol batch: like a server, ignore the rest of
+	// it until Sync, which gets the ReadyForQuery.
+	s.skipSync = pgmsg.Step(typ) || typ == pgmsg.Flush
+	return s.out.refuse(pe, !s.skipSync, byte(s.txStatus.Load()))
 }
 
 // skipToSync consumes a message of a batch that failed in pgsplit; the
@@ -221,12 +209,7 @@ func (s *session) skipToSync(typ byte) error {
 		return nil
 	}
 	s.skipSync = false
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if _, err := s.cw.Write(pgmsg.AppendReadyForQuery(nil, byte(s.txStatus.Load()))); err != nil {
-		return err
-	}
-	return s.cw.Flush()
+	return s.out.answer(byte(s.txStatus.Load()))
 }
 
 // recoverable reports whether err is an ERROR the session survives.

@@ -328,15 +328,14 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				}
 			}
 			u.watch.Store(watchOff)
-			s.wmu.Lock()
-			_, err = s.cw.Write(held)
+			w := s.out.relay()
+			_, err = w.Write(held)
 			if err == nil {
-				err = u.conn.R.WriteBodyAfterHeader(s.cw, b)
+				err = u.conn.R.WriteBodyAfterHeader(w, b)
 			}
-			s.wmu.Unlock()
 			held = nil
-			if err == nil && u.conn.R.Buffered() == 0 {
-				err = s.cw.Flush()
+			if ferr := s.out.done(err == nil && u.conn.R.Buffered() == 0); err == nil {
+				err = ferr
 			}
 			if err != nil {
 				return fmt.Errorf("relay server→client: %w", &clientWriteError{err})
@@ -355,7 +354,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			u.failed.Store(true)
 			u.errs.Add(1)
 		}
-		s.wmu.Lock()
+		w := s.out.relay()
 		var status byte
 		var body []byte // of C, E and Z, for the query log
 		if typ == pgmsg.CommandComplete || typ == pgmsg.ErrorResponse {
@@ -371,7 +370,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				case "COMMIT\x00":
 					lastRollback = false
 				}
-				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
+				if werr := u.conn.R.WriteBodyAfterHeader(w, b); werr != nil {
 					err = &clientWriteError{werr}
 				}
 			}
@@ -399,11 +398,11 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 					u.recMu.Unlock()
 				}
 				s.readyForQuery(u, status)
-				if werr := u.conn.R.WriteBodyAfterHeader(s.cw, b); werr != nil {
+				if werr := u.conn.R.WriteBodyAfterHeader(w, b); werr != nil {
 					err = &clientWriteError{werr}
 				}
 			}
-		} else if err = u.conn.R.Forward(s.cw); err != nil && !errors.Is(err, wire.ErrBroken) {
+		} else if err = u.conn.R.Forward(w); err != nil && !errors.Is(err, wire.ErrBroken) {
 			err = &clientWriteError{err} // Forward wraps read failures in ErrBroken
 		}
 		// Flush when nothing more of the answer is buffered, and at the
@@ -411,12 +410,10 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		// server sent more (a dying backend's FATAL right behind it): the
 		// connection may go back to the pool next, and nothing would
 		// flush what is buffered for the client.
-		if err == nil && (u.conn.R.Buffered() == 0 || (typ == pgmsg.ReadyForQuery && u.pending.Load() == 0)) {
-			if werr := s.cw.Flush(); werr != nil {
-				err = &clientWriteError{werr}
-			}
+		flush := err == nil && (u.conn.R.Buffered() == 0 || (typ == pgmsg.ReadyForQuery && u.pending.Load() == 0))
+		if werr := s.out.done(flush); werr != nil {
+			err = &clientWriteError{werr}
 		}
-		s.wmu.Unlock()
 		if err != nil {
 			return fmt.Errorf("relay server→client: %w", err)
 		}
@@ -426,7 +423,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		if typ == pgmsg.ReadyForQuery {
 			nudge(zSignal)
 			if status == pgmsg.TxIdle && s.draining.Load() && s.idle() {
-				s.sendFatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
+				s.out.fatal(pgmsg.Fatal(pgmsg.CodeAdminShutdown, "terminating connection due to administrator command: pgsplit is shutting down"))
 			}
 			if s.tryRelease(u) {
 				return errReleased
@@ -563,7 +560,7 @@ func (s *session) startPump(u *upstream) {
 			// may follow) or at the ReadyForQuery that ends what is owed.
 			// After a read failure nothing follows: what was relayed so
 			// far must not stay in cw while the client waits for it.
-			s.flushClient()
+			s.out.flush()
 		}
 		var cwe *clientWriteError
 		switch {
@@ -597,13 +594,13 @@ func (s *session) startPump(u *upstream) {
 			// (claim, rerunElsewhere, release).
 			s.log.Info("server connection lost while it owed nothing, or before its answer", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
 			if u.lostOwing() {
-				s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
+				s.out.fatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
 			}
 		case errors.As(err, &cwe):
-			s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit could not write to the client"))
+			s.out.fatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit could not write to the client"))
 		default:
 			s.log.Info("upstream connection lost", zap.Stringer("role", u.target), zap.String("server", u.conn.Addr), zap.Error(err))
-			s.sendFatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
+			s.out.fatal(pgmsg.Fatal(pgmsg.CodeConnectionFailure, "pgsplit lost the connection to the server"))
 		}
 		u.err = err
 		close(u.exited)
@@ -634,16 +631,6 @@ func (s *session) resetReleased(u *upstream) bool {
 		return false
 	}
 	return true
-}
-
-// flushClient sends the client what is buffered for it (unless the session
-// closed the client connection).
-func (s *session) flushClient() {
-	s.wmu.Lock()
-	if !s.closed {
-		_ = s.cw.Flush() // a client gone is the session's to notice
-	}
-	s.wmu.Unlock()
 }
 
 // release stops u's pump and gives the connection back: reset and reused

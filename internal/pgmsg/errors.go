@@ -56,16 +56,20 @@ func Err(code, msg string) *Error { return &Error{Severity: SeverityError, Code:
 // IsFatal reports whether e ends the session.
 func (e *Error) IsFatal() bool { return e.Severity == SeverityFatal }
 
-// Append appends e as an ErrorResponse.
-func (e *Error) Append(buf []byte) []byte {
-	m := pgproto3.ErrorResponse{
+// Response is e as pgproto3's ErrorResponse.
+func (e *Error) Response() *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{
 		Severity:            e.Severity,
 		SeverityUnlocalized: e.Severity,
 		Code:                e.Code,
 		Message:             e.Message,
 		Detail:              e.Detail,
 	}
-	out, err := m.Encode(buf)
+}
+
+// Append appends e as an ErrorResponse.
+func (e *Error) Append(buf []byte) []byte {
+	out, err := e.Response().Encode(buf)
 	if err != nil { // only for absurd field sizes; fall back to a bare message
 		out, _ = (&pgproto3.ErrorResponse{Severity: e.Severity, SeverityUnlocalized: e.Severity, Code: e.Code, Message: "error"}).Encode(buf)
 	}
