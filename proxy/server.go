@@ -59,6 +59,7 @@ type Server struct {
 	bytesIn     atomic.Int64 // client traffic, for metrics (never reset)
 	bytesOut    atomic.Int64
 	health      *healthMonitor
+	logins      loginCache  // server parameters for logins without a server
 	lsn         *lsnTracker // read-your-writes positions
 	pause       pauseGate
 	adminAuth   atomic.Pointer[authenticator]

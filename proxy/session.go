@@ -226,34 +226,54 @@ func (s *session) serve() {
 		s.settings[k] = v
 	}
 	s.route = router.NewSession(s.srv.readsOffloaded())
-	up, err := s.acquireForLogin()
-	if err == nil {
-		err = s.applyStartup(up)
+	primary := s.srv.currentPrimary()
+	primaryAddr := ""
+	if primary.Host != "" {
+		primaryAddr = primary.Addr()
 	}
-	if err != nil {
-		var pe *pgmsg.Error
-		if errors.As(err, &pe) {
-			pe.Severity = pgmsg.SeverityFatal // no session without a first server connection
-			if pe.Code == pgmsg.CodeInvalidCatalogName || strings.HasPrefix(pe.Code, "28") {
-				// No such database, or pgsplit's login refused: the pools
-				// made for it hold nothing and must not pile up (any
-				// name is tried when databases is empty).
-				s.srv.dropEmptyPools(database, u.Name)
-			}
+	params, quick := s.quickLogin(st.params, primaryAddr)
+	var up *upstream
+	if !quick {
+		up, err = s.acquireForLogin()
+		if err == nil {
+			err = s.applyStartup(up)
 		}
-		s.failStartup(err, user, database)
-		return
+		if err != nil {
+			var pe *pgmsg.Error
+			if errors.As(err, &pe) {
+				pe.Severity = pgmsg.SeverityFatal // no session without a first server connection
+				if pe.Code == pgmsg.CodeInvalidCatalogName || strings.HasPrefix(pe.Code, "28") {
+					// No such database, or pgsplit's login refused: the pools
+					// made for it hold nothing and must not pile up (any
+					// name is tried when databases is empty).
+					s.srv.dropEmptyPools(database, u.Name)
+					s.srv.logins.drop(database, u.Name)
+				}
+			}
+			s.failStartup(err, user, database)
+			return
+		}
+		params = up.conn.Params
+		if plainStartup(st.params) {
+			s.srv.logins.put(database, u.Name, primaryAddr, params)
+		}
 	}
-	// Statistics only for a database the server has confirmed.
+	// Statistics only for a database a server has confirmed.
 	s.stats.Store(s.srv.stats.db(database))
-	s.cls = s.srv.classifierFor(database, u) // the database exists: the login worked
-	if err := s.greet(up.conn.Params); err != nil {
-		// No pump runs yet, so release's quiet path would wait forever.
-		s.discard(up)
+	s.cls = s.srv.classifierFor(database, u) // the database exists: a login worked
+	if err := s.greet(params); err != nil {
+		if up != nil {
+			// No pump runs yet, so release's quiet path would wait forever.
+			s.discard(up)
+		}
 		return
 	}
 	_ = s.conn.SetDeadline(time.Time{})
-	s.log.Info("client connected", zap.Uint32("backend_pid", up.conn.PID), zap.String("server", up.conn.Addr))
+	if up != nil {
+		s.log.Info("client connected", zap.Uint32("backend_pid", up.conn.PID), zap.String("server", up.conn.Addr))
+	} else {
+		s.log.Info("client connected", zap.String("server", "none: login answered from the server parameters a checked login reported"))
+	}
 	s.readyAt.Store(time.Now().UnixNano())
 	s.ready.Store(true)
 	if s.draining.Load() {
@@ -261,7 +281,9 @@ func (s *session) serve() {
 		// session then; ready is set now, so drain can.
 		s.drain()
 	}
-	s.startPump(up)
+	if up != nil {
+		s.startPump(up)
+	}
 	s.settle() // under transaction pooling the connection goes back now
 	reason := s.relayClient()
 	s.ready.Store(false)
