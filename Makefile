@@ -20,7 +20,7 @@ test:
 
 ## unit: the tests that need no PostgreSQL.
 unit:
-	$(GO) test -count=1 ./config/ ./internal/wire/ ./proxy/ ./router/ ./cmd/...
+	$(GO) test -count=1 ./admin/ ./config/ ./internal/wire/ ./proxy/ ./router/ ./cmd/...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -40,7 +40,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrames -fuzztime $(FUZZTIME) ./internal/pgmsg/
 	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime $(FUZZTIME) ./proxy/
 	$(GO) test -run XXX -fuzz FuzzAppendExtended -fuzztime $(FUZZTIME) ./proxy/
-	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime $(FUZZTIME) ./proxy/
+	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime $(FUZZTIME) ./admin/
 	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime $(FUZZTIME) ./router/
 	$(GO) test -run XXX -fuzz FuzzDepthNeverUnderestimatesNesting -fuzztime $(FUZZTIME) ./router/
 

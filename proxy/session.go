@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/admin"
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/wire"
 	"github.com/pgsplit/pgsplit/pool"
@@ -105,7 +106,7 @@ type session struct {
 	idleArmed   bool                   // nextMessage set a read deadline for an idle limit
 	stmtBytes   int                    // at least the bytes of stmts' texts and Parses (see keepStatement)
 	limits      config.Limits          // as at login, for the statement and batch caps
-	admin       *adminSession          // set for admin console sessions
+	admin       *admin.Session         // set for admin console sessions
 	waitingFrom atomic.Int64           // unix ns since the client waits for a connection or RESUME (0: not waiting)
 	pinnedBy    atomic.Pointer[string] // connPins joined, for SHOW CLIENTS
 	heldAtGate  atomic.Bool            // waiting at the PAUSE gate
@@ -590,7 +591,7 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 		return
 	}
 	if sess.admin != nil {
-		sess.admin.cancelled.Store(true) // ends a PAUSE wait
+		sess.admin.Cancel() // ends a PAUSE wait
 		return
 	}
 	// Hold upMu until the requests are delivered: a connection cannot be

@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -87,33 +84,6 @@ func BenchmarkQueryStatsObserve(b *testing.B) {
 	for b.Loop() {
 		q.observe(r, time.Millisecond, false)
 	}
-}
-
-// FuzzAdminExtended feeds arbitrary extended-protocol messages to the admin
-// console: no panic, and every answer is whole backend messages.
-func FuzzAdminExtended(f *testing.F) {
-	parse := (&pgproto3.Parse{Name: "s", Query: "SHOW POOLS"}).Encode
-	bind := (&pgproto3.Bind{PreparedStatement: "s", ResultFormatCodes: []int16{1}}).Encode
-	for _, enc := range []func([]byte) ([]byte, error){parse, bind} {
-		b, _ := enc(nil)
-		f.Add(b[0], b[5:])
-	}
-	f.Add(byte('E'), []byte{0, 0, 0, 0, 0})
-	f.Add(byte('D'), []byte{'S', 's', 0})
-	cfg := &config.Config{Servers: []config.Server{{Host: "127.0.0.1", Port: 1, Role: config.RolePrimary}},
-		Auth: config.Auth{Method: config.AuthTrust, Users: []config.User{{Name: "a"}}}, Routing: config.DefaultRouting()}
-	srv, err := New(cfg, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	srv.primary = cfg.Servers[0]
-	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
-		s := &session{srv: srv, admin: &adminSession{stmts: map[string]string{"s": "SHOW STATS"}, portals: map[string]adminPortal{"": {cmd: "SHOW CONFIG"}}}}
-		for _, ty := range []byte{typ, 'P', 'B', 'D', 'E', 'C'} {
-			out, _ := s.adminExtended(ty, body)
-			checkFramed(t, out)
-		}
-	})
 }
 
 // TestQueryLogNormalizeSurvivesDeepStatements: the query log's normalize

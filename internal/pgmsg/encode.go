@@ -3,6 +3,7 @@ package pgmsg
 import (
 	"encoding/binary"
 	"iter"
+	"math"
 )
 
 // Begin appends the header of a message of type typ with its length left
@@ -69,4 +70,46 @@ func Frames(buf []byte) iter.Seq2[byte, []byte] {
 			buf = buf[end:]
 		}
 	}
+}
+
+// Field is one column of a RowDescription.
+type Field struct {
+	Name    string
+	TypeOID uint32
+	// TypeSize is the type's pg_type.typlen: -1 for a variable length.
+	TypeSize int16
+	Format   int16 // 0: text, 1: binary
+}
+
+// AppendRowDescription appends a RowDescription of fields. pgsplit's own
+// rows come from no table and carry no type modifier.
+func AppendRowDescription(buf []byte, fields []Field) []byte {
+	buf, start := Begin(buf, RowDescription)
+	buf = binary.BigEndian.AppendUint16(buf, uint16(len(fields)))
+	for _, f := range fields {
+		buf = append(append(buf, f.Name...), 0)
+		buf = binary.BigEndian.AppendUint32(buf, 0) // table OID
+		buf = binary.BigEndian.AppendUint16(buf, 0) // column number
+		buf = binary.BigEndian.AppendUint32(buf, f.TypeOID)
+		buf = binary.BigEndian.AppendUint16(buf, uint16(f.TypeSize))
+		buf = binary.BigEndian.AppendUint32(buf, math.MaxUint32) // type modifier -1
+		buf = binary.BigEndian.AppendUint16(buf, uint16(f.Format))
+	}
+	return Finish(buf, start)
+}
+
+// AppendDataRow appends a DataRow of values, each already in its column's
+// format; a nil value is NULL (an empty one is not).
+func AppendDataRow(buf []byte, values [][]byte) []byte {
+	buf, start := Begin(buf, DataRow)
+	buf = binary.BigEndian.AppendUint16(buf, uint16(len(values)))
+	for _, v := range values {
+		if v == nil {
+			buf = binary.BigEndian.AppendUint32(buf, math.MaxUint32) // length -1
+			continue
+		}
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(v)))
+		buf = append(buf, v...)
+	}
+	return Finish(buf, start)
 }

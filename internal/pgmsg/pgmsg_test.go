@@ -133,3 +133,42 @@ func FuzzFrames(f *testing.F) {
 		}
 	})
 }
+
+// RowDescription and DataRow carry each field and value as a driver reads
+// them: names, types, sizes, formats; NULL apart from the empty value.
+func TestRowEncodersWriteWhatDriversRead(t *testing.T) {
+	buf := AppendRowDescription(nil, []Field{
+		{Name: "name", TypeOID: 25, TypeSize: -1},
+		{Name: "n", TypeOID: 20, TypeSize: 8, Format: 1},
+	})
+	buf = AppendDataRow(buf, [][]byte{[]byte("x"), nil})
+	buf = AppendDataRow(buf, [][]byte{{}, {0, 0, 0, 0, 0, 0, 0, 7}})
+	f := pgproto3.NewFrontend(bytes.NewReader(buf), nil)
+	m, err := f.Receive()
+	rd, ok := m.(*pgproto3.RowDescription)
+	if err != nil || !ok || len(rd.Fields) != 2 {
+		t.Fatalf("first: %#v %v, want a RowDescription of 2 fields", m, err)
+	}
+	for i, want := range []pgproto3.FieldDescription{
+		{Name: []byte("name"), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1},
+		{Name: []byte("n"), DataTypeOID: 20, DataTypeSize: 8, TypeModifier: -1, Format: 1},
+	} {
+		got := rd.Fields[i]
+		if string(got.Name) != string(want.Name) || got.TableOID != 0 || got.TableAttributeNumber != 0 || got.DataTypeOID != want.DataTypeOID ||
+			got.DataTypeSize != want.DataTypeSize || got.TypeModifier != want.TypeModifier || got.Format != want.Format {
+			t.Errorf("field %d: %+v, want %+v", i, got, want)
+		}
+	}
+	for i, want := range [][][]byte{{[]byte("x"), nil}, {{}, {0, 0, 0, 0, 0, 0, 0, 7}}} {
+		m, err := f.Receive()
+		dr, ok := m.(*pgproto3.DataRow)
+		if err != nil || !ok || len(dr.Values) != len(want) {
+			t.Fatalf("row %d: %#v %v", i, m, err)
+		}
+		for j, v := range dr.Values {
+			if (v == nil) != (want[j] == nil) || !bytes.Equal(v, want[j]) {
+				t.Errorf("row %d value %d: %q (nil %v), want %q (nil %v)", i, j, v, v == nil, want[j], want[j] == nil)
+			}
+		}
+	}
+}
