@@ -14,6 +14,7 @@ import (
 	"github.com/pgsplit/pgsplit/internal/pgmsg"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -367,7 +368,7 @@ func showNodes(s *session) *resultSet {
 		active[e.key.server] += int64(st.Open - st.Idle)
 		idle[e.key.server] += int64(st.Idle)
 	}
-	for _, n := range srv.Nodes() {
+	for _, n := range srv.nodes.Status() {
 		ep := endpointOf(n.Server)
 		var healthy, inRecovery, lagBytes, lagSecs any
 		if !n.Checked.IsZero() {
@@ -396,7 +397,7 @@ func showNodes(s *session) *resultSet {
 		var replay any
 		if n.Role == "replica" {
 			if l := srv.lsn.replayed(ep); l > 0 {
-				replay = formatLSN(l)
+				replay = nodes.FormatLSN(l)
 			}
 		}
 		r.rows = append(r.rows, []any{n.Server.Host, int64(n.Server.Port), n.Role, healthy, inRecovery, lagBytes, lagSecs,

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -106,7 +107,9 @@ func FuzzAdminExtended(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	srv.primary = cfg.Servers[0]
+	if _, err := srv.nodes.FindPrimary(context.Background()); err != nil { // the configured primary: no I/O
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
 		s := &session{srv: srv, admin: &adminSession{stmts: map[string]string{"s": "SHOW STATS"}, portals: map[string]adminPortal{"": {cmd: "SHOW CONFIG"}}}}
 		for _, ty := range []byte{typ, 'P', 'B', 'D', 'E', 'C'} {

@@ -1,4 +1,4 @@
-package proxy
+package nodes
 
 import (
 	"errors"
@@ -10,13 +10,13 @@ import (
 
 func TestParseLSN(t *testing.T) {
 	for in, want := range map[string]uint64{"0/0": 0, "16/B374D848": 0x16_B374D848, "FFFFFFFF/FFFFFFFF": 1<<64 - 1} {
-		if got, err := parseLSN(in); err != nil || got != want {
-			t.Errorf("parseLSN(%q) = %x, %v; want %x", in, got, err, want)
+		if got, err := ParseLSN(in); err != nil || got != want {
+			t.Errorf("ParseLSN(%q) = %x, %v; want %x", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "16", "x/1", "1/", "100000000/0"} {
-		if _, err := parseLSN(in); err == nil {
-			t.Errorf("parseLSN(%q): no error", in)
+		if _, err := ParseLSN(in); err == nil {
+			t.Errorf("ParseLSN(%q): no error", in)
 		}
 	}
 }
