@@ -6,6 +6,7 @@ import (
 
 	"github.com/pgsplit/pgsplit/admin"
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -210,7 +211,7 @@ func (srv *Server) NodeHealth() []admin.NodeInfo {
 		idle[e.key.server] += int64(st.Idle)
 	}
 	var out []admin.NodeInfo
-	for _, n := range srv.Nodes() {
+	for _, n := range srv.nodes.Status() {
 		ep := endpointOf(n.Server)
 		weight := int64(n.Server.Weight)
 		if n.Role == "primary" {
@@ -225,7 +226,7 @@ func (srv *Server) NodeHealth() []admin.NodeInfo {
 			Rotation: srv.rotationReason(n.Server), SvActive: active[ep], SvIdle: idle[ep]}
 		if n.Role == "replica" {
 			if l := srv.lsn.replayed(ep); l > 0 {
-				info.ReplayLSN = formatLSN(l)
+				info.ReplayLSN = nodes.FormatLSN(l)
 			}
 		}
 		info.InRotation = srv.inRotation(n.Server)

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/pool"
 )
 
@@ -26,15 +28,16 @@ func TestWeightedPick(t *testing.T) {
 // weight; weight 0 takes a replica out of rotation; read_from: any adds
 // the primary.
 func TestPickReplica(t *testing.T) {
-	cfg := &config.Config{Routing: config.DefaultRouting()}
-	s := &Server{pools: map[poolKey]*pool.Pool{}, downUntil: map[endpoint]time.Time{}, log: zap.NewNop()}
-	s.cfg.Store(cfg)
-	s.primary = config.Server{Host: "p", Port: 5432, Role: config.RolePrimary}
-	s.replicas = []config.Server{
+	primary := config.Server{Host: "p", Port: 5432, Role: config.RolePrimary}
+	replicas := []config.Server{
 		{Host: "r1", Port: 1, Role: config.RoleReplica, Weight: 1},
 		{Host: "r2", Port: 2, Role: config.RoleReplica, Weight: 2},
 		{Host: "r3", Port: 3, Role: config.RoleReplica, Weight: 0},
 	}
+	cfg := &config.Config{Routing: config.DefaultRouting(), Servers: append([]config.Server{primary}, replicas...)}
+	s := &Server{pools: map[poolKey]*pool.Pool{}, downUntil: map[endpoint]time.Time{}, log: zap.NewNop()}
+	s.cfg.Store(cfg)
+	setRoles(t, s) // the configured primary; the rest replicas
 	if got := s.pickReplicaLocked("app", "app", 0); got.Host != "r2" {
 		t.Fatalf("empty pools: want the heaviest replica r2, got %s", got.Host)
 	}
@@ -56,17 +59,28 @@ func TestPickReplica(t *testing.T) {
 	}
 	cfg.Routing.ReadFrom = config.ReadFromReplicas
 	cfg.Routing.LoadBalance = config.BalanceLeastConn
-	s.markDown(s.replicas[1])
+	s.markDown(replicas[1])
 	if got := s.pickReplicaLocked("app", "app", 0); got.Host != "r1" {
 		t.Fatalf("r2 is down: want r1, got %s", got.Host)
 	}
-	s.markDown(s.replicas[0])
+	s.markDown(replicas[0])
 	if got := s.pickReplicaLocked("app", "app", 0); got.Host != "p" {
 		t.Fatalf("every replica down: want the primary, got %s", got.Host)
 	}
-	s.replicas = s.replicas[2:] // only the weight-0 one
+	cfg.Servers = []config.Server{primary, replicas[2]} // only the weight-0 one
+	setRoles(t, s)
 	cfg.Routing.ReadFrom = config.ReadFromReplicas
 	if s.hasReplicas() {
 		t.Fatal("a weight-0 replica counts as usable")
+	}
+}
+
+// setRoles gives s a nodes.Monitor whose roles are s's configuration's:
+// the server configured primary, every other one a replica (no I/O).
+func setRoles(t *testing.T, s *Server) {
+	t.Helper()
+	s.nodes = nodes.New(nodes.Options{Host: nodesHost{s}})
+	if _, err := s.nodes.FindPrimary(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -8,13 +8,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
-	"github.com/pgsplit/pgsplit/router"
+	"github.com/pgsplit/pgsplit/nodes"
 )
 
 func newTestSession() *session {
 	return &session{
 		srv:      &Server{qlog: newQueryLog(config.Log{}, zap.NewNop())},
-		cls:      &dbClassifier{Classifier: router.NewClassifier(router.Options{})},
+		cls:      nodes.NewCatalog(&config.Config{}),
 		stmts:    map[string]*clientStmt{},
 		settings: map[string]string{},
 	}

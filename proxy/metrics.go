@@ -179,11 +179,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.positions, prometheus.CounterValue, float64(t.positionQueries.Load()))
 	ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(c.s.readRetries.Load()))
 	ch <- prometheus.MustNewConstMetric(c.polls, prometheus.CounterValue, float64(t.replicaPolls.Load()))
-	c.s.mu.Lock()
-	changes := c.s.primaryChanges
-	c.s.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(c.pc, prometheus.CounterValue, float64(changes))
-	for _, n := range c.s.Nodes() {
+	ch <- prometheus.MustNewConstMetric(c.pc, prometheus.CounterValue, float64(c.s.nodes.Changes()))
+	for _, n := range c.s.nodes.Status() {
 		if n.Checked.IsZero() {
 			continue
 		}

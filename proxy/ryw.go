@@ -14,7 +14,7 @@ import (
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/pgmsg"
-	"github.com/pgsplit/pgsplit/pool"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -57,6 +57,7 @@ type lsnTracker struct {
 	polls    int          // reads waiting for fresher replica positions
 
 	replay map[endpoint]*atomic.Uint64 // replayed position per server, set at Listen
+	dbs    map[string]*dbWrites        // table mode's marks by database, under mu
 
 	wake chan struct{} // to run: commits to resolve or reads waiting
 
@@ -111,7 +112,7 @@ type writeScope struct {
 }
 
 func newLSNTracker(s *Server) *lsnTracker {
-	return &lsnTracker{s: s, changed: make(chan struct{}), replay: map[endpoint]*atomic.Uint64{}, history: make([]resolution, 0, 256),
+	return &lsnTracker{s: s, changed: make(chan struct{}), replay: map[endpoint]*atomic.Uint64{}, dbs: map[string]*dbWrites{}, history: make([]resolution, 0, 256),
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -119,6 +120,18 @@ func newLSNTracker(s *Server) *lsnTracker {
 func (t *lsnTracker) broadcastLocked() {
 	close(t.changed)
 	t.changed = make(chan struct{})
+}
+
+// writesFor is database's marks, made the first time.
+func (t *lsnTracker) writesFor(database string) *dbWrites {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	db, ok := t.dbs[database]
+	if !ok {
+		db = &dbWrites{tables: map[string]*mark{}}
+		t.dbs[database] = db
+	}
+	return db
 }
 
 // replayed is the position srv is known to have replayed (0: unknown).
@@ -375,10 +388,10 @@ func (t *lsnTracker) run() {
 				t.positionQueries.Add(1)
 				var flushed, inserted uint64
 				if err == nil {
-					flushed, err = parseLSN(row[0])
+					flushed, err = nodes.ParseLSN(row[0])
 				}
 				if err == nil {
-					inserted, err = parseLSN(row[1])
+					inserted, err = nodes.ParseLSN(row[1])
 				}
 				if err == nil {
 					t.resolve(target, flushed, recordEnd(inserted), row[2] == "off")
@@ -443,7 +456,7 @@ func (t *lsnTracker) query(conns map[endpoint]*pgconn.PgConn, srv config.Server,
 	if err != nil {
 		return 0, err
 	}
-	return parseLSN(row[0])
+	return nodes.ParseLSN(row[0])
 }
 
 // queryRow runs sql, which returns one row of cols text values, on the
@@ -456,7 +469,7 @@ func (t *lsnTracker) queryRow(conns map[endpoint]*pgconn.PgConn, srv config.Serv
 	c := conns[ep]
 	if c == nil {
 		var err error
-		c, err = t.s.monitorConn(ctx, srv, "pgsplit positions")
+		c, err = nodes.Dial(ctx, t.s.cfg.Load(), t.s.keys, srv, "pgsplit positions")
 		if err != nil {
 			return nil, err
 		}
@@ -489,7 +502,7 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 		m := &s.commits
 		return func() (uint64, uint64) { return m.lsn, m.seq }
 	}
-	db := s.cls.writes
+	db := s.dbWrites
 	if !db.written.Load() {
 		return nil // nothing written through this pgsplit yet: no lock, no tokens
 	}
@@ -505,7 +518,7 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 	}
 	s.relNames = names
 	if !all {
-		all = s.cls.readsAny(names)
+		all = s.cls.ReadsAny(names)
 	}
 	return func() (uint64, uint64) {
 		if all {
@@ -560,7 +573,7 @@ func (s *session) rywIdle() bool {
 	case config.RYWOff:
 		return true
 	case config.RYWTable:
-		return !s.cls.writes.written.Load()
+		return !s.dbWrites.written.Load()
 	}
 	return false
 }
@@ -590,7 +603,7 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 		sc.async = strings.Contains(strings.ToLower(v), "'off'")
 	}
 	if mode == config.RYWTable && !sc.ddl && s.cls.WritesNamedOnly(st) {
-		if names, ok := router.Relations(sql, nil); ok && !s.cls.writesAny(names) {
+		if names, ok := router.Relations(sql, nil); ok && !s.cls.WritesAny(names) {
 			sc.tables, sc.all = names, false
 		}
 	}
@@ -627,11 +640,10 @@ func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) {
 	if s.srv.cfg.Load().Routing.RYWMode() == config.RYWSession {
 		s.srv.lsn.commit(nil, done, &s.commits, done.async)
 	} else {
-		s.srv.lsn.commit(s.cls.writes, done, nil, done.async)
+		s.srv.lsn.commit(s.dbWrites, done, nil, done.async)
 	}
 	if done.ddl {
-		s.cls.catalogChanged()
-		s.srv.loadCatalog(s.cls, s.database, s.user)
+		s.srv.catalogs.DDLCommitted(s.cls, s.database, s.user)
 	}
 }
 
@@ -690,31 +702,3 @@ func (sc *writeScope) merge(w writeScope) {
 
 // endpoint is the server u is connected to.
 func (u *upstream) endpoint() endpoint { return u.ep }
-
-// monitorConn opens one of pgsplit's own connections to srv (health checks,
-// positions): database postgres as auth.ServiceUser, else the first
-// listed database when postgres refuses the login.
-func (s *Server) monitorConn(ctx context.Context, srv config.Server, appName string) (*pgconn.PgConn, error) {
-	cfg := s.cfg.Load()
-	dbs := []string{"postgres"}
-	if len(cfg.Databases) > 0 {
-		dbs = append(dbs, cfg.Databases[0])
-	}
-	var err error
-	for _, db := range dbs {
-		var pc *pgconn.Config
-		u := cfg.Auth.ServiceUser()
-		pc, err = pool.LoginConfig(srv.Host, srv.Port, upstreamTLS(cfg.ServerTLS), u.Name, u.Password, db, cfg.Pool.ConnectTimeout, s.keys)
-		if err == nil {
-			pc.RuntimeParams["application_name"] = appName
-			var c *pgconn.PgConn
-			if c, err = pgconn.ConnectConfig(ctx, pc); err == nil {
-				return c, nil
-			}
-		}
-		if !loginRefused(err) {
-			break
-		}
-	}
-	return nil, err
-}

@@ -2,8 +2,11 @@
 // per client (startup, authentication, relay), cancel requests, reload and
 // graceful shutdown.
 //
-// Ownership: the Server owns the listener, the pools and the registry of
-// sessions. Each session is owned by the goroutine that accepted its client
+// Ownership: the Server owns the listener, the pools, the read rotation
+// and the registry of sessions. Package nodes owns the roles (which server
+// is the primary), the health checks and the catalogs; the Server asks it
+// and keeps no copy, and nodes reaches back only through nodesHost
+// (nodes.go). Each session is owned by the goroutine that accepted its client
 // (serveConn); that goroutine owns the client connection's reader and the
 // upstream connection while the session holds one. A session's second
 // goroutine, the server pump, owns the upstream reader and writes to the
@@ -27,18 +30,17 @@ import (
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/secret"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
 
 // Server accepts clients and relays them to the primary in session mode.
 type Server struct {
-	log      *zap.Logger
-	cfg      atomic.Pointer[config.Config]
-	auth     atomic.Pointer[authenticator]
-	front    atomic.Pointer[frontTLS] // the tls section, loaded; swapped by Reload
-	primary  config.Server
-	replicas []config.Server // every server that is not the primary
+	log   *zap.Logger
+	cfg   atomic.Pointer[config.Config]
+	auth  atomic.Pointer[authenticator]
+	front atomic.Pointer[frontTLS] // the tls section, loaded; swapped by Reload
 
 	ln          net.Listener
 	draining    atomic.Bool
@@ -58,9 +60,10 @@ type Server struct {
 	stats       *statsBook
 	bytesIn     atomic.Int64 // client traffic, for metrics (never reset)
 	bytesOut    atomic.Int64
-	health      *healthMonitor
-	logins      loginCache  // server parameters for logins without a server
-	lsn         *lsnTracker // read-your-writes positions
+	nodes       *nodes.Monitor  // the roles (primary, replicas) and the health checks
+	catalogs    *nodes.Catalogs // each database's classifier and catalog
+	logins      loginCache      // server parameters for logins without a server
+	lsn         *lsnTracker     // read-your-writes positions
 	pause       pauseGate
 	adminAuth   atomic.Pointer[authenticator]
 	// keys holds the ClientKeys of verifier users, from their clients'
@@ -83,16 +86,10 @@ type Server struct {
 	sessions map[uint32]*session // by the BackendKeyData process id pgsplit gave the client
 	pools    map[poolKey]*pool.Pool
 	rr       uint64 // round-robin position
-	// classifiers by database, each with its functions' volatility.
-	classifiers map[string]*dbClassifier
-	downUntil   map[endpoint]time.Time // replicas that failed to connect, skipped until then
-	lagOut      map[endpoint]string    // replicas out of rotation for lag, with the reason
-	// primaryCh is closed (and replaced) whenever primary changes;
-	// primaryChanges counts the changes (see failover.go).
-	primaryCh      chan struct{}
-	primaryChanges int64
-	checkedCh      chan struct{}  // closed (and replaced) after every round of health checks
-	bg             sync.WaitGroup // background work (catalog loads)
+	// The read rotation, fed by the health checks (nodes.Rotation) and
+	// by failed connections.
+	downUntil map[endpoint]time.Time // replicas that failed to connect, skipped until then
+	lagOut    map[endpoint]string    // replicas out of rotation for lag, with the reason
 }
 
 // endpoint is a server's address as a map key (no string formatting on the
@@ -116,8 +113,8 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	s := &Server{log: log, sessions: map[uint32]*session{}, ipConns: map[string]int{}, pools: map[poolKey]*pool.Pool{}, classifiers: map[string]*dbClassifier{},
-		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, primaryCh: make(chan struct{}), checkedCh: make(chan struct{}), stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now(),
+	s := &Server{log: log, sessions: map[uint32]*session{}, ipConns: map[string]int{}, pools: map[poolKey]*pool.Pool{},
+		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now(),
 		keys: secret.NewKeyRing(), mockKey: make([]byte, 32)}
 	if _, err := rand.Read(s.mockKey); err != nil {
 		return nil, err
@@ -134,7 +131,8 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.cfg.Store(cfg)
 	s.qlog = newQueryLog(cfg.Log, log)
 	s.qlog.explain = newExplainer(s)
-	s.health = newHealthMonitor(s)
+	s.catalogs = nodes.NewCatalogs(nodesHost{s}, log)
+	s.nodes = nodes.New(nodes.Options{Host: nodesHost{s}, Keys: s.keys, Catalogs: s.catalogs, Logger: log})
 	s.lsn = newLSNTracker(s)
 	for _, srv := range cfg.Servers {
 		s.lsn.replay[endpointOf(srv)] = new(atomic.Uint64)
@@ -174,15 +172,9 @@ func (s *Server) ShutdownRequested() <-chan struct{} { return s.shutdownReq }
 // Listen binds the configured address. Addr is valid afterwards.
 func (s *Server) Listen(ctx context.Context) error {
 	cfg := s.cfg.Load()
-	primary, err := findPrimary(ctx, cfg)
+	primary, err := s.nodes.FindPrimary(ctx)
 	if err != nil {
 		return err
-	}
-	s.primary = primary
-	for _, srv := range cfg.Servers {
-		if srv != primary {
-			s.replicas = append(s.replicas, srv)
-		}
 	}
 	if err := s.checkLimits(ctx, cfg); err != nil {
 		return err
@@ -202,12 +194,7 @@ func (s *Server) Listen(ctx context.Context) error {
 	s.qlog.explain.start()
 	s.qlog.start()
 	s.qlogOn = true
-	if cfg.Routing.HealthCheckInterval > 0 {
-		// Roles as the servers report them before the first client: a
-		// server configured primary that is a standby gets no writes.
-		s.health.checkAll()
-	}
-	s.health.start()
+	s.nodes.Start() // a first round of checks before the first client
 	s.lsn.start()
 	s.log.Info("listening", zap.String("addr", ln.Addr().String()), zap.String("primary", primary.Addr()),
 		zap.String("pool_mode", cfg.Pool.Mode))
@@ -298,9 +285,11 @@ func (s *Server) poolFor(t router.Target, u config.User, database string, floor 
 	cfg := s.cfg.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	srv := s.primary
+	var srv config.Server
 	if t == router.Replica {
 		srv = s.pickReplicaLocked(u.Name, database, floor)
+	} else {
+		srv = s.currentPrimary()
 	}
 	if srv.Host == "" {
 		return nil, srv // no primary known (failover)
@@ -334,7 +323,7 @@ func (s *Server) poolLocked(cfg *config.Config, srv config.Server, u config.User
 		User: u.Name, Password: u.Password, Keys: s.keys, Database: database,
 		Limits:         poolLimits(&cfg.Pool),
 		ConnectTimeout: cfg.Pool.ConnectTimeout,
-		TLS:            upstreamTLS(cfg.ServerTLS),
+		TLS:            nodes.PoolTLS(cfg.ServerTLS),
 		Logger:         s.log,
 	})
 	s.pools[k] = p
@@ -387,25 +376,26 @@ func (s *Server) StatsDatabases() int {
 // with the fewest open connections for (database, user) per unit of weight
 // (least_conn), or by turns (round_robin) or at random, as configured.
 func (s *Server) pickReplicaLocked(user, database string, floor uint64) config.Server {
+	primary, replicas := s.nodes.Roles()
 	var best config.Server
 	bestScore := -1.0
 	var buf [8]config.Server
 	eligible := buf[:0]
 	now := time.Now()
-	for _, r := range s.replicas {
+	for _, r := range replicas {
 		ep := endpointOf(r)
 		if r.Weight > 0 && (len(s.downUntil) == 0 || now.After(s.downUntil[ep])) && s.lagOut[ep] == "" &&
 			(floor == 0 || s.lsn.replayed(ep) >= floor) {
 			eligible = append(eligible, r)
 		}
 	}
-	if s.cfg.Load().Routing.ReadFrom == config.ReadFromAny && s.primary.Host != "" {
-		p := s.primary
+	if s.cfg.Load().Routing.ReadFrom == config.ReadFromAny && primary.Host != "" {
+		p := primary
 		p.Weight = 1
 		eligible = append(eligible, p)
 	}
 	if len(eligible) == 0 {
-		return s.primary // none in rotation: the primary reads (Host empty: none known)
+		return primary // none in rotation: the primary reads (Host empty: none known)
 	}
 	switch s.cfg.Load().Routing.LoadBalance {
 	case config.BalanceRoundRobin:
@@ -526,10 +516,11 @@ func (s *Server) setLagOut(srv config.Server, reason string) {
 // is in).
 func (s *Server) rotationReason(srv config.Server) string {
 	ep := endpointOf(srv)
+	primary := s.currentPrimary()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.primary == srv:
+	case primary == srv:
 		return "primary"
 	case srv.Weight == 0:
 		return "weight 0"
@@ -568,7 +559,7 @@ func (s *Server) inRotationEP(ep endpoint) bool {
 // isReplicaLocked reports whether srv is one of the servers reads go to
 // (not the primary); the caller holds mu.
 func (s *Server) isReplicaLocked(srv config.Server) bool {
-	return slices.Contains(s.replicas, srv)
+	return slices.Contains(s.replicaList(), srv)
 }
 
 // serverAt is the configured server at ep.
@@ -584,21 +575,6 @@ func (s *Server) serverAt(ep endpoint) config.Server {
 // ReadRetries counts autocommit reads run again on another server because
 // their replica went away before answering.
 func (s *Server) ReadRetries() int64 { return s.readRetries.Load() }
-
-// currentPrimary is the server writes go to now; its Host is empty while
-// no primary is known (failover).
-func (s *Server) currentPrimary() config.Server {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.primary
-}
-
-// replicaList is a copy of the servers that are not the primary now.
-func (s *Server) replicaList() []config.Server {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.replicas)
-}
 
 // weightedPick takes the n-th slot of the replicas laid out by weight.
 func weightedPick(rs []config.Server, n uint64) config.Server {
@@ -688,7 +664,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.mu.Unlock()
 	if len(cfg.Auth.Users) > 0 {
-		s.refreshCatalogs(cfg.Auth.ServiceUser())
+		s.catalogs.Refresh(cfg.Auth.ServiceUser())
 	}
 	s.log.Info("configuration reloaded")
 	return nil
@@ -699,7 +675,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 // that cannot be asked is logged and not held against cfg: pgsplit starts
 // while a replica is down.
 func (s *Server) checkLimits(ctx context.Context, cfg *config.Config) error {
-	limits, err := CheckLimits(ctx, cfg, s.currentPrimary().Addr())
+	limits, err := nodes.CheckLimits(ctx, cfg, s.currentPrimary().Addr())
 	if err != nil {
 		return err
 	}
@@ -760,8 +736,8 @@ func (s *Server) Shutdown(ctx context.Context) {
 		p.Close()
 	}
 	s.mu.Unlock()
-	s.bg.Wait()
-	s.health.stop()
+	s.catalogs.Wait()
+	s.nodes.Stop()
 	s.lsn.stop()
 	s.metrics.stop()
 	s.log.Info("shutdown complete")
@@ -775,38 +751,4 @@ func (s *Server) snapshot() []*session {
 		out = append(out, sess)
 	}
 	return out
-}
-
-// findPrimary returns the server with role primary, or asks the servers with
-// role auto which one is not in recovery.
-func findPrimary(ctx context.Context, cfg *config.Config) (config.Server, error) {
-	if p, ok := cfg.Primary(); ok {
-		return p, nil
-	}
-	var errs []error
-	for _, srv := range cfg.Servers {
-		if srv.Role != config.RoleAuto {
-			continue
-		}
-		inRecovery, err := probeRecovery(ctx, srv, cfg.Auth.ServiceUser(), cfg.Pool.ConnectTimeout, cfg.ServerTLS)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", srv.Addr(), err))
-			continue
-		}
-		if !inRecovery {
-			return srv, nil
-		}
-	}
-	return config.Server{}, fmt.Errorf("no primary: no server has role primary and no server with role auto answered pg_is_in_recovery() = false: %w", errors.Join(errs...))
-}
-
-func probeRecovery(ctx context.Context, srv config.Server, u config.User, timeout time.Duration, st config.ServerTLS) (bool, error) {
-	rows, err := queryOnce(ctx, srv, u, nil, "postgres", timeout, st, "pgsplit role probe", "SELECT pg_is_in_recovery()")
-	if err != nil {
-		return false, err
-	}
-	if len(rows) != 1 || len(rows[0]) != 1 {
-		return false, errors.New("unexpected answer to pg_is_in_recovery()")
-	}
-	return string(rows[0][0]) == "t", nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/pgsplit/pgsplit/admin"
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/wire"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -72,7 +73,8 @@ type session struct {
 	// Routing state, session goroutine only.
 	active   *upstream              // where the last statement went
 	route    *router.Session        // pins and SET pgsplit.route
-	cls      *dbClassifier          // the database's statement classifier
+	cls      *nodes.Catalog         // the database's statement classifier
+	dbWrites *dbWrites              // the database's read-your-writes marks
 	settings map[string]string      // session settings every server connection must have: name → statement
 	stmts    map[string]*clientStmt // the client's prepared statements by name
 	batch    batch                  // extended-protocol batch being collected
@@ -261,7 +263,8 @@ func (s *session) serve() {
 	}
 	// Statistics only for a database a server has confirmed.
 	s.stats.Store(s.srv.stats.db(database))
-	s.cls = s.srv.classifierFor(database, u) // the database exists: a login worked
+	s.cls = s.srv.catalogs.For(database, u) // the database exists: a login worked
+	s.dbWrites = s.srv.lsn.writesFor(database)
 	if err := s.greet(params); err != nil {
 		if up != nil {
 			// No pump runs yet, so release's quiet path would wait forever.
@@ -388,7 +391,7 @@ func (s *session) acquireForLogin() (*upstream, error) {
 			return nil, s.acquireError(router.Primary, srv, err)
 		}
 		s.log.Warn("primary connection failed at login; logging in on a replica", zap.String("server", srv.Addr()), zap.Error(err))
-		s.srv.health.probeNow()
+		s.srv.nodes.ProbeNow()
 	} else if !s.srv.readsOffloaded() {
 		return nil, pgmsg.Fatal(pgmsg.CodeCannotConnectNow, "no primary available, and reads are not offloaded (routing.read_from: primary)")
 	}
@@ -438,9 +441,12 @@ func (s *session) checkout(w *waitLimit, p *pool.Pool) (*pool.Conn, error) {
 func (s *session) acquirePrimary(w *waitLimit) (*upstream, error) {
 	var failed config.Server
 	for {
-		srv, err := s.srv.awaitPrimary(w, failed)
-		if err != nil {
-			return nil, err
+		srv := s.srv.currentPrimary()
+		if srv.Host == "" || srv == failed { // only then make the wait's context
+			var err error
+			if srv, err = s.srv.nodes.AwaitPrimary(w.context(), failed); err != nil {
+				return nil, err
+			}
 		}
 		u, err := s.attachPrimary(w, srv)
 		if err == nil {
@@ -454,7 +460,7 @@ func (s *session) acquirePrimary(w *waitLimit) (*upstream, error) {
 		// Down, or not a primary: check every server now and wait for
 		// the verdict.
 		s.log.Warn("primary connection failed; checking every server", zap.String("server", srv.Addr()), zap.Error(err))
-		s.srv.health.probeNow()
+		s.srv.nodes.ProbeNow()
 		failed = srv
 	}
 }

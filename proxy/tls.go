@@ -159,8 +159,3 @@ func certUser(cs *tls.ConnectionState) string {
 func requireTLSError() *pgmsg.Error {
 	return pgmsg.Fatal(pgmsg.CodeInvalidAuthSpec, fmt.Sprintf("TLS is required: pgsplit's tls.mode is %s; connect with sslmode=require (or verify-ca, verify-full)", config.TLSRequire))
 }
-
-// upstreamTLS is server_tls in the pool's terms.
-func upstreamTLS(t config.ServerTLS) pool.TLS {
-	return pool.TLS{Mode: t.SSLMode(), CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}
-}

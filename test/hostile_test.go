@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgsplit/pgsplit/config"
-	"github.com/pgsplit/pgsplit/proxy"
+	"github.com/pgsplit/pgsplit/nodes"
 )
 
 // Hostile-client test: 1,000 connections to one pgsplit, 50 at a time,
@@ -170,15 +170,15 @@ func TestHostileClients(t *testing.T) {
 		hostileConns, hostileTime.Round(time.Millisecond), hostileConcurrency, txDone.Load(), readsDone.Load())
 	t.Logf("heap in use: start %.1f MB, peak %.1f MB, end %.1f MB", mb(heapStart), mb(peakHeap.Load()), mb(heapEnd))
 	t.Logf("app backends on the primary: %d before, at most %d during (pool allows %d, pgsplit's own %d)",
-		baseline, peakBackends.Load(), hostilePoolSize+hostilePoolExtra, proxy.OwnConnections)
+		baseline, peakBackends.Load(), hostilePoolSize+hostilePoolExtra, nodes.OwnConnections)
 	if heapEnd > heapStart+32<<20 {
 		t.Errorf("heap in use %.1f MB at the end, over start %.1f MB + 32 MB", mb(heapEnd), mb(heapStart))
 	}
 	// pgsplit's own connections (health checks, WAL positions) log in as
 	// the first user, app, too.
-	if extra := peakBackends.Load() - int64(baseline); extra > hostilePoolSize+hostilePoolExtra+proxy.OwnConnections {
+	if extra := peakBackends.Load() - int64(baseline); extra > hostilePoolSize+hostilePoolExtra+nodes.OwnConnections {
 		t.Errorf("app had %d backends over its %d before the test, more than pool_size + max_overflow + pgsplit's own %d = %d",
-			extra, baseline, proxy.OwnConnections, hostilePoolSize+hostilePoolExtra+proxy.OwnConnections)
+			extra, baseline, nodes.OwnConnections, hostilePoolSize+hostilePoolExtra+nodes.OwnConnections)
 	}
 	if txDone.Load() == 0 || readsDone.Load() == 0 {
 		t.Errorf("honest clients did %d transactions and %d reads: the load did not run", txDone.Load(), readsDone.Load())

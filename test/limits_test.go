@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgsplit/pgsplit/config"
-	"github.com/pgsplit/pgsplit/proxy"
+	"github.com/pgsplit/pgsplit/nodes"
 )
 
 // The test cluster runs with max_connections 500 and 3 superuser-reserved
@@ -27,7 +27,7 @@ func TestLimitsRefused(t *testing.T) {
 	cfg.Databases = []string{appDatabase, "postgres"}
 	cfg.Pool.PoolSize, cfg.Pool.MaxOverflow = 100, 25 // 2 users × 2 databases × 125 + 2 = 502 > 497
 	_, err := launchProxy(cfg)
-	var le *proxy.LimitError
+	var le *nodes.LimitError
 	if !errors.As(err, &le) {
 		t.Fatalf("want a limits error, got %v", err)
 	}

@@ -10,9 +10,8 @@ import (
 	"io"
 	"strings"
 
-	"github.com/pgsplit/pgsplit/proxy"
-
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -93,7 +92,7 @@ func catalogFor(cfg *config.Config, database string, stderr io.Writer) map[strin
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Pool.ConnectTimeout+5*time.Second)
 	defer cancel()
-	m, err := proxy.ReadVolatility(ctx, primary, u, database, cfg.Pool.ConnectTimeout, cfg.ServerTLS)
+	m, err := nodes.ReadVolatility(ctx, primary, u, database, cfg.Pool.ConnectTimeout, cfg.ServerTLS)
 	if err != nil {
 		fmt.Fprintf(stderr, "pgsplit classify: no catalog (%v); using the built-in function lists\n", err)
 		return nil

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/proxy"
 )
 
@@ -105,7 +106,7 @@ func check(path string, cfg *config.Config, stdout io.Writer) error {
 	if p, ok := cfg.Primary(); ok {
 		primary = p.Addr()
 	}
-	limits, err := proxy.CheckLimits(ctx, cfg, primary)
+	limits, err := nodes.CheckLimits(ctx, cfg, primary)
 	unreachable := 0
 	for _, l := range limits {
 		fmt.Fprintln(stdout, l.Formula())
