@@ -39,6 +39,24 @@ func serverSessions(t *testing.T, ctx context.Context, db string) (opened, open 
 	return opened, open
 }
 
+// dropDatabaseAtEnd drops db when the test ends (after its proxy stopped):
+// later tests' limits checks count every connectable database.
+func dropDatabaseAtEnd(t *testing.T, db string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		su, err := pgx.Connect(ctx, cluster.SuperuserDSN(cluster.Primary, "postgres"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer closeConn(su)
+		if _, err := su.Exec(ctx, fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", db)); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // hoverLoad runs 16 clients on conns for d: short reads with a little think
 // time and every tenth statement a write, so a pool's demand hovers around
 // a few connections with peaks above.
@@ -87,6 +105,7 @@ func TestPoolHoveringAroundPoolSizeOpensNoNewServerSessions(t *testing.T) {
 		t.Run(fmt.Sprintf("overflow_idle_timeout=%s", tc.timeout), func(t *testing.T) {
 			db := "pool_hover"
 			createDatabase(t, db)
+			dropDatabaseAtEnd(t, db)
 			p := routingProxy(t, func(c *config.Config) {
 				c.Pool.PoolSize, c.Pool.MaxOverflow, c.Pool.OverflowIdleTimeout = 4, 12, tc.timeout
 			})

@@ -22,6 +22,7 @@ import (
 func TestLoginDoesNotWaitBehindABusyPool(t *testing.T) {
 	const db = "quick_login"
 	createDatabase(t, db)
+	dropDatabaseAtEnd(t, db)
 	p := startProxy(t, func(c *config.Config) {
 		c.Pool.PoolSize, c.Pool.MaxOverflow, c.Pool.PoolTimeout = 1, 0, 2*time.Second
 	})
