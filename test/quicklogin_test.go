@@ -65,6 +65,10 @@ func TestLoginDoesNotWaitBehindABusyPool(t *testing.T) {
 		t.Errorf("a login with options behind the busy pool: %v after %s, want FATAL 53300 after pool_timeout: the check above would prove nothing", err, waited)
 	}
 
-	go func() { time.Sleep(200 * time.Millisecond); _ = tx.Commit(ctx) }()
+	committed := make(chan error, 1)
+	go func() { time.Sleep(200 * time.Millisecond); committed <- tx.Commit(ctx) }()
 	mustSelectOne(t, late, "first statement of a login answered without a server")
+	if err := <-committed; err != nil { // before the cleanups close first
+		t.Fatal(err)
+	}
 }
