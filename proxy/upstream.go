@@ -212,16 +212,18 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 		if k := s.srv.knobs.OnServerMessage; k != nil && err == nil {
 			k(typ, n)
 		}
-		if err != nil && u.stopping.Load() == false && u.watch.CompareAndSwap(watchWaiting, watchOff) {
-			// The server went away before answering a watched read:
-			// nothing reached the client, the session runs it again.
-			u.rerun.Store(true)
-			u.lost.Store(true)
-			u.verdict <- true
-			return fmt.Errorf("relay server→client: read: %w", err)
-		}
-		if err != nil && !u.stopping.Load() && u.quietIdle() && !isTimeout(err) && s.replaceable(u) {
-			return s.idleEnded(u, fmt.Errorf("relay server→client: read: %w", err))
+		if err != nil && !u.stopping.Load() {
+			if lostWatched(u) {
+				return fmt.Errorf("relay server→client: read: %w", err)
+			}
+			if u.quietIdle() && !isTimeout(err) && s.replaceable(u) {
+				return s.idleEnded(u, fmt.Errorf("relay server→client: read: %w", err))
+			}
+			// The session may have sent a watched read between the two
+			// looks above (quietIdle is false once the watch is set).
+			if lostWatched(u) {
+				return fmt.Errorf("relay server→client: read: %w", err)
+			}
 		}
 		if err != nil {
 			var ne net.Error
@@ -461,6 +463,20 @@ func (s *session) readyForQuery(u *upstream, status byte) {
 	// skipped by an error.
 	u.dropParse.Store(0)
 	u.dropClose.Store(0)
+}
+
+// lostWatched reports, on a failed read, whether u was watched for its
+// first answer (see upstream.watch): nothing reached the client, so the
+// session runs the read again elsewhere. It sets the watch off, marks u
+// lost and re-run, and hands the session its verdict.
+func lostWatched(u *upstream) bool {
+	if !u.watch.CompareAndSwap(watchWaiting, watchOff) {
+		return false
+	}
+	u.rerun.Store(true)
+	u.lost.Store(true)
+	u.verdict <- true
+	return true
 }
 
 // idleEnded ends the pump of a connection whose server ended it while it
