@@ -11,11 +11,12 @@ import (
 	"github.com/pgsplit/pgsplit/config"
 )
 
-// Regression tests for bugs a review found in the first admin console.
+// What the admin console must get right at its corners: counts, links,
+// health-check logins, PAUSE at shutdown, the extended protocol.
 
 // Pipelined autocommit statements, each with its own Sync, are one
 // transaction each in SHOW STATS (the first version counted one).
-func TestAdminPipelineXacts(t *testing.T) {
+func TestShowStatsCountsEachPipelinedSyncAsATransaction(t *testing.T) {
 	p := adminProxy(t, nil)
 	ctx := testCtx(t, 30*time.Second)
 	app := connect(t, p.appDSN())
@@ -74,7 +75,7 @@ func TestAdminPipelineXacts(t *testing.T) {
 // Idle clients under transaction pooling hold no server connection: SHOW
 // CLIENTS links them to none and SHOW POOLS counts no active client (the
 // first version showed the connection the pump had given back).
-func TestAdminNoStaleLinks(t *testing.T) {
+func TestShowClientsLinksIdlePooledClientsToNoServer(t *testing.T) {
 	p := adminProxy(t, nil)
 	ctx := testCtx(t, 30*time.Second)
 	a := connect(t, p.appDSN("application_name=cl_a"))
@@ -114,7 +115,7 @@ func TestAdminNoStaleLinks(t *testing.T) {
 
 // When the health check's login is refused (auth.users[0] is unknown to the
 // servers), the replicas stay in rotation: reads still reach them.
-func TestAdminHealthLoginRefused(t *testing.T) {
+func TestRefusedHealthCheckLoginKeepsReplicasInRotation(t *testing.T) {
 	p := adminProxy(t, func(c *config.Config) {
 		c.Auth.Users = append([]config.User{{Name: "pgsplit_only", Password: "x-very-secret-1"}}, c.Auth.Users...)
 	})
@@ -149,7 +150,7 @@ func TestAdminHealthLoginRefused(t *testing.T) {
 // A statement held by PAUSE when shutdown begins never runs: the client is
 // told 57P01 and the row is not there (the first version ran it after
 // telling the client the connection was terminated).
-func TestAdminPauseShutdown(t *testing.T) {
+func TestStatementHeldByPauseNeverRunsAfterShutdown(t *testing.T) {
 	p := adminProxy(t, func(c *config.Config) { c.Pool.PoolTimeout = 10 * time.Second })
 	ctx := testCtx(t, 30*time.Second)
 	su := superConn(t)
@@ -178,7 +179,7 @@ func TestAdminPauseShutdown(t *testing.T) {
 // them: a second Parse of a named statement is 42P05; Execute with a row
 // limit returns PortalSuspended and the rest on the next Execute; after an
 // error a Query is ignored until Sync; BEGIN/COMMIT are accepted.
-func TestAdminExtendedCorners(t *testing.T) {
+func TestAdminConsoleAnswersExtendedProtocolCornersAsPostgres(t *testing.T) {
 	p := adminProxy(t, nil)
 	fe, _ := rawConnDSN(t, p.adminDSN())
 	send := func(msgs ...pgproto3.FrontendMessage) { sendAll(t, fe, msgs...) }
