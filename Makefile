@@ -37,6 +37,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzReader$$ -fuzztime $(FUZZTIME) ./internal/wire/
 	$(GO) test -run XXX -fuzz FuzzReaderLimit -fuzztime $(FUZZTIME) ./internal/wire/
+	$(GO) test -run XXX -fuzz FuzzConnReader -fuzztime $(FUZZTIME) ./internal/wire/
 	$(GO) test -run XXX -fuzz FuzzFrames -fuzztime $(FUZZTIME) ./internal/pgmsg/
 	$(GO) test -run XXX -fuzz FuzzParseStartup -fuzztime $(FUZZTIME) ./proxy/
 	$(GO) test -run XXX -fuzz FuzzAppendExtended -fuzztime $(FUZZTIME) ./proxy/

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -16,20 +18,73 @@ import (
 // session goroutine and the pumps of its server connections write through
 // it concurrently, each call holding the lock for one whole answer so that
 // answers never interleave. fatal closes the client connection; later
-// writes return net.ErrClosed and write nothing.
+// writes return net.ErrClosed and write nothing. Its buffer is borrowed
+// from the Server's pool while bytes wait in it and given back at each
+// flush, so an idle client holds none.
 type clientWriter struct {
-	conn net.Conn // closed by fatal
+	conn net.Conn  // closed by fatal
+	dst  io.Writer // conn, or the TLS connection over it
+	bufs *writerPool
 
-	mu     sync.Mutex // guards w, closed and scratch
-	w      *bufio.Writer
+	mu     sync.Mutex    // guards w, closed and scratch
+	w      *bufio.Writer // borrowed while it holds bytes (see buf), else nil
 	closed bool
 	// scratch encodes pgsplit's own answers, reused under mu.
 	scratch []byte
 	gone    chan struct{} // closed by fatal
 }
 
-func newClientWriter(conn net.Conn, w *bufio.Writer) *clientWriter {
-	return &clientWriter{conn: conn, w: w, gone: make(chan struct{})}
+func newClientWriter(conn net.Conn, dst io.Writer, bufs *writerPool) *clientWriter {
+	return &clientWriter{conn: conn, dst: dst, bufs: bufs, gone: make(chan struct{})}
+}
+
+// clientWriteBufSize is the size of a client writer's buffer: results are
+// copied into it and leave in writes of up to this size.
+const clientWriteBufSize = 32 << 10
+
+// maxScratch is the largest scratch buffer a client writer keeps between
+// answers.
+const maxScratch = 256
+
+// writerPool lends client writers their buffers. Its zero value is ready.
+type writerPool struct {
+	p    sync.Pool
+	size int // of the buffers; 0: clientWriteBufSize
+}
+
+func (wp *writerPool) get(dst io.Writer) *bufio.Writer {
+	if w, ok := wp.p.Get().(*bufio.Writer); ok {
+		w.Reset(dst)
+		return w
+	}
+	return bufio.NewWriterSize(dst, cmp.Or(wp.size, clientWriteBufSize))
+}
+
+func (wp *writerPool) put(w *bufio.Writer) {
+	w.Reset(nil)
+	wp.p.Put(w)
+}
+
+// buf returns the buffer, borrowing one if none is held; c.mu is held.
+func (c *clientWriter) buf() *bufio.Writer {
+	if c.w == nil {
+		c.w = c.bufs.get(c.dst)
+	}
+	return c.w
+}
+
+// flushLocked sends what is buffered and gives the buffer back; c.mu is
+// held. After a failed write the buffer is kept: the connection is lost.
+func (c *clientWriter) flushLocked() error {
+	if c.w == nil {
+		return nil
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	c.bufs.put(c.w)
+	c.w = nil
+	return nil
 }
 
 // goneCh is closed once fatal closed the client connection.
@@ -43,11 +98,11 @@ func (c *clientWriter) send(out []byte) error {
 		return net.ErrClosed
 	}
 	if len(out) > 0 {
-		if _, err := c.w.Write(out); err != nil {
+		if _, err := c.buf().Write(out); err != nil {
 			return err
 		}
 	}
-	return c.w.Flush()
+	return c.flushLocked()
 }
 
 // answer writes msgs, then ReadyForQuery with status, and flushes: a
@@ -80,11 +135,15 @@ func (c *clientWriter) encodeAndSend(msgs []pgproto3.BackendMessage, ready bool,
 	if ready {
 		b = pgmsg.AppendReadyForQuery(b, status)
 	}
-	c.scratch = b[:0]
-	if _, err := c.w.Write(b); err != nil {
+	if cap(b) <= maxScratch {
+		c.scratch = b[:0]
+	} else {
+		c.scratch = nil // a greeting or a large local answer: not kept for the session's life
+	}
+	if _, err := c.buf().Write(b); err != nil {
 		return err
 	}
-	return c.w.Flush()
+	return c.flushLocked()
 }
 
 // refuse writes the ERROR pe, then ReadyForQuery with status when ready
@@ -105,16 +164,18 @@ func (c *clientWriter) fatal(pe *pgmsg.Error) {
 	c.closed = true
 	close(c.gone)
 	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.w.Write(pe.Append(nil))
+	_, _ = c.buf().Write(pe.Append(nil))
 	_ = c.w.Flush()
 	_ = c.conn.Close()
+	c.bufs.put(c.w)
+	c.w = nil
 }
 
 // flush sends what a relay left buffered (unless the connection closed).
 func (c *clientWriter) flush() {
 	c.mu.Lock()
 	if !c.closed {
-		_ = c.w.Flush() // a client gone is the session's to notice
+		_ = c.flushLocked() // a client gone is the session's to notice
 	}
 	c.mu.Unlock()
 }
@@ -124,7 +185,7 @@ func (c *clientWriter) flush() {
 // through done(true).
 func (c *clientWriter) relay() *bufio.Writer {
 	c.mu.Lock()
-	return c.w
+	return c.buf()
 }
 
 // done ends relay, flushing first when flush is set; it returns the
@@ -132,7 +193,7 @@ func (c *clientWriter) relay() *bufio.Writer {
 func (c *clientWriter) done(flush bool) error {
 	var err error
 	if flush {
-		err = c.w.Flush()
+		err = c.flushLocked()
 	}
 	c.mu.Unlock()
 	return err
@@ -154,5 +215,6 @@ func (c *clientWriter) lockWithin(d time.Duration) bool {
 
 // loginWriter is the buffer the login phase (startup answers,
 // authentication) writes to: before the greeting, serve's goroutine is
-// the only writer, and no pump exists.
-func (c *clientWriter) loginWriter() *bufio.Writer { return c.w }
+// the only writer, and no pump exists. The buffer stays held until the
+// first flush through c.
+func (c *clientWriter) loginWriter() *bufio.Writer { return c.buf() }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -25,7 +24,7 @@ func pipeWriter(t *testing.T) (*clientWriter, <-chan []byte) {
 		got <- all
 	}()
 	t.Cleanup(func() { _ = a.Close() })
-	return newClientWriter(a, bufio.NewWriterSize(a, 64)), got
+	return newClientWriter(a, a, &writerPool{size: 64}), got
 }
 
 // Answers written at once by the session and by pumps never interleave:

@@ -178,8 +178,8 @@ type sortSpace struct {
 }
 
 func (e *explainer) explain(j explainJob) {
-	r, s := j.r, j.r.client
-	if !explainable(s.cls.Classify(r.sql)) {
+	r, who := j.r, j.r.who
+	if !explainable(who.cls.Classify(r.sql)) {
 		// e.g. SELECT pg_advisory_lock(…): ANALYZE would take the lock
 		// on a pooled connection; even a plain EXPLAIN is not worth it.
 		return
@@ -189,7 +189,7 @@ func (e *explainer) explain(j explainJob) {
 	analyze := e.srv.qlog.cfg.Load().ExplainAnalyze && r.end.Sub(r.start) < analyzeBudget
 	var root planNode
 	var flags []string
-	srv, err := e.srv.withPooledConn(ctx, router.Replica, s.user, s.database, func(c *pool.Conn) (err error) {
+	srv, err := e.srv.withPooledConn(ctx, router.Replica, who.user, who.database, func(c *pool.Conn) (err error) {
 		if !analyze {
 			root, flags, err = explainOn(ctx, c, r, false)
 			return err

@@ -13,10 +13,10 @@ import (
 
 func newTestSession() *session {
 	return &session{
-		srv:      &Server{qlog: newQueryLog(config.Log{}, zap.NewNop())},
-		cls:      nodes.NewCatalog(&config.Config{}),
-		stmts:    map[string]*clientStmt{},
-		settings: map[string]string{},
+		srv:   &Server{qlog: newQueryLog(config.Log{}, zap.NewNop())},
+		cls:   nodes.NewCatalog(&config.Config{}),
+		stmts: map[string]*clientStmt{},
+		state: newClientState(),
 	}
 }
 

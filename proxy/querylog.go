@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/pgmsg"
+	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -35,8 +36,8 @@ type queryRecord struct {
 	server   string
 	reason   string
 	inTx     bool
-	seq      int64 // the ReadyForQuery (count on its upstream) that ends its batch
-	client   *session
+	seq      int64     // the ReadyForQuery (count on its upstream) that ends its batch
+	who      *clientID // who ran it
 	rows     int64
 	sqlstate string
 	end      time.Time
@@ -158,7 +159,7 @@ func (q *queryLog) write(r *queryRecord) {
 	if !cfg.Redact {
 		text = r.sql
 	}
-	s := r.client
+	who := r.who
 	fields := []zap.Field{
 		zap.Time("start", r.start),
 		zap.Float64("duration_ms", float64(d.Microseconds())/1000),
@@ -167,10 +168,10 @@ func (q *queryLog) write(r *queryRecord) {
 		zap.String("server", r.server),
 		zap.String("role", r.role.String()),
 		zap.String("reason", r.reason),
-		zap.String("client", s.conn.RemoteAddr().String()),
-		zap.String("user", s.user.Name),
-		zap.String("database", s.database),
-		zap.String("application_name", s.appName),
+		zap.String("client", who.addr),
+		zap.String("user", who.user.Name),
+		zap.String("database", who.database),
+		zap.String("application_name", who.app),
 		zap.Int64("rows", r.rows),
 		zap.String("sqlstate", r.sqlstate),
 		zap.Bool("in_transaction", r.inTx),
@@ -249,7 +250,7 @@ func (u *upstream) expectReady() int64 {
 // statistics.
 func (s *session) startRecord(u *upstream, sql string, kind router.Kind, execute bool, params *bindParams, reason string, start time.Time, seq int64) *queryRecord {
 	r := &queryRecord{start: start, wait: s.waited, sql: sql, kind: kind, execute: execute, params: params, role: u.target, server: u.conn.Addr,
-		reason: reason, inTx: byte(s.txStatus.Load()) != pgmsg.TxIdle || s.split != nil, seq: seq, client: s}
+		reason: reason, inTx: byte(s.txStatus.Load()) != pgmsg.TxIdle || s.split != nil, seq: seq, who: s.id}
 	u.recMu.Lock()
 	u.recs = append(u.recs, r)
 	u.recMu.Unlock()
@@ -360,13 +361,35 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 	if began != 0 {
 		s.endTransaction(began, now)
 	}
-	threshold := s.srv.qlog.cfg.Load().SlowQueryThreshold
+	if len(done) > 0 {
+		s.srv.finished(done)
+	}
+}
+
+// finished hands the records of finished statements to the one sink that
+// fans them out: metrics, the SHOW STATS / SHOW QUERIES statistics, and the
+// query log (which passes slow reads on to EXPLAIN). From here a record is
+// the sink's: nobody changes it, and it points at no live session (who is
+// fixed at login).
+func (srv *Server) finished(done []*queryRecord) {
+	threshold := srv.qlog.cfg.Load().SlowQueryThreshold
 	for _, r := range done {
 		slow := r.end.Sub(r.start) >= threshold
-		s.srv.metrics.observe(r, slow)
-		s.srv.stats.observe(r, slow)
-		s.srv.qlog.record(r)
+		srv.metrics.observe(r, slow)
+		srv.stats.observe(r, slow)
+		srv.qlog.record(r)
 	}
+}
+
+// clientID is who ran a statement, as its query record says: set at
+// login, read-only after, shared by the session's records.
+type clientID struct {
+	addr     string
+	user     config.User
+	database string
+	app      string
+	stats    *dbStats       // the database's counters (nil: none)
+	cls      *nodes.Catalog // the database's classifier (EXPLAIN of slow reads)
 }
 
 // tagRows reads the row count at the end of a CommandComplete tag

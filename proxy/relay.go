@@ -508,7 +508,7 @@ func (s *session) waitUntil(u *upstream, done func() bool) error {
 // transaction or an unfinished extended-protocol batch nothing is injected
 // (a Query would end the batch); the next statement after it catches up.
 func (s *session) syncSettings(u *upstream) error {
-	if u.unsynced.Load() || !s.settingsDiffer(u.conn.State.Settings) {
+	if u.unsynced.Load() || !s.state.differs(u.conn.State.Settings) {
 		return nil
 	}
 	if u.pending.Load() > 0 {
@@ -525,44 +525,12 @@ func (s *session) syncSettings(u *upstream) error {
 		// changes, which a rollback may still undo: nothing to replay.
 		return nil
 	}
-	for _, q := range s.settingsDiff(u.conn.State.Settings) {
+	for _, q := range s.state.diff(u.conn.State.Settings) {
 		if err := s.inject(u, q); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// settingsDiffer reports whether have differs from the client's settings.
-func (s *session) settingsDiffer(have map[string]string) bool {
-	if len(have) != len(s.settings) {
-		return true
-	}
-	for name, stmt := range s.settings {
-		if have[name] != stmt {
-			return true
-		}
-	}
-	return false
-}
-
-// settingsDiff returns the statements that turn the settings in have into
-// the client's, and records them in have.
-func (s *session) settingsDiff(have map[string]string) []string {
-	var q []string
-	for name, stmt := range s.settings {
-		if have[name] != stmt {
-			q = append(q, stmt)
-			have[name] = stmt
-		}
-	}
-	for name := range have {
-		if _, ok := s.settings[name]; !ok {
-			q = append(q, "RESET "+quoteIdent(name))
-			delete(have, name)
-		}
-	}
-	return q
 }
 
 // inject sends sql to u as a simple Query whose answers the pump drops.

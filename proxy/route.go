@@ -194,21 +194,17 @@ func (s *session) observeSessionState(u *upstream, st router.Statement) {
 			return
 		}
 		s.openTentative(u, st, false)
-		s.settings[st.SetName] = "SET " + quoteIdent(st.SetName) + " TO " + st.SetValueSQL
+		s.state.set(st.SetName, st.SetValueSQL)
 		have[st.SetName] = unknownSetting
 	case router.KindReset:
 		s.openTentative(u, st, false)
 		if st.SetName == "all" {
-			s.resetSettings()
+			s.state.resetAll()
 			markUnknown(have)
 			return
 		}
 		have[st.SetName] = unknownSetting
-		if v, ok := s.startup[st.SetName]; ok {
-			s.settings[st.SetName] = v // RESET goes back to the startup value, applied before the next statement
-		} else {
-			delete(s.settings, st.SetName)
-		}
+		s.state.reset(st.SetName) // the startup value again, applied before the next statement
 	case router.KindDiscard:
 		if slices.Contains(st.Unpins, "all") {
 			// The server dropped every statement and setting (unless it
@@ -219,7 +215,7 @@ func (s *session) observeSessionState(u *upstream, st router.Statement) {
 			u.conn.State.Prepared.Clear()
 			u.conn.State.Unnamed = nil
 			u.unconfirmed = u.unconfirmed[:0]
-			s.resetSettings()
+			s.state.resetAll()
 			clear(s.stmts)
 		}
 	case router.KindDeallocate:
@@ -233,14 +229,7 @@ func (s *session) observeSessionState(u *upstream, st router.Statement) {
 			clear(s.stmts)
 		}
 	case router.KindRollbackTo:
-		for _, t := range s.tents {
-			if t.u == u {
-				// pgsplit does not follow savepoints: the transaction's
-				// setting changes count as rolled back (the connection's
-				// record already says unknown, so it is set explicitly).
-				t.undo = true
-			}
-		}
+		s.state.rolledBackToSavepoint(u)
 	case router.KindSetSessionCharacteristics:
 		s.route.Pin(pinUnreplayable + "session characteristics")
 	case router.KindMulti:
@@ -256,69 +245,35 @@ func (s *session) observeSessionState(u *upstream, st router.Statement) {
 	}
 }
 
-// tentative is the client's session state as it was before statements
-// whose outcome is not known yet: a SET the server may refuse, or one
-// inside a transaction that may roll back. settleTentative restores it if
-// they failed.
-type tentative struct {
-	u         *upstream
-	settings  map[string]string
-	stmts     map[string]*clientStmt // nil unless the statements changed
-	errs      int64                  // u.errs when the first change was sent
-	rollbacks int64                  // u.rollbacks then
-	inTx      bool
-	undo      bool // a savepoint was rolled back to: undo whatever the end
-}
-
-// openTentative keeps the state before st's change, unless an earlier
-// unsettled change already did.
+// openTentative keeps the client's state before st's change on u (see
+// tentative), and with stmts its prepared statements too.
 func (s *session) openTentative(u *upstream, st router.Statement, stmts bool) {
-	var t *tentative
-	for _, x := range s.tents {
-		if x.u == u {
-			t = x
-		}
+	inTx := byte(u.txStatus.Load()) != pgmsg.TxIdle || s.split != nil || u.pending.Load()-u.dropZ.Load() > 1 || st.Statements > 1
+	var keep map[string]*clientStmt
+	if stmts {
+		keep = s.stmts
 	}
-	if t == nil {
-		t = &tentative{u: u, settings: make(map[string]string, len(s.settings)),
-			errs: u.errsMark, rollbacks: u.rollbacksMark,
-			inTx: byte(u.txStatus.Load()) != pgmsg.TxIdle || s.split != nil || u.pending.Load()-u.dropZ.Load() > 1 || st.Statements > 1}
-		for k, v := range s.settings {
-			t.settings[k] = v
-		}
-		s.tents = append(s.tents, t)
-	}
-	if stmts && t.stmts == nil {
-		t.stmts = make(map[string]*clientStmt, len(s.stmts))
-		for k, v := range s.stmts {
-			t.stmts[k] = v
-		}
-	}
+	s.state.open(u, connMarks{errs: u.errsMark, rollbacks: u.rollbacksMark}, inTx, keep)
 }
 
-// settleTentative decides an open tentative change once its connection has
-// answered everything and no transaction is open there: kept if no error
-// (outside a transaction) and no rollback (inside one) followed; otherwise
-// the client's settings and statements go back to what they were.
+// settleTentative decides the open tentative changes whose connections
+// have answered everything (clientState.settle).
 func (s *session) settleTentative() {
-	kept := s.tents[:0]
-	for _, t := range s.tents {
-		u := t.u
-		if u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != pgmsg.TxIdle {
-			kept = append(kept, t)
-			continue
-		}
-		failed := t.undo || u.rollbacks.Load() > t.rollbacks || (!t.inTx && u.errs.Load() > t.errs)
-		if failed {
-			s.settings = t.settings
-			if t.stmts != nil {
-				s.stmts = t.stmts
-			}
-			s.log.Debug("session settings change undone: the statement failed or its transaction rolled back")
-		}
+	if !s.state.pending() {
+		return
 	}
-	clear(s.tents[len(kept):])
-	s.tents = kept
+	stmts, undone := s.state.settle(func(u *upstream) connOutcome {
+		return connOutcome{
+			busy:      u.pending.Load() > 0 || u.unsynced.Load() || byte(u.txStatus.Load()) != pgmsg.TxIdle,
+			connMarks: connMarks{errs: u.errs.Load(), rollbacks: u.rollbacks.Load()},
+		}
+	})
+	if stmts != nil {
+		s.stmts = stmts
+	}
+	if undone {
+		s.log.Debug("session settings change undone: the statement failed or its transaction rolled back")
+	}
 }
 
 func markUnknown(have map[string]string) {
@@ -330,14 +285,6 @@ func markUnknown(have map[string]string) {
 // unknownSetting marks, in a connection's State.Settings, a setting whose
 // value there is not known: syncSettings sets or resets it.
 const unknownSetting = "\x00unknown"
-
-// resetSettings takes the client's settings back to its startup parameters.
-func (s *session) resetSettings() {
-	clear(s.settings)
-	for k, v := range s.startup {
-		s.settings[k] = v
-	}
-}
 
 // routeSettingStatement answers SET/RESET/SHOW pgsplit.route locally.
 func (s *session) routeSettingStatement(st router.Statement) decision {

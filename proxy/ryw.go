@@ -599,7 +599,7 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 		return
 	}
 	sc := writeScope{seq: seq, all: true, ddl: changesCatalog(st)}
-	if v, ok := s.settings["synchronous_commit"]; ok {
+	if v, ok := s.state.setting("synchronous_commit"); ok {
 		sc.async = strings.Contains(strings.ToLower(v), "'off'")
 	}
 	if mode == config.RYWTable && !sc.ddl && s.cls.WritesNamedOnly(st) {

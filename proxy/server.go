@@ -30,6 +30,7 @@ import (
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/secret"
+	"github.com/pgsplit/pgsplit/internal/wire"
 	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/pool"
 	"github.com/pgsplit/pgsplit/router"
@@ -37,6 +38,10 @@ import (
 
 // Server accepts clients and relays them to the primary in session mode.
 type Server struct {
+	// Buffers client connections borrow while bytes wait in them.
+	readBufs  wire.BufPool
+	writeBufs writerPool
+
 	log   *zap.Logger
 	cfg   atomic.Pointer[config.Config]
 	auth  atomic.Pointer[authenticator]

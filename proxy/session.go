@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -32,11 +31,9 @@ import (
 // client left: cancel, rollback, DISCARD ALL.
 const cleanupTimeout = 5 * time.Second
 
-const clientBufSize = 32 << 10
-
-// session is one client connection. serve runs on the goroutine that owns
-// it; pumpServer runs on a second goroutine while an upstream connection is
-// attached.
+// session is one client connection. serve (the login), then run, runs on
+// the goroutine that owns it; a pump (startPump) runs on a goroutine of
+// its own while a server connection is attached.
 type session struct {
 	srv  *Server
 	conn net.Conn
@@ -44,12 +41,13 @@ type session struct {
 
 	user     config.User // set at login
 	database string
-	appName  string // application_name at login, for the query log
+	appName  string    // application_name at login, for the query log
+	id       *clientID // all of the above, for query records (set at login)
 
 	pid    uint32  // BackendKeyData given to the client
 	secret [4]byte // (set before the session is shared, read-only after)
 
-	cr *wire.Reader // client reader: serve's goroutine only
+	cr *wire.Reader // client reader: the session's goroutine only (serve, then run)
 
 	// out is the only writer to the client, set once the startup phase
 	// settled the link; before the greeting only serve's goroutine uses it.
@@ -61,9 +59,8 @@ type session struct {
 	zSignal chan struct{} // nudged by pumps after each ReadyForQuery
 
 	// Set at login, read-only after.
-	txPooling   bool              // pool.mode transaction: connections go back between transactions
-	maxPrepared int               // pool.max_prepared_statements
-	startup     map[string]string // the client's startup parameters: name → statement applying it
+	txPooling   bool // pool.mode transaction: connections go back between transactions
+	maxPrepared int  // pool.max_prepared_statements
 
 	// pooling is whether the session's idle connections may go back to the
 	// pool now (transaction pooling, nothing pinned): written by the session
@@ -75,14 +72,13 @@ type session struct {
 	route    *router.Session        // pins and SET pgsplit.route
 	cls      *nodes.Catalog         // the database's statement classifier
 	dbWrites *dbWrites              // the database's read-your-writes marks
-	settings map[string]string      // session settings every server connection must have: name → statement
+	state    *clientState           // settings every server connection must have, and changes not settled yet
 	stmts    map[string]*clientStmt // the client's prepared statements by name
 	batch    batch                  // extended-protocol batch being collected
 	split    *splitTx               // open transaction under routing.transactions: split
 	skipSync bool                   // a batch failed in pgsplit: ignore messages until Sync
 	connPins []string               // what pins the session to its server connections (logged once)
 	pinGen   uint64                 // route.Generation() when connPins was computed
-	tents    []*tentative           // settings changes whose outcome is not known yet, per connection
 	msgAt    time.Time              // when the client message being handled arrived
 	// roBegin is the BEGIN of a read-only transaction just opened on a
 	// replica, until its next statement (see moveReadOnlyToPrimary).
@@ -112,7 +108,7 @@ type session struct {
 	waitingFrom atomic.Int64           // unix ns since the client waits for a connection or RESUME (0: not waiting)
 	pinnedBy    atomic.Pointer[string] // connPins joined, for SHOW CLIENTS
 	heldAtGate  atomic.Bool            // waiting at the PAUSE gate
-	br          *bufio.Reader          // the client reader under cr (serve's goroutine)
+	br          *wire.ConnReader       // the client reader under cr (the session's goroutine)
 	// tlsInfo describes the client connection's TLS ("" for plain text):
 	// set by serve before ready, read-only after.
 	tlsInfo string
@@ -120,21 +116,30 @@ type session struct {
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
 	draining atomic.Bool   // close as soon as the client is idle
-	finished bool          // finish began (serve's goroutine)
+	finished bool          // finish began (the session's goroutine)
 	// resetUserCode (pool.reset_after_functions): a connection that ran a
 	// function, DO or CALL is reset before it serves another client.
 	resetUserCode bool
 }
 
+// serve runs the login on the accepting goroutine, whose stack
+// authentication grows, and hands the logged-in session to a goroutine of
+// its own (run): an idle client then waits on a small stack. Whichever of
+// the two holds the session ends it (forget, Close).
 func (s *session) serve() {
-	defer s.srv.forget(s)
-	defer s.conn.Close()
+	handed := false // run owns the session now
+	defer func() {
+		if !handed {
+			s.srv.forget(s)
+			_ = s.conn.Close()
+		}
+	}()
 	defer s.recoverSession() // before Close: it tells the client why
-	s.log = s.srv.log.With(zap.String("client", s.conn.RemoteAddr().String()))
-	br := bufio.NewReaderSize(s.conn, clientBufSize)
+	client := zap.String("client", s.conn.RemoteAddr().String())
+	s.log = s.srv.log.With(client)
 	s.txStatus.Store(pgmsg.TxIdle)
 	s.zSignal = make(chan struct{}, 1)
-	s.settings, s.stmts = map[string]string{}, map[string]*clientStmt{}
+	s.state, s.stmts = newClientState(), map[string]*clientStmt{}
 
 	// startup_timeout counts from accept, and so does max_client_conn: a
 	// connection that never finishes its startup packet holds a place
@@ -144,7 +149,11 @@ func (s *session) serve() {
 		refuseEarly(s.conn, pe)
 		return
 	}
-	defer seat.release()
+	defer func() {
+		if !handed {
+			seat.release()
+		}
+	}()
 	s.limits = s.srv.cfg.Load().Limits
 	_ = s.conn.SetDeadline(s.connectedAt.Add(s.limits.StartupTimeout))
 	if s.srv.draining.Load() {
@@ -152,15 +161,17 @@ func (s *session) serve() {
 		// overwritten drain's wake-up: wake the startup reads again.
 		_ = s.conn.SetReadDeadline(time.Now())
 	}
-	link := &clientLink{conn: s.conn, br: br, bw: bufio.NewWriterSize(s.conn, clientBufSize)}
+	link := &clientLink{conn: s.conn, br: wire.NewConnReader(s.conn, &s.srv.readBufs), dst: s.conn, bufs: &s.srv.readBufs}
 	st, err := readStartup(link, s.srv.front.Load())
 	// From here on the session reads and writes through TLS if the client
 	// negotiated it (the error answer too).
 	s.br, s.cr = link.br, wire.NewReader(link.br, s.limits.MaxMessageSize)
-	s.out = newClientWriter(s.conn, link.bw)
+	s.out = newClientWriter(s.conn, link.dst, &s.srv.writeBufs)
 	s.tlsInfo = link.describe()
+	tlsField := zap.Skip()
 	if s.tlsInfo != "" {
-		s.log = s.log.With(zap.String("tls", s.tlsInfo))
+		tlsField = zap.String("tls", s.tlsInfo)
+		s.log = s.log.With(tlsField)
 	}
 	if err != nil {
 		s.failStartup(err, "", "")
@@ -172,7 +183,8 @@ func (s *session) serve() {
 		return
 	}
 	user, database := st.params["user"], st.params["database"]
-	s.log = s.log.With(zap.String("user", user), zap.String("database", database),
+	// One logger with every field (each With keeps an encoded copy).
+	s.log = s.srv.log.With(client, tlsField, zap.String("user", user), zap.String("database", database),
 		zap.String("application_name", st.params["application_name"]))
 	s.appName = st.params["application_name"]
 
@@ -222,12 +234,10 @@ func (s *session) serve() {
 		return
 	}
 	cfg := s.srv.cfg.Load()
-	s.user, s.database, s.startup = u, database, setup
+	s.user, s.database = u, database
+	s.state.login(setup)
 	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
 	s.resetUserCode = cfg.Pool.ResetAfterFunctions
-	for k, v := range setup {
-		s.settings[k] = v
-	}
 	s.route = router.NewSession(s.srv.readsOffloaded())
 	primary := s.srv.currentPrimary()
 	primaryAddr := ""
@@ -265,6 +275,7 @@ func (s *session) serve() {
 	s.stats.Store(s.srv.stats.db(database))
 	s.cls = s.srv.catalogs.For(database, u) // the database exists: a login worked
 	s.dbWrites = s.srv.lsn.writesFor(database)
+	s.id = &clientID{addr: s.conn.RemoteAddr().String(), user: u, database: database, app: s.appName, stats: s.stats.Load(), cls: s.cls}
 	if err := s.greet(params); err != nil {
 		if up != nil {
 			// No pump runs yet, so release's quiet path would wait forever.
@@ -289,6 +300,19 @@ func (s *session) serve() {
 		s.startPump(up)
 	}
 	s.settle() // under transaction pooling the connection goes back now
+	handed = true
+	s.srv.wg.Add(1) // before serve's own count goes (Shutdown waits for both)
+	go s.run(seat)
+}
+
+// run relays the logged-in client's messages until the session ends, on
+// the session's own goroutine (see serve), and ends it.
+func (s *session) run(st *seat) {
+	defer s.srv.wg.Done()
+	defer s.srv.forget(s)
+	defer s.conn.Close()
+	defer s.recoverSession() // before Close: it tells the client why
+	defer st.release()
 	reason := s.relayClient()
 	s.ready.Store(false)
 	// A client that left without reading its answers must not hold a pump
@@ -515,7 +539,7 @@ func (s *session) acquireError(t router.Target, srv config.Server, err error) er
 // connection and waits for the answer, so a bad one fails the login with
 // the server's own error.
 func (s *session) applyStartup(u *upstream) error {
-	stmts := s.settingsDiff(u.conn.State.Settings)
+	stmts := s.state.diff(u.conn.State.Settings)
 	if len(stmts) == 0 {
 		return nil
 	}

@@ -140,10 +140,7 @@ func readStartup(l *clientLink, front *frontTLS) (*startup, error) {
 			if code == codeSSLRequest && front.negotiated != nil {
 				answer = pgmsg.SSLAccept
 			}
-			if err := l.bw.WriteByte(answer); err != nil {
-				return nil, err
-			}
-			if err := l.bw.Flush(); err != nil {
+			if _, err := l.dst.Write([]byte{answer}); err != nil {
 				return nil, err
 			}
 			if answer == pgmsg.SSLAccept {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -9,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/pgsplit/pgsplit/internal/pgmsg"
+	"github.com/pgsplit/pgsplit/internal/wire"
 
 	"go.uber.org/goleak"
 
@@ -18,7 +18,8 @@ import (
 
 // pipeLink is the startup link over one end of a net.Pipe.
 func pipeLink(c net.Conn) *clientLink {
-	return &clientLink{conn: c, br: bufio.NewReader(c), bw: bufio.NewWriter(c)}
+	bufs := new(wire.BufPool)
+	return &clientLink{conn: c, br: wire.NewConnReader(c, bufs), dst: c, bufs: bufs}
 }
 
 func startupPacket(version uint32, kv ...string) []byte {

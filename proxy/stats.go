@@ -114,8 +114,7 @@ func (b *statsBook) snapshot() (map[string]*dbStats, time.Time) {
 // observe books a finished statement.
 func (b *statsBook) observe(r *queryRecord, slow bool) {
 	d := r.end.Sub(r.start)
-	s := r.client
-	if db := s.stats.Load(); db != nil {
+	if db := r.who.stats; db != nil {
 		db.queries.Add(1)
 		db.queryTime.Add(d.Microseconds())
 		db.wait.Add(r.wait.Microseconds())

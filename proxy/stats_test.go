@@ -40,9 +40,9 @@ func TestPercentile(t *testing.T) {
 // counted together, not dropped.
 func TestQueryStatsTop(t *testing.T) {
 	q := newQueryStats()
-	s := &session{}
+	s := &clientID{}
 	rec := func(sql string, d time.Duration, role router.Target) {
-		q.observe(&queryRecord{sql: sql, role: role, client: s, rows: 1}, d, d >= time.Second)
+		q.observe(&queryRecord{sql: sql, role: role, who: s, rows: 1}, d, d >= time.Second)
 	}
 	for i := 0; i < 10; i++ {
 		rec(fmt.Sprintf("SELECT * FROM t WHERE id = %d", i), time.Millisecond, router.Replica)
@@ -78,8 +78,7 @@ func TestQueryStatsTop(t *testing.T) {
 
 func BenchmarkQueryStatsObserve(b *testing.B) {
 	q := newQueryStats()
-	s := &session{}
-	r := &queryRecord{sql: "SELECT abalance FROM pgbench_accounts WHERE aid = 4242", role: router.Replica, client: s}
+	r := &queryRecord{sql: "SELECT abalance FROM pgbench_accounts WHERE aid = 4242", role: router.Replica, who: &clientID{}}
 	b.ReportAllocs()
 	for b.Loop() {
 		q.observe(r, time.Millisecond, false)

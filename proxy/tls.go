@@ -1,14 +1,15 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 
 	"github.com/pgsplit/pgsplit/internal/pgmsg"
+	"github.com/pgsplit/pgsplit/internal/wire"
 
 	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/pool"
@@ -99,8 +100,9 @@ func (e *handshakeError) Unwrap() error { return e.err }
 // the session takes br and bw over.
 type clientLink struct {
 	conn net.Conn // the socket: deadlines and Close stay on it under TLS too
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	br   *wire.ConnReader
+	dst  io.Writer            // where the client's bytes go: conn, or TLS over it
+	bufs *wire.BufPool        // br's large buffers
 	tls  *tls.ConnectionState // set once the handshake is done
 }
 
@@ -114,17 +116,17 @@ func (l *clientLink) startTLS(cfg *tls.Config) error {
 	}
 	cs := tc.ConnectionState()
 	l.tls = &cs
-	l.br = bufio.NewReaderSize(tc, clientBufSize)
-	l.bw = bufio.NewWriterSize(tc, clientBufSize)
+	l.br = wire.NewConnReader(tc, l.bufs)
+	l.dst = tc
 	return nil
 }
 
-// prefixConn reads what the bufio.Reader already holds before reading the
+// prefixConn reads what the link's reader already holds before reading the
 // connection itself: the TLS layer must see the bytes the startup phase
 // peeked at (a direct TLS ClientHello).
 type prefixConn struct {
 	net.Conn
-	br *bufio.Reader // nil once drained; used by the TLS layer's reads only
+	br *wire.ConnReader // nil once drained; used by the TLS layer's reads only
 }
 
 func (c *prefixConn) Read(b []byte) (int, error) {

@@ -14,7 +14,7 @@ import (
 // read it does not run again elsewhere gets no answer at all, since the
 // pump stays silent about a read the session reruns.
 func TestAwaitVerdictAfterPumpEnded(t *testing.T) {
-	s := &session{out: newClientWriter(nil, nil)}
+	s := &session{out: newClientWriter(nil, nil, nil)}
 	for i := range 500 {
 		u := newUpstream(router.Replica, nil, nil, endpoint{})
 		u.watch.Store(watchWaiting)

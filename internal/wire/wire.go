@@ -56,11 +56,11 @@ func (e *FrameError) Error() string {
 // than for a length too small to be a message).
 func (e *FrameError) TooLarge() bool { return e.Len >= e.Min }
 
-// Reader reads framed messages from a bufio.Reader. It is owned by one
+// Reader reads framed messages from a Source. It is owned by one
 // goroutine at a time; a body returned by Body is valid only until the next
 // call on the Reader.
 type Reader struct {
-	br      *bufio.Reader
+	br      Source
 	maxLen  int
 	hdr     [5]byte
 	left    int  // body bytes of the current message not yet consumed
@@ -71,7 +71,7 @@ type Reader struct {
 
 // NewReader frames messages from br. maxLen caps one message body (0 means
 // MaxMessageLen).
-func NewReader(br *bufio.Reader, maxLen int) *Reader {
+func NewReader(br Source, maxLen int) *Reader {
 	if maxLen <= 0 {
 		maxLen = MaxMessageLen
 	}
@@ -188,7 +188,7 @@ func (r *Reader) WriteBodyAfterHeader(w *bufio.Writer, b []byte) error {
 // ReadStartup reads one startup-phase packet (no type byte: int32 length
 // including itself, then the body) and returns its body, at most
 // MaxStartupLen bytes. The returned slice is freshly allocated.
-func ReadStartup(br *bufio.Reader) ([]byte, error) {
+func ReadStartup(br io.Reader) ([]byte, error) {
 	var h [4]byte
 	if _, err := io.ReadFull(br, h[:]); err != nil {
 		return nil, err
