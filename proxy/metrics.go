@@ -7,11 +7,15 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/pgsplit/pgsplit/router"
 )
 
 // metrics holds pgsplit's Prometheus metrics, on a registry of its own (no
@@ -27,6 +31,11 @@ type metrics struct {
 	wait     prometheus.Histogram
 	// limitHits counts the limits section's hits (see clientlimits.go).
 	limitHits *prometheus.CounterVec
+	// byServer caches the labelled metrics of each (role, server):
+	// serverKey → *serverMetrics. A label lookup costs more than all the
+	// rest of a statement's bookkeeping, so it is done once per server and
+	// kind, not per statement.
+	byServer sync.Map
 
 	srv  *http.Server
 	ln   net.Listener
@@ -88,11 +97,49 @@ func newMetrics(s *Server) *metrics {
 	return m
 }
 
+// serverKey names the labelled metrics of a server in one role.
+type serverKey struct {
+	role   router.Target
+	server string
+}
+
+// serverMetrics are the metrics of one (role, server), resolved once.
+type serverMetrics struct {
+	duration prometheus.Observer
+	queries  [maxCachedKind]atomic.Pointer[prometheus.Counter] // by router.Kind, filled as kinds appear
+}
+
+// maxCachedKind bounds the router.Kind values whose counters are cached
+// (there are fewer kinds; a larger one is looked up each time).
+const maxCachedKind = 64
+
+func (m *metrics) forServer(role router.Target, server string) *serverMetrics {
+	k := serverKey{role, server}
+	if v, ok := m.byServer.Load(k); ok {
+		return v.(*serverMetrics)
+	}
+	v, _ := m.byServer.LoadOrStore(k, &serverMetrics{duration: m.duration.WithLabelValues(role.String())})
+	return v.(*serverMetrics)
+}
+
+func (m *metrics) queriesCounter(sm *serverMetrics, r *queryRecord) prometheus.Counter {
+	k := int(r.kind)
+	if k < 0 || k >= maxCachedKind {
+		return m.queries.WithLabelValues(r.role.String(), r.server, r.kind.String())
+	}
+	if c := sm.queries[k].Load(); c != nil {
+		return *c
+	}
+	c := m.queries.WithLabelValues(r.role.String(), r.server, r.kind.String())
+	sm.queries[k].Store(&c)
+	return c
+}
+
 // observe counts a finished statement.
 func (m *metrics) observe(r *queryRecord, slow bool) {
-	role := r.role.String()
-	m.queries.WithLabelValues(role, r.server, r.kind.String()).Inc()
-	m.duration.WithLabelValues(role).Observe(r.end.Sub(r.start).Seconds())
+	sm := m.forServer(r.role, r.server)
+	m.queriesCounter(sm, r).Inc()
+	sm.duration.Observe(r.end.Sub(r.start).Seconds())
 	m.wait.Observe(r.wait.Seconds())
 	if slow {
 		m.slow.Inc()

@@ -364,7 +364,13 @@ const verdictWait = 2 * time.Second
 // awaitVerdict waits for the pump's look at the first answer from u, and
 // reports whether the statement must run again on the primary.
 func (s *session) awaitVerdict(u *upstream) bool {
-	t := time.NewTimer(verdictWait)
+	t := s.verdictTimer
+	if t == nil {
+		t = time.NewTimer(verdictWait)
+		s.verdictTimer = t
+	} else {
+		t.Reset(verdictWait) // (Go 1.23 timers: no stale tick after Stop)
+	}
 	defer t.Stop()
 	select {
 	case retry := <-u.verdict:

@@ -59,6 +59,7 @@ type Server struct {
 	knobs       Knobs        // test hooks, fixed before Listen
 	readRetries atomic.Int64 // autocommit reads re-run because their replica went away before answering
 	qlog        *queryLog
+	pumps       *workers // goroutines the pumps run on
 	metrics     *metrics
 	qlogOn      bool // the query log's writer runs (Listen started it)
 	stats       *statsBook
@@ -129,6 +130,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	s.front.Store(front)
 	s.cfg.Store(cfg)
 	s.qlog = newQueryLog(cfg.Log, log)
+	s.pumps = newWorkers()
 	s.qlog.explain = newExplainer(s)
 	s.catalogs = nodes.NewCatalogs(nodesHost{s}, log)
 	s.nodes = nodes.New(nodes.Options{Host: nodesHost{s}, Keys: s.keys, Catalogs: s.catalogs, Logger: log})

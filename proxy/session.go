@@ -92,6 +92,9 @@ type session struct {
 	// relNames is readNeed's buffer of relation names (session goroutine).
 	relNames []string
 	waited   time.Duration // how long it waited for server connections
+	// verdictTimer bounds awaitVerdict's wait, reused statement after
+	// statement.
+	verdictTimer *time.Timer
 
 	// Statistics: the database's counters (set at login), when the open
 	// transaction (or autocommit statement) began (unix ns, 0: none), when

@@ -47,6 +47,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		<-done
 	}
+	s.pumps.stop() // every session, and so every pump, has ended
 	// Every session has ended, so no more query records: write the last
 	// ones (and let a running EXPLAIN finish) before the pools close.
 	if s.qlogOn {

@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,8 +226,7 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			}
 		}
 		if err != nil {
-			var ne net.Error
-			if u.hold.Load() == holdReleased && errors.As(err, &ne) && ne.Timeout() && !u.conn.R.Broken() {
+			if u.hold.Load() == holdReleased && isTimeout(err) && !u.conn.R.Broken() {
 				// The session gave the idle connection back and woke us.
 				_ = u.conn.Raw().SetReadDeadline(time.Time{})
 				return errReleased
@@ -511,8 +510,9 @@ func (s *session) replaceable(u *upstream) bool {
 
 // isTimeout reports a read deadline (the session waking the pump).
 func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	// errors.Is, unlike errors.As with an interface, costs no reflection:
+	// a pump ends this way once per transaction under transaction pooling.
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // serverGoingAway reports the SQLSTATEs of a server that ends every
@@ -563,11 +563,12 @@ type clientWriteError struct{ err error }
 func (e *clientWriteError) Error() string { return "write to client: " + e.err.Error() }
 func (e *clientWriteError) Unwrap() error { return e.err }
 
-// startPump runs the pump for u on its own goroutine; its result is u.err
-// once u.exited is closed. A pump that ends on its own closes the client connection, since
+// startPump runs the pump for u on a goroutine of its own (one of
+// Server.pumps, reused across pumps); its result is u.err once u.exited is
+// closed. A pump that ends on its own closes the client connection, since
 // the session cannot go on without that server.
 func (s *session) startPump(u *upstream) {
-	go func() {
+	s.srv.pumps.run(func() {
 		err := s.runPump(u)
 		var ie *internalError
 		if !errors.Is(err, errReleased) && !errors.As(err, &ie) {
@@ -620,7 +621,7 @@ func (s *session) startPump(u *upstream) {
 		}
 		u.err = err
 		close(u.exited)
-	}()
+	})
 }
 
 // resetReleased resets a connection the pump is giving back, when it must
@@ -681,8 +682,7 @@ func (s *session) release(u *upstream) string {
 	<-u.exited
 	err := u.err
 	_ = u.conn.Raw().SetReadDeadline(time.Time{})
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() || u.conn.R.Broken() {
+	if !isTimeout(err) || u.conn.R.Broken() {
 		s.discard(u)
 		return "closed: " + err.Error()
 	}
