@@ -308,9 +308,18 @@ func readAuthMsg(r *wire.Reader) ([]byte, error) {
 	return r.Body()
 }
 
+// send writes msgs to w and flushes: the login phase's writes, before the
+// session's clientWriter takes over (see clientWriter.loginWriter).
 func send(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {
-	if err := writeMsgs(w, msgs...); err != nil {
-		return err
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf[:0]); err != nil {
+			return err
+		}
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
 	}
 	return w.Flush()
 }

@@ -18,7 +18,7 @@
 # (PgBouncer restarted with BOUNCER_AUTH=md5, a pgsplit with auth.method md5); N_IDLE idle
 # clients (../shared/bench/idle_clients.sh: the process's RSS growth per client).
 #
-# Environment: SECS (8), ROUNDS (3), N_IDLE (2000), PGSPLIT_BENCH_PORT (6439: the first of
+# Environment: SECS (8), ROUNDS (3), N_IDLE (10000), PGSPLIT_BENCH_PORT (6439: the first of
 # five ports; the idle clients are measured on a fresh pgsplit-rw on the fifth). Raw lines go to DIR/bench-<time>.txt, the table to stdout. Every pgsplit
 # started here is stopped by its PID when the run ends; PgBouncer is left running with
 # SCRAM, as `BOUNCER_AUTH=scram-sha-256 peers.sh start DIR` would leave it.
@@ -27,7 +27,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench=${BENCH_DIR:-$root/../shared/bench}
 dir=${1:-/tmp/pglab}
 port=${PGSPLIT_BENCH_PORT:-6439}
-secs=${SECS:-8} rounds=${ROUNDS:-3} nidle=${N_IDLE:-2000}
+secs=${SECS:-8} rounds=${ROUNDS:-3} nidle=${N_IDLE:-10000}
 
 "$bench/cluster.sh" start "$dir" >/dev/null
 # shellcheck disable=SC1091
