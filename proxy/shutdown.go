@@ -59,8 +59,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 		p.Close()
 	}
 	s.mu.Unlock()
-	s.catalogs.Wait()
+	// The health checks first: a role change they see starts catalog
+	// loads, which must not begin while Wait waits.
 	s.nodes.Stop()
+	s.catalogs.Wait()
 	s.lsn.stop()
 	s.metrics.stop()
 	s.log.Info("shutdown complete")

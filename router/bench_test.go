@@ -1,6 +1,7 @@
 package router
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -96,5 +97,22 @@ func TestHotPathAllocations(t *testing.T) {
 		} else if name == "fast path with functions" && n > 1 {
 			t.Errorf("%s: %v allocations per call (want at most the Funcs slice)", name, n)
 		}
+	}
+}
+
+// BenchmarkClassifyWriteWithValues: a simple-protocol UPDATE whose values
+// change every time (pgbench -M simple's tpcb-like): answered from the
+// shape cache instead of a parse.
+func BenchmarkClassifyWriteWithValues(b *testing.B) {
+	c := NewClassifier(Options{})
+	sqls := make([]string, 1024)
+	for i := range sqls {
+		sqls[i] = fmt.Sprintf("UPDATE pgbench_accounts SET abalance = abalance + %d WHERE aid = %d;", i%5000+1, i*977)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		c.Classify(sqls[i%len(sqls)])
+		i++
 	}
 }

@@ -65,6 +65,22 @@ func (c *stmtCache) get(sql string) (Statement, bool) {
 	s := c.shard(sql)
 	s.mu.Lock()
 	i, ok := s.index[sql]
+	return s.hit(i, ok)
+}
+
+// getBytes is get for a key in a byte slice (no string is made of it).
+func (c *stmtCache) getBytes(key []byte) (Statement, bool) {
+	if c == nil || len(key) > maxCachedLen {
+		return Statement{}, false
+	}
+	s := &c.shards[maphash.Bytes(c.seed, key)&c.mask]
+	s.mu.Lock()
+	i, ok := s.index[string(key)]
+	return s.hit(i, ok)
+}
+
+// hit ends a lookup under s.mu, which it unlocks: the entry at i if ok.
+func (s *cacheShard) hit(i int32, ok bool) (Statement, bool) {
 	if !ok {
 		s.mu.Unlock()
 		return Statement{}, false

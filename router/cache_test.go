@@ -3,6 +3,7 @@ package router
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"sync"
 	"testing"
 )
@@ -132,4 +133,59 @@ func TestConcurrentClassify(t *testing.T) {
 	wg.Wait()
 	close(done)
 	resets.Wait()
+}
+
+// TestShapeCacheAnswersAsParseWhateverTheValues: every golden statement is
+// classified, then again with its numbers and simple string literals
+// changed; the second answer (from the shape cache when the first was an
+// INSERT, UPDATE or DELETE it may hold) must be what a classifier without a
+// cache says of the changed text. A shape cached whose values matter shows
+// here.
+func TestShapeCacheAnswersAsParseWhateverTheValues(t *testing.T) {
+	opts := goldenOptions()
+	c := NewClassifier(opts)
+	opts.CacheSize = -1
+	ref := NewClassifier(opts)
+	numbers := regexp.MustCompile(`\b[0-9]+\b`)
+	stringsRe := regexp.MustCompile(`'[a-zA-Z_ ]*'`)
+	changed := 0
+	for _, gc := range readGolden(t) {
+		c.Classify(gc.sql)
+		other := stringsRe.ReplaceAllString(numbers.ReplaceAllString(gc.sql, "42"), "'zz'")
+		if other == gc.sql {
+			continue
+		}
+		changed++
+		if got, want := c.Classify(other), ref.Classify(other); !reflect.DeepEqual(got, want) {
+			t.Errorf("line %d %q, then %q: shape-cached answer differs:\n\t%s\n\t%s", gc.line, gc.sql, other, describe(got), describe(want))
+		}
+	}
+	if changed < 20 || c.shapes.len() == 0 {
+		t.Fatalf("%d golden statements changed, %d shapes cached: the test covers too little", changed, c.shapes.len())
+	}
+}
+
+// Plain writes that differ only in their values are one shape: classified
+// once (not kept per text), while a write that calls a function is not
+// cached by shape.
+func TestShapeCacheHoldsPlainWritesOnly(t *testing.T) {
+	c := NewClassifier(Options{})
+	for i := range 50 {
+		c.Classify(fmt.Sprintf("UPDATE pgbench_accounts SET abalance = abalance + %d WHERE aid = %d", i+1, i*7))
+		c.Classify(fmt.Sprintf("insert into pgbench_history (tid, bid, aid, delta, mtime) values (%d, 1, %d, -5, CURRENT_TIMESTAMP)", i, i))
+	}
+	if n, m := c.shapes.len(), c.CacheLen(); n != 2 || m != 0 {
+		t.Fatalf("100 plain writes of 2 shapes: %d shapes and %d texts cached, want 2 and 0", n, m)
+	}
+	c.Classify("UPDATE t SET a = nextval('s1')")
+	st := c.Classify("UPDATE t SET a = nextval('s2')")
+	if n := c.shapes.len(); n != 2 || len(st.Funcs) == 0 || len(st.Pins) == 0 {
+		t.Fatalf("a write calling nextval: %d shapes cached (want 2), funcs %v, pins %v", n, st.Funcs, st.Pins)
+	}
+	if a, b := shapeKey(`UPDATE t SET a = 1`, nil), shapeKey(`update T set A=2 -- x`, nil); string(a) != string(b) {
+		t.Fatalf("keys differ for statements that differ only in a value, case and a comment")
+	}
+	if a, b := shapeKey(`UPDATE t SET a = 1`, nil), shapeKey(`UPDATE "T" SET a = 1`, nil); string(a) == string(b) {
+		t.Fatalf("a quoted identifier has the key of the bare one")
+	}
 }

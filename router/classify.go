@@ -52,6 +52,7 @@ type Classifier struct {
 	maxDepth   int
 	maxBytes   int
 	cache      *stmtCache
+	shapes     *stmtCache    // by shapeKey: plain INSERT/UPDATE/DELETE whatever their values (see shapeCacheable)
 	plans      sync.Map      // reflect.Type → walkPlan, see walk.go
 	gen        atomic.Uint64 // bumped by Reset: earlier answers may be stale
 }
@@ -71,6 +72,7 @@ func NewClassifier(opts Options) *Classifier {
 		maxDepth:   opts.MaxParseDepth,
 		maxBytes:   opts.MaxParseBytes,
 		cache:      newStmtCache(size),
+		shapes:     newStmtCache(size),
 	}
 }
 
@@ -101,9 +103,40 @@ func (c *Classifier) Classify(sql string) Statement {
 	if st, ok := c.cache.get(sql); ok {
 		return st
 	}
+	// Statements the application writes with their values in the text
+	// (the simple protocol: psycopg2, PHP, pgbench -M simple) never
+	// repeat as text, but their shape does.
+	var key []byte
+	if c.shapes != nil {
+		var keyBuf [256]byte
+		key = shapeKey(sql, keyBuf[:0])
+		if st, ok := c.shapes.getBytes(key); ok {
+			st.Hint = hint
+			return st
+		}
+	}
 	st := c.parse(sql, hint)
-	c.cache.put(sql, st)
+	if key != nil && shapeCacheable(st) {
+		c.shapes.put(string(key), st)
+	} else {
+		c.cache.put(sql, st)
+	}
 	return st
+}
+
+// shapeCacheable reports whether every statement of st's shape (the same
+// tokens, other values) has st's classification: one INSERT, UPDATE or
+// DELETE for the primary that calls no function and pins or releases
+// nothing. Its values then decide nothing: a function (set_config,
+// pg_advisory_lock, nextval) or a SET could make them matter.
+func shapeCacheable(st Statement) bool {
+	switch st.Kind {
+	case KindInsert, KindUpdate, KindDelete:
+	default:
+		return false
+	}
+	return st.Statements == 1 && st.Target == Primary && !st.Unparsed && !st.BySession && st.Tx == nil &&
+		len(st.Funcs) == 0 && len(st.Pins) == 0 && len(st.Unpins) == 0 && len(st.Kinds) == 0 && st.SetName == ""
 }
 
 // depthLimit is MaxParseDepth with the default filled in.
@@ -120,6 +153,7 @@ func (c *Classifier) depthLimit() int {
 func (c *Classifier) Reset() {
 	c.gen.Add(1)
 	c.cache.reset()
+	c.shapes.reset()
 }
 
 // Generation changes at every Reset, so a caller that keeps a Statement

@@ -1,5 +1,7 @@
 package router
 
+import "strings"
+
 // Shape returns a 64-bit hash of sql's tokens with every literal and
 // parameter replaced by one placeholder and keywords and bare identifiers
 // case-folded, ignoring whitespace and comments: statements that differ
@@ -43,6 +45,48 @@ func Shape(sql string) uint64 {
 			for i := t.start; i < t.end; i++ {
 				mix(sql[i])
 			}
+		}
+	}
+}
+
+// shapeKey appends to dst the statement's tokens as Shape hashes them
+// (every literal and parameter one placeholder, bare identifiers and
+// keywords case-folded, whitespace and comments dropped), each token its
+// kind byte, its text and a NUL: unlike Shape's hash, two statements with
+// the same key differ in nothing but values and formatting. It returns
+// nil for text the lexer does not understand or that holds a NUL.
+func shapeKey(sql string, dst []byte) []byte {
+	if strings.IndexByte(sql, 0) >= 0 {
+		return nil
+	}
+	_, start := leadingHint(sql)
+	l := lexer{s: sql, pos: start}
+	for {
+		t := l.next()
+		switch t.kind {
+		case tokEOF:
+			if dst == nil {
+				dst = []byte{}
+			}
+			return dst
+		case tokBad:
+			return nil
+		case tokString, tokNumber, tokParam:
+			dst = append(dst, '?', 0)
+		case tokIdent:
+			dst = append(dst, byte(tokIdent))
+			for i := t.start; i < t.end; i++ {
+				c := sql[i]
+				if c >= 'A' && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				dst = append(dst, c)
+			}
+			dst = append(dst, 0)
+		default:
+			dst = append(dst, byte(t.kind))
+			dst = append(dst, sql[t.start:t.end]...)
+			dst = append(dst, 0)
 		}
 	}
 }
