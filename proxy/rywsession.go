@@ -125,8 +125,11 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 	if u.target != router.Primary || st.Target == router.Replica || !mayWrite(st) {
 		return
 	}
-	mode := s.srv.cfg.Load().Routing.RYWMode()
-	if mode == config.RYWOff {
+	cfg := s.srv.cfg.Load()
+	mode := cfg.Routing.RYWMode()
+	if mode == config.RYWOff || len(cfg.Servers) < 2 {
+		// Off, or one server only: no read can go anywhere else, so no
+		// position is worth asking the primary for after the commit.
 		return
 	}
 	sc := writeScope{seq: seq, all: true, ddl: changesCatalog(st)}
