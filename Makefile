@@ -5,7 +5,7 @@ BIN := bin/pgsplit
 .PHONY: build demo test unit lint bench fuzz clean
 
 build:
-	$(GO) build -o $(BIN) ./cmd/pgsplit
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/pgsplit
 
 ## demo: throwaway primary + 2 streaming replicas + pgsplit; prints DATABASE_URL. Ctrl-C cleans up.
 demo: build

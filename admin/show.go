@@ -4,10 +4,11 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgsplit/pgsplit/internal/version"
 )
 
 // The SHOW commands. Column names follow PgBouncer's where the concept is
@@ -228,9 +229,5 @@ func showQueries(src Source) *resultSet {
 }
 
 func showVersion(Source) *resultSet {
-	v := "(devel)"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		v = bi.Main.Version
-	}
-	return &resultSet{cols: []column{textCol("version")}, rows: [][]any{{"pgsplit " + v}}}
+	return &resultSet{cols: []column{textCol("version")}, rows: [][]any{{version.Get().String()}}}
 }

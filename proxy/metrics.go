@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/internal/version"
 	"github.com/pgsplit/pgsplit/router"
 )
 
@@ -67,7 +68,13 @@ func newMetrics(s *Server) *metrics {
 	for _, l := range limitNames() {
 		m.limitHits.WithLabelValues(l)
 	}
-	m.reg.MustRegister(m.queries, m.duration, m.slow, m.errors, m.wait, m.limitHits,
+	v := version.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgsplit_build_info", Help: "Always 1; the labels say which pgsplit this is (as `pgsplit version`).",
+		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "go": v.Go, "pg_query": v.PgQuery, "pgx": v.Pgx},
+	})
+	build.Set(1)
+	m.reg.MustRegister(m.queries, m.duration, m.slow, m.errors, m.wait, m.limitHits, build,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_client_connections", Help: "Client connections (logged in or logging in)."},
 			func() float64 { return float64(s.clients.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgsplit_pinned_clients", Help: "Clients pinned to their server connections."},

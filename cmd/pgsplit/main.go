@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/version"
 	"github.com/pgsplit/pgsplit/nodes"
 	"github.com/pgsplit/pgsplit/proxy"
 )
@@ -46,8 +47,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
-	if cmd == "slowlog" {
+	switch cmd {
+	case "slowlog":
 		return slowlog(args, os.Stdin, stdout, stderr)
+	case "version":
+		if len(args) > 0 {
+			return fmt.Errorf("version takes no arguments (got %q)", args[0])
+		}
+		fmt.Fprintln(stdout, version.Get())
+		return nil
 	}
 	fs := flag.NewFlagSet("pgsplit "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -83,10 +91,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "classify":
 		return classify(*cfgPath, *database, *sessionMode, os.Stdin, stdout, stderr)
 	case "help":
-		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo|classify [--session]] [--config FILE]\n       pgsplit slowlog [--top N] [--since T] [--until T] [--min-duration D] [--format table|json|markdown] [FILE…]")
+		fmt.Fprintln(stdout, "usage: pgsplit [serve|check|demo|classify [--session]] [--config FILE]\n       pgsplit version\n       pgsplit slowlog [--top N] [--since T] [--until T] [--min-duration D] [--format table|json|markdown] [FILE…]")
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (use serve, check, demo, classify or slowlog)", cmd)
+	return fmt.Errorf("unknown command %q (use serve, check, demo, classify, slowlog or version)", cmd)
 }
 
 // check validates the configuration, then asks every server for its
