@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -112,7 +111,7 @@ func scramCredentials(u config.User, method string) (*scram.StoredCredentials, *
 // cert checks. Errors are *pgmsg.Error: 28000 or 28P01 for a refused login; a
 // user auth_query does not find gets the very answer a wrong password
 // gets.
-func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, database string, cs *tls.ConnectionState) (config.User, error) {
+func (au *authenticator) authenticate(r *wire.Reader, out *clientWriter, user, database string, cs *tls.ConnectionState) (config.User, error) {
 	failed := pgmsg.Fatal(pgmsg.CodeInvalidPassword, fmt.Sprintf("password authentication failed for user %q", user))
 	u, ok := au.users[user]
 	creds, hasCreds := au.scram[user]
@@ -130,12 +129,12 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 		// What config.Validate refuses for auth.users is refused here too;
 		// an empty password serves no login.
 		if !found || pw == "" || config.SecretProblem(pw, au.method, true) != "" {
-			return config.User{}, au.mockExchange(r, w, user, failed)
+			return config.User{}, au.mockExchange(r, out, user, failed)
 		}
 		u = config.User{Name: user, Password: pw}
 		c, lv, err := scramCredentials(u, au.method)
 		if err != nil {
-			return config.User{}, au.mockExchange(r, w, user, failed)
+			return config.User{}, au.mockExchange(r, out, user, failed)
 		}
 		if c != nil {
 			creds, hasCreds = *c, true
@@ -149,14 +148,14 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 		if v != nil {
 			// As PostgreSQL does for an md5 line and a SCRAM secret: the
 			// login is SCRAM.
-			return u, au.scramExchange(r, w, creds, v, failed)
+			return u, au.scramExchange(r, out, creds, v, failed)
 		}
-		return u, md5Exchange(r, w, u, failed)
+		return u, md5Exchange(r, out, u, failed)
 	case config.AuthSCRAM:
 		if !hasCreds {
-			return u, au.mockExchange(r, w, user, failed)
+			return u, au.mockExchange(r, out, user, failed)
 		}
-		return u, au.scramExchange(r, w, creds, v, failed)
+		return u, au.scramExchange(r, out, creds, v, failed)
 	case config.AuthCert:
 		// As PostgreSQL's cert method: the CN of a certificate verified
 		// against tls.client_ca_file must be the user name. The client is
@@ -174,12 +173,12 @@ func (au *authenticator) authenticate(r *wire.Reader, w *bufio.Writer, user, dat
 }
 
 // md5Exchange runs an md5 login of u, whose password is plain or an md5 hash.
-func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgmsg.Error) error {
+func md5Exchange(r *wire.Reader, out *clientWriter, u config.User, failed *pgmsg.Error) error {
 	var salt [4]byte
 	if _, err := rand.Read(salt[:]); err != nil {
 		return err
 	}
-	if err := send(w, &pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
+	if err := out.sendMsgs(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
 		return err
 	}
 	body, err := readAuthMsg(r)
@@ -204,9 +203,9 @@ func md5Exchange(r *wire.Reader, w *bufio.Writer, u config.User, failed *pgmsg.E
 // exist (or cannot log in with this method), so that the client learns
 // nothing it would not learn from a wrong password: the same challenge
 // type, a salt stable per name, and the same 28P01 at the end.
-func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user string, failed *pgmsg.Error) error {
+func (au *authenticator) mockExchange(r *wire.Reader, out *clientWriter, user string, failed *pgmsg.Error) error {
 	if au.method == config.AuthMD5 {
-		if err := md5Exchange(r, w, config.User{Name: user, Password: secret.MD5Hash(user, string(au.mockKey))}, failed); err != nil {
+		if err := md5Exchange(r, out, config.User{Name: user, Password: secret.MD5Hash(user, string(au.mockKey))}, failed); err != nil {
 			return err
 		}
 		return failed // a client that guessed the random password still does not get in
@@ -219,7 +218,7 @@ func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user stri
 		return err
 	}
 	creds := scram.StoredCredentials{KeyFactors: scram.KeyFactors{Salt: string(sum[:16]), Iters: scramIterations}, StoredKey: keys[:32], ServerKey: keys[32:]}
-	if err := au.scramExchange(r, w, creds, nil, failed); err != nil {
+	if err := au.scramExchange(r, out, creds, nil, failed); err != nil {
 		return err
 	}
 	return failed
@@ -229,7 +228,7 @@ func (au *authenticator) mockExchange(r *wire.Reader, w *bufio.Writer, user stri
 // user is configured or looked up with a verifier), a successful login
 // leaves the ClientKey recovered from the client's proof in au.keys, for
 // pgsplit's logins to the servers.
-func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds scram.StoredCredentials, v *secret.Verifier, failed *pgmsg.Error) error {
+func (au *authenticator) scramExchange(r *wire.Reader, out *clientWriter, creds scram.StoredCredentials, v *secret.Verifier, failed *pgmsg.Error) error {
 	// PostgreSQL clients leave the SCRAM user name empty: the startup
 	// packet's user is the one that counts, so the lookup ignores it.
 	srv, err := scram.SHA256.NewServer(func(string) (scram.StoredCredentials, error) { return creds, nil })
@@ -237,7 +236,7 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds sc
 		return err
 	}
 	conv := srv.NewConversation()
-	if err := send(w, &pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
+	if err := out.sendMsgs(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"SCRAM-SHA-256"}}); err != nil {
 		return err
 	}
 	body, err := readAuthMsg(r)
@@ -256,7 +255,7 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds sc
 	if err != nil {
 		return pgmsg.Fatal(pgmsg.CodeProtocolViolation, "malformed SCRAM message: "+err.Error())
 	}
-	if err := send(w, &pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
+	if err := out.sendMsgs(&pgproto3.AuthenticationSASLContinue{Data: []byte(first)}); err != nil {
 		return err
 	}
 	body, err = readAuthMsg(r)
@@ -283,7 +282,7 @@ func (au *authenticator) scramExchange(r *wire.Reader, w *bufio.Writer, creds sc
 		}
 		au.keys.Put(v, key)
 	}
-	return send(w, &pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
+	return out.sendMsgs(&pgproto3.AuthenticationSASLFinal{Data: []byte(final)})
 }
 
 // readAuthMsg reads the client's next message, which must be a 'p'
@@ -306,20 +305,4 @@ func readAuthMsg(r *wire.Reader) ([]byte, error) {
 		return nil, pgmsg.Fatal(pgmsg.CodeProtocolViolation, "password packet too long")
 	}
 	return r.Body()
-}
-
-// send writes msgs to w and flushes: the login phase's writes, before the
-// session's clientWriter takes over (see clientWriter.loginWriter).
-func send(w *bufio.Writer, msgs ...pgproto3.BackendMessage) error {
-	var buf []byte
-	for _, m := range msgs {
-		var err error
-		if buf, err = m.Encode(buf[:0]); err != nil {
-			return err
-		}
-		if _, err := w.Write(buf); err != nil {
-			return err
-		}
-	}
-	return w.Flush()
 }

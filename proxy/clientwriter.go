@@ -212,9 +212,3 @@ func (c *clientWriter) lockWithin(d time.Duration) bool {
 	c.mu.Unlock()
 	return true
 }
-
-// loginWriter is the buffer the login phase (startup answers,
-// authentication) writes to: before the greeting, serve's goroutine is
-// the only writer, and no pump exists. The buffer stays held until the
-// first flush through c.
-func (c *clientWriter) loginWriter() *bufio.Writer { return c.buf() }

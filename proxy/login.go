@@ -98,11 +98,11 @@ func (s *session) serve() {
 	}
 
 	if st.minor > 0 || len(st.unknown) > 0 {
-		if err := send(s.out.loginWriter(), &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
+		if err := s.out.sendMsgs(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}); err != nil {
 			return
 		}
 	}
-	u, err := au.authenticate(s.cr, s.out.loginWriter(), user, database, link.tls)
+	u, err := au.authenticate(s.cr, s.out, user, database, link.tls)
 	if err == nil && s.srv.draining.Load() {
 		err = pgmsg.Fatal(pgmsg.CodeAdminShutdown, "the database system is shutting down")
 	}

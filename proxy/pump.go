@@ -29,14 +29,13 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 			k(typ, n)
 		}
 		if err != nil && !u.stopping.Load() {
-			if lostWatched(u) {
-				return fmt.Errorf("relay server→client: read: %w", err)
-			}
+			// Idle first: quietIdle is false once the session set the
+			// watch, so a watched read sent at any moment is seen by one
+			// of the two looks (one sent after the first is handled by
+			// idleEnded's lost mark, see awaitVerdict).
 			if u.quietIdle() && !isTimeout(err) && s.replaceable(u) {
 				return s.idleEnded(u, fmt.Errorf("relay server→client: read: %w", err))
 			}
-			// The session may have sent a watched read between the two
-			// looks above (quietIdle is false once the watch is set).
 			if lostWatched(u) {
 				return fmt.Errorf("relay server→client: read: %w", err)
 			}

@@ -312,7 +312,8 @@ func (s *session) noteAnswer(u *upstream, typ byte, body []byte) {
 		return
 	}
 	now := time.Now()
-	var done []*queryRecord
+	var doneBuf [4]*queryRecord // a batch's usual few, without an allocation
+	done := doneBuf[:0]
 	switch typ {
 	case pgmsg.CommandComplete, pgmsg.ErrorResponse, pgmsg.EmptyQueryResponse, pgmsg.PortalSuspended:
 		r := u.recs[0]

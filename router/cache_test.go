@@ -182,10 +182,10 @@ func TestShapeCacheHoldsPlainWritesOnly(t *testing.T) {
 	if n := c.shapes.len(); n != 2 || len(st.Funcs) == 0 || len(st.Pins) == 0 {
 		t.Fatalf("a write calling nextval: %d shapes cached (want 2), funcs %v, pins %v", n, st.Funcs, st.Pins)
 	}
-	if a, b := shapeKey(`UPDATE t SET a = 1`, nil), shapeKey(`update T set A=2 -- x`, nil); string(a) != string(b) {
+	if a, b := shapeKey(`UPDATE t SET a = 1`, 0, nil), shapeKey(`update T set A=2 -- x`, 0, nil); string(a) != string(b) {
 		t.Fatalf("keys differ for statements that differ only in a value, case and a comment")
 	}
-	if a, b := shapeKey(`UPDATE t SET a = 1`, nil), shapeKey(`UPDATE "T" SET a = 1`, nil); string(a) == string(b) {
+	if a, b := shapeKey(`UPDATE t SET a = 1`, 0, nil), shapeKey(`UPDATE "T" SET a = 1`, 0, nil); string(a) == string(b) {
 		t.Fatalf("a quoted identifier has the key of the bare one")
 	}
 }

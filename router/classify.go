@@ -109,7 +109,7 @@ func (c *Classifier) Classify(sql string) Statement {
 	var key []byte
 	if c.shapes != nil {
 		var keyBuf [256]byte
-		key = shapeKey(sql, keyBuf[:0])
+		key = shapeKey(sql, start, keyBuf[:0])
 		if st, ok := c.shapes.getBytes(key); ok {
 			st.Hint = hint
 			return st

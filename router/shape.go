@@ -49,25 +49,28 @@ func Shape(sql string) uint64 {
 	}
 }
 
-// shapeKey appends to dst the statement's tokens as Shape hashes them
-// (every literal and parameter one placeholder, bare identifiers and
+// shapeKey appends to dst the tokens of a statement that begins (at start,
+// after any leading hint) with INSERT, UPDATE or DELETE, as Shape hashes
+// them (every literal and parameter one placeholder, bare identifiers and
 // keywords case-folded, whitespace and comments dropped), each token its
 // kind byte, its text and a NUL: unlike Shape's hash, two statements with
 // the same key differ in nothing but values and formatting. It returns
-// nil for text the lexer does not understand or that holds a NUL.
-func shapeKey(sql string, dst []byte) []byte {
+// nil for any other statement (only those can be cached by shape, see
+// shapeCacheable), for text the lexer does not understand, and for text
+// that holds a NUL.
+func shapeKey(sql string, start int, dst []byte) []byte {
 	if strings.IndexByte(sql, 0) >= 0 {
 		return nil
 	}
-	_, start := leadingHint(sql)
 	l := lexer{s: sql, pos: start}
+	if t := l.next(); t.kind != tokIdent || !writeWord(sql[t.start:t.end]) {
+		return nil
+	}
+	l.pos = start
 	for {
 		t := l.next()
 		switch t.kind {
 		case tokEOF:
-			if dst == nil {
-				dst = []byte{}
-			}
 			return dst
 		case tokBad:
 			return nil
@@ -89,4 +92,8 @@ func shapeKey(sql string, dst []byte) []byte {
 			dst = append(dst, 0)
 		}
 	}
+}
+
+func writeWord(w string) bool {
+	return equalFold(w, "insert") || equalFold(w, "update") || equalFold(w, "delete")
 }

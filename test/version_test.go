@@ -71,7 +71,8 @@ func TestVersionIsTheSameInTheCLIShowVersionAndMetrics(t *testing.T) {
 	}
 }
 
-// goModVersions reads the require lines of the module's go.mod.
+// goModVersions asks the go command for the versions the module requires
+// of pg_query_go and pgx.
 func goModVersions(t *testing.T) map[string]string {
 	t.Helper()
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Path}} {{.Version}}", "github.com/pganalyze/pg_query_go/v6", "github.com/jackc/pgx/v5").Output()
