@@ -84,3 +84,27 @@ func TestRecordEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestSurvivingPositionOnlyOnceNoReplicaCanReceiveMore: commits left
+// without a position by a primary that went away are resolved at the most
+// WAL a replica received, but only when no replica still streams (the
+// primary may be alive and sending) and every answering server is a
+// replica with a known position.
+func TestSurvivingPositionOnlyOnceNoReplicaCanReceiveMore(t *testing.T) {
+	cases := []struct {
+		name     string
+		replicas []replicaWAL
+		lsn      uint64
+		ok       bool
+	}{
+		{"none answered", nil, 0, false},
+		{"both stopped receiving", []replicaWAL{{received: 700, known: true}, {received: 900, known: true}}, 900, true},
+		{"one still streams", []replicaWAL{{received: 700, known: true}, {received: 900, known: true, streaming: true}}, 0, false},
+		{"one is out of recovery", []replicaWAL{{received: 700, known: true}, {}}, 0, false},
+	}
+	for _, c := range cases {
+		if lsn, ok := survivingPosition(c.replicas); lsn != c.lsn || ok != c.ok {
+			t.Errorf("%s: got %d %v, want %d %v", c.name, lsn, ok, c.lsn, c.ok)
+		}
+	}
+}

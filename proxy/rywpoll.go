@@ -72,9 +72,11 @@ func (t *lsnTracker) run() {
 				if err == nil {
 					inserted, err = nodes.ParseLSN(row[1])
 				}
-				if err == nil {
+				switch {
+				case err == nil:
 					t.resolve(target, flushed, recordEnd(inserted), row[2] == "off")
-				} else if !t.pause(50 * time.Millisecond) {
+				case t.resolveFromReplicas(conns, target):
+				case !t.pause(50 * time.Millisecond):
 					return
 				}
 			}
@@ -97,6 +99,59 @@ func (t *lsnTracker) run() {
 			}
 		}
 	}
+}
+
+// resolveFromReplicas resolves the commits up to target when the primary
+// cannot be asked and can no longer send WAL to anyone: every replica that
+// answers has no WAL receiver (its stream from the primary has ended). Then
+// what the surviving servers will ever hold of the old primary's commits is
+// what they received, and a commit beyond the most any of them received is
+// lost to the failover (asynchronous replication); waiting for it could only
+// send reads to a primary that is not there. Replicas that do not answer
+// cannot serve reads and are left out. It reports whether it resolved.
+func (t *lsnTracker) resolveFromReplicas(conns map[endpoint]*pgconn.PgConn, target uint64) bool {
+	var got []replicaWAL
+	for _, r := range t.s.replicaList() {
+		if row, err := t.queryRow(conns, r, replicaWALSQL, 2); err == nil {
+			lsn, err := nodes.ParseLSN(row[0])
+			got = append(got, replicaWAL{received: lsn, known: err == nil, streaming: row[1] != "0"})
+		}
+	}
+	lsn, ok := survivingPosition(got)
+	if !ok {
+		return false
+	}
+	t.s.log.Warn("read-your-writes: the primary does not answer and no replica streams from it; commits without a position take the most WAL a replica received",
+		zap.String("position", nodes.FormatLSN(lsn)), zap.Int("replicas", len(got)))
+	t.resolve(target, lsn, lsn, false)
+	return true
+}
+
+// replicaWAL is what one replica answered to replicaWALSQL.
+type replicaWAL struct {
+	received  uint64
+	known     bool // the server is in recovery and has received or replayed WAL
+	streaming bool // a WAL receiver runs: more may arrive
+}
+
+// replicaWALSQL reads a replica's received (or, restored from an archive,
+// replayed) position and whether a WAL receiver runs (its pid is visible
+// to every user; its status only to pg_read_all_stats).
+const replicaWALSQL = "SELECT GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text, (SELECT count(*) FROM pg_stat_wal_receiver)::text"
+
+// survivingPosition is the most WAL any replica received, when at least one
+// answered and none can receive more (no WAL receiver, no server out of
+// recovery among them): the end of what the old primary's commits can be
+// found at after a failover.
+func survivingPosition(replicas []replicaWAL) (uint64, bool) {
+	var lsn uint64
+	for _, r := range replicas {
+		if r.streaming || !r.known {
+			return 0, false
+		}
+		lsn = max(lsn, r.received)
+	}
+	return lsn, len(replicas) > 0
 }
 
 // recordEnd turns an insert position into the end of the last record
