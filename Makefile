@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin/pgsplit
 
-.PHONY: build demo test unit lint bench fuzz clean
+.PHONY: build demo test unit lint bench fuzz deb clean
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/pgsplit
@@ -44,6 +44,10 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime $(FUZZTIME) ./admin/
 	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime $(FUZZTIME) ./router/
 	$(GO) test -run XXX -fuzz FuzzDepthNeverUnderestimatesNesting -fuzztime $(FUZZTIME) ./router/
+
+## deb: the Debian package (binary, /etc/pgsplit/config.yaml, hardened systemd unit) in bin/.
+deb:
+	@scripts/build-deb.sh bin
 
 clean:
 	rm -rf bin

@@ -237,6 +237,9 @@ const (
 	RYWTable   = "table"   // a read waits for the last commit of every table it touches
 	RYWSession = "session" // a read waits for the client's own last commit
 	RYWOff     = "off"     // no read-your-writes
+	// RYWLinearizable: a read waits for the primary's position as of its
+	// arrival, so it sees every commit made anywhere before it.
+	RYWLinearizable = "linearizable"
 
 	TxSplit   = "split"   // leading reads of a transaction on a replica, the rest on the primary
 	TxPrimary = "primary" // every transaction that is not READ ONLY on the primary
@@ -256,7 +259,7 @@ type Routing struct {
 	// HealthCheckInterval is how often pgsplit asks every server whether it
 	// is up and how far each replica lags (0: never).
 	HealthCheckInterval time.Duration `mapstructure:"health_check_interval"`
-	// ReadYourWrites is table, session or off ("" means table).
+	// ReadYourWrites is table, session, linearizable or off ("" means table).
 	ReadYourWrites string `mapstructure:"read_your_writes"`
 	// ReadYourWritesWait bounds how long a read waits for a replica to
 	// replay the commits it must see before it goes to the primary.

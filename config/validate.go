@@ -162,9 +162,9 @@ func (c *Config) Validate() []string {
 		bad("routing.read_from", c.Routing.ReadFrom, "must be replicas, replicas_only, any or primary")
 	}
 	switch c.Routing.ReadYourWrites {
-	case "", RYWTable, RYWSession, RYWOff:
+	case "", RYWTable, RYWSession, RYWLinearizable, RYWOff:
 	default:
-		bad("routing.read_your_writes", c.Routing.ReadYourWrites, "must be table, session or off")
+		bad("routing.read_your_writes", c.Routing.ReadYourWrites, "must be table, session, linearizable or off")
 	}
 	if c.Routing.ReadYourWritesWait < 0 {
 		bad("routing.read_your_writes_wait", c.Routing.ReadYourWritesWait, "must be 0 (no wait: straight to the primary) or a positive duration, e.g. 10ms")

@@ -264,7 +264,7 @@ func (s *session) parseOnly() bool {
 		}
 	}
 	for _, name := range b.parses {
-		if cs := s.stmts[name]; cs == nil || cs.class.Statements == 0 || cs.class.SetName == router.RouteSetting {
+		if cs := s.stmts[name]; cs == nil || cs.class.Statements == 0 || router.IsOwnSetting(cs.class.SetName) {
 			return false
 		}
 	}

@@ -124,7 +124,10 @@ func (s *session) serve() {
 		s.failStartup(pgmsg.Fatal(pgmsg.CodeInvalidCatalogName, fmt.Sprintf("database %q is not served by pgsplit (not listed in databases)", database)), user, database)
 		return
 	}
-	setup, err := startupSettings(st.params)
+	setup, own, err := startupSettings(st.params)
+	if err == nil {
+		s.reportLSN, err = ownStartup(own, st.params)
+	}
 	if err != nil {
 		s.failStartup(err, user, database)
 		return

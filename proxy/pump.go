@@ -204,7 +204,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 				}
 				// Before the client can see the commit: register it
 				// for read-your-writes.
-				s.noteCommit(u, status, lastRollback)
+				if lsn, ok := s.noteCommit(u, status, lastRollback); ok {
+					err = writeCommitLSN(w, lsn)
+				}
 				lastRollback = false
 				// And the statements its batch prepared, before the
 				// client can Parse their names again.
@@ -214,7 +216,9 @@ func (s *session) pump(u *upstream, zSignal chan<- struct{}) error {
 					u.recMu.Unlock()
 				}
 				s.readyForQuery(u, status)
-				if werr := u.conn.R.WriteBodyAfterHeader(w, b); werr != nil {
+				if err != nil {
+					err = &clientWriteError{err}
+				} else if werr := u.conn.R.WriteBodyAfterHeader(w, b); werr != nil {
 					err = &clientWriteError{werr}
 				}
 			}

@@ -186,7 +186,7 @@ func (s *session) observeSessionState(u *upstream, st router.Statement) {
 	switch kind {
 	case router.KindSet:
 		if st.SetLocal || st.SetName == "" || st.SetName == "role" || st.SetName == "session_authorization" ||
-			st.SetName == router.RouteSetting {
+			router.IsOwnSetting(st.SetName) {
 			return // role and session_authorization pin (connPin)
 		}
 		if st.SetValueSQL == "" {
@@ -286,9 +286,16 @@ func markUnknown(have map[string]string) {
 // value there is not known: syncSettings sets or resets it.
 const unknownSetting = "\x00unknown"
 
-// routeSettingStatement answers SET/RESET/SHOW pgsplit.route locally.
+// routeSettingStatement answers SET/RESET/SHOW of pgsplit's own settings
+// (pgsplit.route, pgsplit.min_lsn) locally.
 func (s *session) routeSettingStatement(st router.Statement) decision {
-	v, err := s.route.ApplySetting(st)
+	var v string
+	var err error
+	if st.SetName == router.MinLSNSetting {
+		v, err = s.applyMinLSN(st)
+	} else {
+		v, err = s.route.ApplySetting(st)
+	}
 	if err != nil {
 		return decision{local: []pgproto3.BackendMessage{&pgproto3.ErrorResponse{
 			Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeInvalidParameterValue,
@@ -298,7 +305,7 @@ func (s *session) routeSettingStatement(st router.Statement) decision {
 	switch st.Kind {
 	case router.KindShow:
 		return decision{local: []pgproto3.BackendMessage{
-			&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte(router.RouteSetting), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
+			&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte(st.SetName), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}},
 			&pgproto3.DataRow{Values: [][]byte{[]byte(v)}},
 			&pgproto3.CommandComplete{CommandTag: []byte("SHOW")},
 		}}
@@ -357,7 +364,7 @@ func (s *session) batchIsLocal() (local, mixed bool) {
 // servers under pgsplit's name, shared with other clients, so the client's
 // DEALLOCATE only forgets the client's name, as for a simple Query).
 func (s *session) answeredHere(cs *clientStmt) bool {
-	if cs.class.SetName == router.RouteSetting && cs.class.BySession {
+	if router.IsOwnSetting(cs.class.SetName) && cs.class.BySession {
 		return true
 	}
 	return s.deallocatesOurs(cs.class)
@@ -437,7 +444,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 				out = append(out, &pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")})
 				continue
 			}
-			if cs != nil && cs.class.SetName != router.RouteSetting {
+			if cs != nil && !router.IsOwnSetting(cs.class.SetName) {
 				cs = nil
 			}
 			if cs == nil {

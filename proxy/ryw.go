@@ -133,9 +133,10 @@ func (t *lsnTracker) setReplayed(ep endpoint, lsn uint64) {
 }
 
 // commit registers a committed transaction's writes (before its
-// ReadyForQuery is relayed). async: the client runs with
-// synchronous_commit = off, so the commit may not be flushed yet.
-func (t *lsnTracker) commit(db *dbWrites, scope writeScope, client *mark, async bool) {
+// ReadyForQuery is relayed) and returns its sequence number. async: the
+// client runs with synchronous_commit = off, so the commit may not be
+// flushed yet.
+func (t *lsnTracker) commit(db *dbWrites, scope writeScope, client *mark, async bool) uint64 {
 	t.mu.Lock()
 	t.seq++
 	seq := t.seq
@@ -161,6 +162,7 @@ func (t *lsnTracker) commit(db *dbWrites, scope writeScope, client *mark, async 
 	t.pending = append(t.pending, p)
 	t.mu.Unlock()
 	nudge(t.wake)
+	return seq
 }
 
 // resolve gives every commit up to seq its position: the primary's flush

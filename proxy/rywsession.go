@@ -32,6 +32,16 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 	case config.RYWSession:
 		m := &s.commits
 		return func() (uint64, uint64) { return m.lsn, m.seq }
+	case config.RYWLinearizable:
+		// A barrier: the tracker's next position query, sent after this
+		// read arrived, is at or past every commit made before it, on
+		// any connection to the primary. Reads that arrive while one is
+		// in flight share the next. With this client's
+		// synchronous_commit off its own last commit may not be flushed:
+		// the insert position then.
+		m := new(mark)
+		s.srv.lsn.commit(nil, writeScope{}, m, s.asyncCommits())
+		return func() (uint64, uint64) { return m.lsn, m.seq }
 	}
 	db := s.dbWrites
 	if !db.written.Load() {
@@ -73,7 +83,7 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 // s.readFloor is set for the replica choice.
 func (s *session) replicaReadable(attached *upstream, all bool, reads ...readStmt) bool {
 	s.readFloor = 0
-	need := s.readNeed(all, reads...)
+	need := s.withMinLSN(s.readNeed(all, reads...))
 	if need == nil {
 		return true
 	}
@@ -100,13 +110,16 @@ func (s *session) replicaReadable(attached *upstream, all bool, reads ...readStm
 // read needs to wait: read_your_writes is off, or (table mode) nothing was
 // written through this pgsplit in the database yet.
 func (s *session) rywIdle() bool {
+	if s.minLSN != 0 {
+		return false
+	}
 	switch s.srv.cfg.Load().Routing.RYWMode() {
 	case config.RYWOff:
 		return true
 	case config.RYWTable:
 		return !s.dbWrites.written.Load()
 	}
-	return false
+	return false // session, linearizable
 }
 
 // readStmt is one statement of a read: its text and classification.
@@ -127,15 +140,12 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 	}
 	cfg := s.srv.cfg.Load()
 	mode := cfg.Routing.RYWMode()
-	if mode == config.RYWOff || len(cfg.Servers) < 2 {
+	if (mode == config.RYWOff || len(cfg.Servers) < 2) && !s.reportLSN {
 		// Off, or one server only: no read can go anywhere else, so no
 		// position is worth asking the primary for after the commit.
 		return
 	}
-	sc := writeScope{seq: seq, all: true, ddl: changesCatalog(st)}
-	if v, ok := s.state.setting("synchronous_commit"); ok {
-		sc.async = strings.Contains(strings.ToLower(v), "'off'")
-	}
+	sc := writeScope{seq: seq, all: true, ddl: changesCatalog(st), async: s.asyncCommits()}
 	if mode == config.RYWTable && !sc.ddl && s.cls.WritesNamedOnly(st) {
 		if names, ok := router.Relations(sql, nil); ok && !s.cls.WritesAny(names) {
 			sc.tables, sc.all = names, false
@@ -149,10 +159,11 @@ func (s *session) noteWrite(u *upstream, seq int64, sql string, st router.Statem
 
 // noteCommit is the pump's look at a client ReadyForQuery from u, before it
 // is relayed: writes whose statements it ends join the open transaction's,
-// and when the transaction has committed they are registered.
-func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) {
+// and when the transaction has committed they are registered. For a client
+// that asked for its commits' positions it returns the commit's (ok).
+func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) (token uint64, ok bool) {
 	if !u.wrote.Load() {
-		return // nothing written since the last commit: no lock per ReadyForQuery
+		return 0, false // nothing written since the last commit: no lock per ReadyForQuery
 	}
 	u.recMu.Lock()
 	z := u.zSeen + 1 // noteAnswer counts this ReadyForQuery after it is relayed
@@ -169,16 +180,31 @@ func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) {
 	u.wrote.Store(len(u.writes) > 0 || u.txWrote.all || len(u.txWrote.tables) > 0)
 	u.recMu.Unlock()
 	if status != pgmsg.TxIdle || rolledBack || (!done.all && len(done.tables) == 0) {
-		return
+		return 0, false
 	}
-	if s.srv.cfg.Load().Routing.RYWMode() == config.RYWSession {
-		s.srv.lsn.commit(nil, done, &s.commits, done.async)
-	} else {
-		s.srv.lsn.commit(s.dbWrites, done, nil, done.async)
+	cfg := s.srv.cfg.Load()
+	if len(cfg.Servers) > 1 {
+		switch cfg.Routing.RYWMode() {
+		case config.RYWSession:
+			s.srv.lsn.commit(nil, done, &s.commits, done.async)
+		case config.RYWTable:
+			s.srv.lsn.commit(s.dbWrites, done, nil, done.async)
+		} // linearizable: every read asks for the primary's position itself
 	}
 	if done.ddl {
 		s.srv.catalogs.DDLCommitted(s.cls, s.database, s.user)
 	}
+	if s.reportLSN {
+		return s.tokenFor(done)
+	}
+	return 0, false
+}
+
+// asyncCommits reports whether the client runs with synchronous_commit =
+// off: its commits may be answered before they are flushed.
+func (s *session) asyncCommits() bool {
+	v, ok := s.state.setting("synchronous_commit")
+	return ok && strings.Contains(strings.ToLower(v), "'off'")
 }
 
 // kindsOf lists the statements' kinds of st (one, or each of a multi-

@@ -84,7 +84,15 @@ type session struct {
 	commits mark
 	// relNames is readNeed's buffer of relation names (session goroutine).
 	relNames []string
-	waited   time.Duration // how long it waited for server connections
+	// minLSN is SET pgsplit.min_lsn: the WAL position every read of the
+	// session must see (0: none). Session goroutine only.
+	minLSN uint64
+	// reportLSN: the client asked at login (pgsplit.report_commit_lsn) for
+	// each commit's position as ParameterStatus pgsplit.commit_lsn; token
+	// is that commit's mark (guarded by the lsnTracker's mu). Set at login.
+	reportLSN bool
+	token     mark
+	waited    time.Duration // how long it waited for server connections
 	// verdictTimer bounds awaitVerdict's wait, reused statement after
 	// statement.
 	verdictTimer *time.Timer

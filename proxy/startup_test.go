@@ -144,14 +144,14 @@ func TestParseOptions(t *testing.T) {
 }
 
 func TestStartupSettingsQuoting(t *testing.T) {
-	set, err := startupSettings(map[string]string{"user": "u", "database": "d", "Application_Name": `it's \ x`})
+	set, _, err := startupSettings(map[string]string{"user": "u", "database": "d", "Application_Name": `it's \ x`})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := `SELECT pg_catalog.set_config(E'application_name', E'it''s \\ x', false)`; len(set) != 1 || set["application_name"] != want {
 		t.Fatalf("got  %v\nwant application_name: %s", set, want)
 	}
-	if set, _ := startupSettings(map[string]string{"user": "u"}); len(set) != 0 {
+	if set, _, _ := startupSettings(map[string]string{"user": "u"}); len(set) != 0 {
 		t.Fatalf("nothing to set, got %q", set)
 	}
 }
@@ -187,7 +187,7 @@ func FuzzParseStartup(f *testing.F) {
 // PostgreSQL, every time.
 func TestStartupSettingsPrecedence(t *testing.T) {
 	for range 20 {
-		set, err := startupSettings(map[string]string{"options": "-c search_path=from_options -c work_mem=8MB", "search_path": "from_packet"})
+		set, _, err := startupSettings(map[string]string{"options": "-c search_path=from_options -c work_mem=8MB", "search_path": "from_packet"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,15 @@ import (
 // proxy: SET pgsplit.route = primary | replica | auto.
 const RouteSetting = "pgsplit.route"
 
+// MinLSNSetting is pgsplit's session setting for a causal token: SET
+// pgsplit.min_lsn = '0/3000060' sends the session's reads only to replicas
+// that have replayed that WAL position. The proxy answers it too.
+const MinLSNSetting = "pgsplit.min_lsn"
+
+// IsOwnSetting reports whether name is one of pgsplit's session settings,
+// answered by the proxy and never sent to a server.
+func IsOwnSetting(name string) bool { return name == RouteSetting || name == MinLSNSetting }
+
 // Session is one client's routing state: what pins it to the primary and
 // its pgsplit.route override. It does no I/O; the proxy (or `pgsplit
 // classify --session`) feeds it statements. Owned by one goroutine.
@@ -56,7 +65,7 @@ type Decision struct {
 // strength: pgsplit's own setting, an open transaction (it stays on its
 // server), transaction starts, session-state statements, then Read.
 func (s *Session) Route(st Statement, txOn Target) Decision {
-	if st.SetName == RouteSetting && st.BySession {
+	if IsOwnSetting(st.SetName) && st.BySession {
 		return Decision{Target: Primary, Reason: "pgsplit setting (answered by the proxy)", Local: true}
 	}
 	if txOn != HintNone {

@@ -524,7 +524,7 @@ func checkStale(t *testing.T, st *rywStats, wantStale bool) {
 		t.Errorf("read_your_writes=%s: %d of %d reads did not see the row committed just before (the ryw: line above has the details)", st.mode, st.stale, st.cycles)
 	}
 	if wantStale && st.stale == 0 {
-		t.Errorf("read_your_writes=off with a replica 2 s behind: no stale read in %d cycles, so the test cannot tell the feature works (the ryw: line above has the details)", st.cycles)
+		t.Errorf("read_your_writes=%s with a replica 2 s behind: no stale read in %d cycles, so the test cannot tell the feature works (the ryw: line above has the details)", st.mode, st.cycles)
 	}
 }
 
