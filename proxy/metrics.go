@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/pgsplit/pgsplit/admin"
 	"github.com/pgsplit/pgsplit/internal/version"
 	"github.com/pgsplit/pgsplit/router"
 )
@@ -261,8 +262,38 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// serve starts the HTTP endpoint: /metrics, /healthz (the process is up),
-// /readyz (the primary accepts TCP connections within a second).
+// latency is the statement-duration histogram over every role, for the
+// status page.
+func (m *metrics) latency() []admin.LatencyBucket {
+	fams, err := m.reg.Gather()
+	if err != nil {
+		return nil
+	}
+	var out []admin.LatencyBucket
+	for _, f := range fams {
+		if f.GetName() != "pgsplit_query_duration_seconds" {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			h := mt.GetHistogram()
+			for i, b := range h.GetBucket() {
+				if i == len(out) {
+					out = append(out, admin.LatencyBucket{UpTo: time.Duration(b.GetUpperBound() * float64(time.Second))})
+				}
+				out[i].Count += b.GetCumulativeCount()
+			}
+			if n := len(h.GetBucket()); n == len(out) {
+				out = append(out, admin.LatencyBucket{UpTo: -1})
+			}
+			out[len(out)-1].Count += h.GetSampleCount()
+		}
+	}
+	return out
+}
+
+// serve starts the HTTP endpoint: / (the status page), /metrics, /healthz
+// (the process is up), /readyz (the primary accepts TCP connections within
+// a second).
 func (m *metrics) serve(ctx context.Context, addr string, s *Server, log *zap.Logger) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
@@ -270,6 +301,7 @@ func (m *metrics) serve(ctx context.Context, addr string, s *Server, log *zap.Lo
 		return fmt.Errorf("metrics.listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
+	mux.Handle("GET /{$}", admin.StatusPage(s, m.latency, version.Get().String()))
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
