@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"fmt"
 	"html/template"
 	"math"
@@ -30,12 +31,15 @@ func StatusPage(src Source, latency func() []LatencyBucket, version string) http
 			buckets = latency()
 		}
 		page := statusData(src, buckets, version, time.Now())
+		var b bytes.Buffer
+		if err := statusTemplate.Execute(&b, page); err != nil {
+			http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-		if err := statusTemplate.Execute(w, page); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-		}
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+		_, _ = w.Write(b.Bytes())
 	})
 }
 

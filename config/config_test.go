@@ -496,3 +496,21 @@ func TestSettingsShowTLSPaths(t *testing.T) {
 		t.Errorf("server_tls.mode should need a restart: %+v", got["server_tls.mode"])
 	}
 }
+
+// TestLinearizableNeedsAWait: read_your_writes: linearizable with no wait
+// would send every read to the primary after a position query; refused,
+// naming the key; a mode that does not exist is refused too.
+func TestLinearizableNeedsAWait(t *testing.T) {
+	for body, want := range map[string]string{
+		"routing: { read_your_writes: linearizable, read_your_writes_wait: 0s }\n": "routing.read_your_writes_wait: 0s is not allowed: must be above 0 with read_your_writes: linearizable",
+		"routing: { read_your_writes: global }\n":                                   `routing.read_your_writes: "global" is not allowed: must be table, session, linearizable or off`,
+	} {
+		_, err := Load(writeFile(t, minimal+body), nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", strings.TrimSpace(body), err, want)
+		}
+	}
+	if _, err := Load(writeFile(t, minimal+"routing: { read_your_writes: linearizable }\n"), nil); err != nil {
+		t.Errorf("linearizable with the default wait: %v", err)
+	}
+}

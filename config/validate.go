@@ -166,6 +166,9 @@ func (c *Config) Validate() []string {
 	default:
 		bad("routing.read_your_writes", c.Routing.ReadYourWrites, "must be table, session, linearizable or off")
 	}
+	if c.Routing.ReadYourWrites == RYWLinearizable && c.Routing.ReadYourWritesWait == 0 {
+		bad("routing.read_your_writes_wait", c.Routing.ReadYourWritesWait, "must be above 0 with read_your_writes: linearizable (each read waits for the primary's position; with 0 every read would go to the primary), e.g. 10ms")
+	}
 	if c.Routing.ReadYourWritesWait < 0 {
 		bad("routing.read_your_writes_wait", c.Routing.ReadYourWritesWait, "must be 0 (no wait: straight to the primary) or a positive duration, e.g. 10ms")
 	}

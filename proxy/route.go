@@ -30,6 +30,11 @@ func (s *session) decide(st router.Statement, sql string) (decision, error) {
 	}
 	d := s.route.Route(st, tx)
 	if d.Local {
+		if st.Kind == router.KindMulti {
+			// The other statements would be lost, or the server would
+			// take pgsplit's setting as a custom one of its own.
+			return decision{}, pgmsg.Err(pgmsg.CodeFeatureNotSupported, st.SetName+" must be set in a statement of its own, not in a multi-statement query")
+		}
 		return s.routeSettingStatement(st), nil
 	}
 	if st.Hint == router.Replica && d.Target == router.Primary && st.Target != router.Replica {
@@ -393,7 +398,7 @@ func (s *session) answerBatchLocally(mixed bool) error {
 	failed := false
 	if mixed {
 		out = append(out, &pgproto3.ErrorResponse{Severity: pgmsg.SeverityError, SeverityUnlocalized: pgmsg.SeverityError, Code: pgmsg.CodeFeatureNotSupported,
-			Message: "pgsplit.route cannot share an extended-protocol batch with other statements"})
+			Message: "pgsplit's own settings (pgsplit.route, pgsplit.min_lsn) cannot share an extended-protocol batch with other statements"})
 		failed = true
 	}
 	for typ, body := range pgmsg.Frames(s.batch.buf) {

@@ -55,6 +55,16 @@ type lsnTracker struct {
 	readsWaited     atomic.Int64 // reads that waited for a replica to catch up
 	readsToPrimary  atomic.Int64 // reads sent to the primary because no replica had caught up
 
+	// fallbackSeq: commits up to it were resolved from the replicas'
+	// received WAL (the primary lost), not by the primary: no token is
+	// reported for them. Under mu.
+	fallbackSeq uint64
+	// lostSince is when position queries began failing (zero: they
+	// answer); fellBack says the fallback was logged for this outage. The
+	// run goroutine's only.
+	lostSince time.Time
+	fellBack  bool
+
 	quit, done chan struct{}
 	started    atomic.Bool
 }

@@ -74,6 +74,7 @@ func (t *lsnTracker) run() {
 				}
 				switch {
 				case err == nil:
+					t.lostSince, t.fellBack = time.Time{}, false
 					t.resolve(target, flushed, recordEnd(inserted), row[2] == "off")
 				case t.resolveFromReplicas(conns, target):
 				case !t.pause(50 * time.Millisecond):
@@ -102,14 +103,28 @@ func (t *lsnTracker) run() {
 }
 
 // resolveFromReplicas resolves the commits up to target when the primary
-// cannot be asked and can no longer send WAL to anyone: every replica that
-// answers has no WAL receiver (its stream from the primary has ended). Then
+// is lost and can no longer send WAL to anyone: position queries have
+// failed for a health-check interval (at least 500 ms: longer than a
+// crashed primary takes to restart and answer again), the health checks
+// know no primary (role auto; a configured primary is waited for), and
+// every replica that answers has no WAL receiver (its stream from the
+// primary has ended). Then
 // what the surviving servers will ever hold of the old primary's commits is
 // what they received, and a commit beyond the most any of them received is
 // lost to the failover (asynchronous replication); waiting for it could only
 // send reads to a primary that is not there. Replicas that do not answer
 // cannot serve reads and are left out. It reports whether it resolved.
 func (t *lsnTracker) resolveFromReplicas(conns map[endpoint]*pgconn.PgConn, target uint64) bool {
+	if t.lostSince.IsZero() {
+		t.lostSince = time.Now()
+	}
+	grace := t.s.cfg.Load().Routing.HealthCheckInterval
+	if grace == 0 {
+		grace = config.DefaultRouting().HealthCheckInterval
+	}
+	if time.Since(t.lostSince) < max(grace, 500*time.Millisecond) || t.s.currentPrimary().Host != "" {
+		return false
+	}
 	var got []replicaWAL
 	for _, r := range t.s.replicaList() {
 		if row, err := t.queryRow(conns, r, replicaWALSQL, 2); err == nil {
@@ -121,8 +136,14 @@ func (t *lsnTracker) resolveFromReplicas(conns map[endpoint]*pgconn.PgConn, targ
 	if !ok {
 		return false
 	}
-	t.s.log.Warn("read-your-writes: the primary does not answer and no replica streams from it; commits without a position take the most WAL a replica received",
-		zap.String("position", nodes.FormatLSN(lsn)), zap.Int("replicas", len(got)))
+	if !t.fellBack {
+		t.fellBack = true
+		t.s.log.Warn("read-your-writes: the primary is lost and no replica streams from it; commits without a position take the most WAL a replica received",
+			zap.String("position", nodes.FormatLSN(lsn)), zap.Int("replicas", len(got)))
+	}
+	t.mu.Lock()
+	t.fallbackSeq = max(t.fallbackSeq, target)
+	t.mu.Unlock()
 	t.resolve(target, lsn, lsn, false)
 	return true
 }

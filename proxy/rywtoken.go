@@ -73,16 +73,17 @@ func (s *session) tokenFor(done writeScope) (uint64, bool) {
 }
 
 // await waits, up to wait, until commit seq, registered with m, has its
-// position, and returns m's position then.
+// position from the primary, and returns m's position then (false: none
+// in time, or only the replicas' after the primary was lost).
 func (t *lsnTracker) await(m *mark, seq uint64, wait time.Duration) (uint64, bool) {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		t.mu.Lock()
 		if t.resolved >= seq {
-			lsn := m.lsn
+			lsn, ok := m.lsn, seq > t.fallbackSeq
 			t.mu.Unlock()
-			return lsn, true
+			return lsn, ok
 		}
 		ch := t.changed
 		t.mu.Unlock()

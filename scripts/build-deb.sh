@@ -25,7 +25,8 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root="$stage/pgsplit"
 install -d "$root/DEBIAN" "$root/usr/bin" "$root/etc/pgsplit" "$root/lib/systemd/system" "$root/usr/share/doc/pgsplit"
-go build -buildvcs=auto -trimpath -o "$root/usr/bin/pgsplit" ./cmd/pgsplit
+go build -buildvcs=auto -trimpath -o "$stage/pgsplit.bin" ./cmd/pgsplit
+install -m 0755 "$stage/pgsplit.bin" "$root/usr/bin/pgsplit" # whatever the builder's umask
 install -m 0644 config.yaml "$root/etc/pgsplit/config.yaml"
 install -m 0644 packaging/deb/pgsplit.service "$root/lib/systemd/system/pgsplit.service"
 install -m 0644 README.md "$root/usr/share/doc/pgsplit/README.md"

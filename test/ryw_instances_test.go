@@ -89,6 +89,15 @@ func tokenCycles(t *testing.T, a *testProxy, r *pgx.Conn, table string, n int) {
 	if _, err := r.Exec(testCtx(t, 5*time.Second), "RESET pgsplit.min_lsn"); err != nil {
 		t.Fatal(err)
 	}
+	// Refused, the session going on: not a position; pgsplit's setting in
+	// a multi-statement query (its other statements would be lost).
+	_, err := r.Exec(testCtx(t, 5*time.Second), "SET pgsplit.min_lsn = 'yesterday'")
+	wantState(t, err, "22023", "WAL position")
+	_, err = r.Exec(testCtx(t, 5*time.Second), "SET pgsplit.min_lsn = '0/1'; SELECT 1")
+	wantState(t, err, "0A000", "statement of its own")
+	if err := r.QueryRow(testCtx(t, 5*time.Second), "SHOW pgsplit.min_lsn").Scan(&shown); err != nil || shown != "0/0" {
+		t.Errorf("after RESET and two refused SETs: SHOW pgsplit.min_lsn = %q, %v; want 0/0", shown, err)
+	}
 }
 
 // concurrentReads runs readers clients reading table through p as fast as
