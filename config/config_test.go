@@ -503,7 +503,7 @@ func TestSettingsShowTLSPaths(t *testing.T) {
 func TestLinearizableNeedsAWait(t *testing.T) {
 	for body, want := range map[string]string{
 		"routing: { read_your_writes: linearizable, read_your_writes_wait: 0s }\n": "routing.read_your_writes_wait: 0s is not allowed: must be above 0 with read_your_writes: linearizable",
-		"routing: { read_your_writes: global }\n":                                   `routing.read_your_writes: "global" is not allowed: must be table, session, linearizable or off`,
+		"routing: { read_your_writes: global }\n":                                  `routing.read_your_writes: "global" is not allowed: must be table, session, linearizable or off`,
 	} {
 		_, err := Load(writeFile(t, minimal+body), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
