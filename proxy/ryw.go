@@ -183,6 +183,7 @@ func (t *lsnTracker) resolve(seq, flushed, inserted uint64, serverAsync bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
+	batch := flushed // what every commit of this batch is covered by
 	for _, p := range t.pending {
 		if p.seq > seq {
 			t.pending[n] = p
@@ -193,6 +194,7 @@ func (t *lsnTracker) resolve(seq, flushed, inserted uint64, serverAsync bool) {
 		if p.async || serverAsync {
 			lsn = inserted
 		}
+		batch = max(batch, lsn)
 		lift := func(m *mark) { m.lsn = max(m.lsn, lsn) }
 		if p.client != nil {
 			lift(p.client)
@@ -212,7 +214,10 @@ func (t *lsnTracker) resolve(seq, flushed, inserted uint64, serverAsync bool) {
 	if len(t.history) == cap(t.history) && len(t.history) > 0 {
 		t.history = append(t.history[:0], t.history[len(t.history)/2:]...)
 	}
-	t.history = append(t.history, resolution{seq: seq, lsn: max(flushed, inserted)})
+	// The batch's own position: the flush position unless one of its
+	// commits may not be flushed (the insert position runs ahead of it
+	// under writes, and no replica can have replayed past the flush).
+	t.history = append(t.history, resolution{seq: seq, lsn: batch})
 	t.broadcastLocked()
 }
 

@@ -108,3 +108,36 @@ func TestSurvivingPositionOnlyOnceNoReplicaCanReceiveMore(t *testing.T) {
 		}
 	}
 }
+
+// TestTrackerWaitsForTheFlushPositionOfSynchronousCommits: a read that
+// arrived while its commit had no position waits for that commit's batch
+// position: the flush position when every commit of the batch was
+// synchronous (the insert position runs ahead of it under writes, and no
+// replica can replay past the flush), the insert position when one may not
+// be flushed yet.
+func TestTrackerWaitsForTheFlushPositionOfSynchronousCommits(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		tr, db, ep := trackerForTest()
+		tr.commit(db, writeScope{tables: []string{"t"}}, nil, async)
+		got := make(chan uint64, 1)
+		go func() {
+			lsn, _ := tr.awaitReplica(tableNeed(tr, db, "t"), 5*time.Second, func(endpoint) bool { return true })
+			got <- lsn
+		}()
+		time.Sleep(20 * time.Millisecond) // the read waits with its commit pending
+		tr.resolve(1, 100, 300, false)
+		want := uint64(100)
+		if async {
+			want = 300
+		}
+		tr.setReplayed(ep, want)
+		select {
+		case lsn := <-got:
+			if lsn != want {
+				t.Errorf("async=%v: the read waited for %d, want %d", async, lsn, want)
+			}
+		case <-time.After(2 * time.Second):
+			t.Errorf("async=%v: the read was not served once the replica replayed %d", async, want)
+		}
+	}
+}
