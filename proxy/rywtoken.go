@@ -64,13 +64,17 @@ func (s *session) withMinLSN(need needFunc) needFunc {
 }
 
 // tokenFor registers a commit of this client's for its token and waits,
-// up to the connect timeout (what the position query may take), for its
-// position; false when the primary did not give it in time (nothing is
-// reported then).
+// up to the connect timeout (what the position query may take) but at most
+// tokenWait, for its position; false when the primary did not give it in
+// time (nothing is reported then).
 func (s *session) tokenFor(done writeScope) (uint64, bool) {
 	seq := s.srv.lsn.commit(nil, done, &s.token, done.async)
-	return s.srv.lsn.await(&s.token, seq, s.srv.cfg.Load().Pool.ConnectTimeout)
+	return s.srv.lsn.await(&s.token, seq, min(s.srv.cfg.Load().Pool.ConnectTimeout, tokenWait))
 }
+
+// tokenWait bounds how long a commit's ReadyForQuery waits for its token:
+// the tracker may be busy with a replica that does not answer.
+const tokenWait = time.Second
 
 // await waits, up to wait, until commit seq, registered with m, has its
 // position from the primary, and returns m's position then (false: none
