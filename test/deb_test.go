@@ -108,8 +108,14 @@ func TestDebianPackageInstallsAndServesAsItsSystemUser(t *testing.T) {
 	}
 
 	const unit = "/lib/systemd/system/pgsplit.service"
-	if v := run("systemd-analyze", "verify", unit); strings.TrimSpace(v) != "" {
-		t.Errorf("systemd-analyze verify %s is not clean:\n%s", unit, v)
+	// verify loads the units ours refers to, and warns about theirs too
+	// (another package's obsolete setting): only what it says of ours counts.
+	for _, line := range strings.Split(strings.TrimSpace(run("systemd-analyze", "verify", unit)), "\n") {
+		if strings.Contains(line, "pgsplit") {
+			t.Errorf("systemd-analyze verify %s is not clean: %s", unit, line)
+		} else if line != "" {
+			t.Logf("systemd-analyze verify, about another unit: %s", line)
+		}
 	}
 	sec := run("systemd-analyze", "security", "--offline=yes", unit)
 	m := regexp.MustCompile(`Overall exposure level for pgsplit\.service: ([0-9.]+)`).FindStringSubmatch(sec)
