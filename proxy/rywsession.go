@@ -3,6 +3,7 @@ package proxy
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -94,7 +95,17 @@ func (s *session) replicaReadable(attached *upstream, all bool, reads ...readStm
 	} else {
 		ok = func(e endpoint) bool { return s.srv.inRotationEP(e) }
 	}
-	lsn, can := s.srv.lsn.awaitReplica(need, s.srv.cfg.Load().Routing.ReadYourWritesWait, ok)
+	cfg := s.srv.cfg.Load()
+	lsn, can := s.srv.lsn.awaitReplica(need, cfg.Routing.ReadYourWritesWait, ok)
+	if !can && cfg.Routing.ReadYourWritesWait > 0 {
+		// No primary to fall back to (a failover under way): the read
+		// waits for a replica instead, as long as it would have waited
+		// for the primary (pool_timeout), until a primary is known again.
+		deadline := time.Now().Add(cfg.Pool.PoolTimeout)
+		for !can && s.srv.currentPrimary().Host == "" && time.Now().Before(deadline) {
+			lsn, can = s.srv.lsn.awaitReplica(need, 50*time.Millisecond, ok)
+		}
+	}
 	if !can {
 		s.srv.lsn.readsToPrimary.Add(1)
 		if ce := s.log.Check(zap.DebugLevel, "read-your-writes: no replica has replayed the commits this read must see; reading from the primary"); ce != nil {
