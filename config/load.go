@@ -269,13 +269,22 @@ func boolHook(from, to reflect.Type, data any) (any, error) {
 	if !ok {
 		return data, nil
 	}
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "true", "on", "yes", "1":
-		return true, nil
-	case "false", "off", "no", "0":
-		return false, nil
+	if b, ok := ParseBool(s); ok {
+		return b, nil
 	}
 	return nil, fmt.Errorf("%q is not a boolean (use true or false)", s)
+}
+
+// ParseBool reads the spellings PostgreSQL accepts for a boolean (true,
+// on, yes, 1 and their opposites, any case); ok is false for anything else.
+func ParseBool(s string) (v, ok bool) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "true", "on", "yes", "1":
+		return true, true
+	case "false", "off", "no", "0":
+		return false, true
+	}
+	return false, false
 }
 
 // decodeProblems turns mapstructure's joined error into one line per problem.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/pgsplit/pgsplit/config"
 	"github.com/pgsplit/pgsplit/internal/pgmsg"
 
 	"github.com/pgsplit/pgsplit/pool"
@@ -71,11 +72,8 @@ func ownStartup(own, params map[string]string) (reportLSN bool, err error) {
 	if !ok {
 		return false, nil
 	}
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "on", "true", "yes", "1":
-		return true, nil
-	case "off", "false", "no", "0":
-		return false, nil
+	if b, ok := config.ParseBool(v); ok {
+		return b, nil
 	}
 	return false, pgmsg.Fatal(pgmsg.CodeInvalidParameterValue, fmt.Sprintf("invalid value for startup parameter %q: %q (use on or off)", reportCommitLSN, v))
 }

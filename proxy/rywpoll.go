@@ -108,12 +108,12 @@ func (t *lsnTracker) run() {
 // crashed primary takes to restart and answer again), the health checks
 // know no primary (role auto; a configured primary is waited for), and
 // every replica that answers has no WAL receiver (its stream from the
-// primary has ended). Then
-// what the surviving servers will ever hold of the old primary's commits is
-// what they received, and a commit beyond the most any of them received is
-// lost to the failover (asynchronous replication); waiting for it could only
-// send reads to a primary that is not there. Replicas that do not answer
-// cannot serve reads and are left out. It reports whether it resolved.
+// primary has ended). Then what the surviving servers will ever hold of the
+// old primary's commits is what they received, and a commit beyond the most
+// any of them received is lost to the failover (asynchronous replication);
+// waiting for it could only send reads to a primary that is not there.
+// Replicas that do not answer cannot serve reads and are left out. It
+// reports whether it resolved.
 func (t *lsnTracker) resolveFromReplicas(conns map[endpoint]*pgconn.PgConn, target uint64) bool {
 	if t.lostSince.IsZero() {
 		t.lostSince = time.Now()

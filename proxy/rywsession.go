@@ -30,18 +30,17 @@ func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
 	switch s.srv.cfg.Load().Routing.RYWMode() {
 	case config.RYWOff:
 		return nil
+	case config.RYWLinearizable:
+		// A barrier on the client's own mark: the tracker's next position
+		// query, sent after this read arrived, is at or past every commit
+		// made before it, on any connection to the primary. Reads that
+		// arrive while one is in flight share the next. With this
+		// client's synchronous_commit off its own last commit may not be
+		// flushed: the insert position then.
+		s.srv.lsn.commit(nil, writeScope{}, &s.commits, s.asyncCommits())
+		fallthrough
 	case config.RYWSession:
 		m := &s.commits
-		return func() (uint64, uint64) { return m.lsn, m.seq }
-	case config.RYWLinearizable:
-		// A barrier: the tracker's next position query, sent after this
-		// read arrived, is at or past every commit made before it, on
-		// any connection to the primary. Reads that arrive while one is
-		// in flight share the next. With this client's
-		// synchronous_commit off its own last commit may not be flushed:
-		// the insert position then.
-		m := new(mark)
-		s.srv.lsn.commit(nil, writeScope{}, m, s.asyncCommits())
 		return func() (uint64, uint64) { return m.lsn, m.seq }
 	}
 	db := s.dbWrites
@@ -194,19 +193,20 @@ func (s *session) noteCommit(u *upstream, status byte, rolledBack bool) (token u
 		return 0, false
 	}
 	cfg := s.srv.cfg.Load()
-	if len(cfg.Servers) > 1 {
-		switch cfg.Routing.RYWMode() {
-		case config.RYWSession:
-			s.srv.lsn.commit(nil, done, &s.commits, done.async)
-		case config.RYWTable:
-			s.srv.lsn.commit(s.dbWrites, done, nil, done.async)
-		} // linearizable: every read asks for the primary's position itself
+	mode, replicas := cfg.Routing.RYWMode(), len(cfg.Servers) > 1
+	if replicas && mode == config.RYWTable {
+		s.srv.lsn.commit(s.dbWrites, done, nil, done.async)
+	}
+	// linearizable: every read asks for the primary's position itself.
+	var seq uint64
+	if (replicas && mode == config.RYWSession) || s.reportLSN {
+		seq = s.srv.lsn.commit(nil, done, &s.commits, done.async)
 	}
 	if done.ddl {
 		s.srv.catalogs.DDLCommitted(s.cls, s.database, s.user)
 	}
 	if s.reportLSN {
-		return s.tokenFor(done)
+		return s.srv.lsn.await(&s.commits, seq, min(cfg.Pool.ConnectTimeout, tokenWait))
 	}
 	return 0, false
 }

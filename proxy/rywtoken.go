@@ -33,7 +33,7 @@ func (s *session) applyMinLSN(st router.Statement) (string, error) {
 	case router.KindReset:
 		s.minLSN = 0
 	case router.KindSet:
-		v := strings.Trim(st.SetValue, `'" `)
+		v := st.PlainSetValue()
 		if st.SetDefault || v == "" || strings.EqualFold(v, "default") {
 			s.minLSN = 0
 			break
@@ -63,22 +63,15 @@ func (s *session) withMinLSN(need needFunc) needFunc {
 	}
 }
 
-// tokenFor registers a commit of this client's for its token and waits,
-// up to the connect timeout (what the position query may take) but at most
-// tokenWait, for its position; false when the primary did not give it in
-// time (nothing is reported then).
-func (s *session) tokenFor(done writeScope) (uint64, bool) {
-	seq := s.srv.lsn.commit(nil, done, &s.token, done.async)
-	return s.srv.lsn.await(&s.token, seq, min(s.srv.cfg.Load().Pool.ConnectTimeout, tokenWait))
-}
-
-// tokenWait bounds how long a commit's ReadyForQuery waits for its token:
-// the tracker may be busy with a replica that does not answer.
+// tokenWait bounds how long a commit's ReadyForQuery waits for its token
+// (and pool.connect_timeout, if shorter: what the position query may
+// take): the tracker may be busy with a replica that does not answer.
 const tokenWait = time.Second
 
 // await waits, up to wait, until commit seq, registered with m, has its
-// position from the primary, and returns m's position then (false: none
-// in time, or only the replicas' after the primary was lost).
+// position from the primary, and returns m's position then: at or past the
+// commit (a later barrier may have raised it). False: none in time, or
+// only the replicas' after the primary was lost.
 func (t *lsnTracker) await(m *mark, seq uint64, wait time.Duration) (uint64, bool) {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()

@@ -79,8 +79,10 @@ type session struct {
 	// readFloor is the WAL position the replica chosen for the next read
 	// must have replayed (read-your-writes; 0: any).
 	readFloor uint64
-	// commits is the client's own last commit (read_your_writes: session),
-	// guarded by the Server's lsnTracker mu.
+	// commits is the newest position the client itself must see: its own
+	// last commit (read_your_writes: session; the token) and, in
+	// linearizable mode, the last read's barrier. Guarded by the Server's
+	// lsnTracker mu.
 	commits mark
 	// relNames is readNeed's buffer of relation names (session goroutine).
 	relNames []string
@@ -88,10 +90,9 @@ type session struct {
 	// session must see (0: none). Session goroutine only.
 	minLSN uint64
 	// reportLSN: the client asked at login (pgsplit.report_commit_lsn) for
-	// each commit's position as ParameterStatus pgsplit.commit_lsn; token
-	// is that commit's mark (guarded by the lsnTracker's mu). Set at login.
+	// each commit's position as ParameterStatus pgsplit.commit_lsn. Set at
+	// login.
 	reportLSN bool
-	token     mark
 	waited    time.Duration // how long it waited for server connections
 	// verdictTimer bounds awaitVerdict's wait, reused statement after
 	// statement.

@@ -15,6 +15,10 @@ const RouteSetting = "pgsplit.route"
 // that have replayed that WAL position. The proxy answers it too.
 const MinLSNSetting = "pgsplit.min_lsn"
 
+// PlainSetValue is SetValue without the quotes the fast path may leave
+// around it.
+func (st Statement) PlainSetValue() string { return strings.Trim(st.SetValue, `'" `) }
+
 // IsOwnSetting reports whether name is one of pgsplit's session settings,
 // answered by the proxy and never sent to a server.
 func IsOwnSetting(name string) bool { return name == RouteSetting || name == MinLSNSetting }
@@ -179,7 +183,7 @@ func (s *Session) ApplySetting(st Statement) (string, error) {
 	case KindReset:
 		s.Override = HintNone
 	case KindSet:
-		switch strings.ToLower(strings.Trim(st.SetValue, `'" `)) {
+		switch strings.ToLower(st.PlainSetValue()) {
 		case "primary":
 			s.Override = Primary
 		case "replica":
