@@ -90,10 +90,7 @@ func errTooManyFromIP() *pgmsg.Error {
 // startup packet says which it is (see seatFor). A refusal is FATAL 53300.
 func (srv *Server) takeSeat(from net.Addr, log *zap.Logger) (*seat, *pgmsg.Error) {
 	cfg := srv.cfg.Load()
-	ip := from.String()
-	if h, _, err := net.SplitHostPort(ip); err == nil {
-		ip = h
-	}
+	ip := clientIP(from)
 	srv.ipMu.Lock()
 	n := srv.ipConns[ip]
 	max := cfg.Limits.MaxConnectionsPerIP

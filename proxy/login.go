@@ -132,12 +132,7 @@ func (s *session) serve() {
 		s.failStartup(err, user, database)
 		return
 	}
-	cfg := s.srv.cfg.Load()
-	s.user, s.database = u, database
-	s.state.login(setup)
-	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
-	s.resetUserCode = cfg.Pool.ResetAfterFunctions
-	s.route = router.NewSession(s.srv.readsOffloaded())
+	s.loggedIn(u, database, setup)
 	primary := s.srv.currentPrimary()
 	primaryAddr := ""
 	if primary.Host != "" {
@@ -170,11 +165,7 @@ func (s *session) serve() {
 			s.srv.logins.put(database, u.Name, primaryAddr, params)
 		}
 	}
-	// Statistics only for a database a server has confirmed.
-	s.stats.Store(s.srv.stats.db(database))
-	s.cls = s.srv.catalogs.For(database, u) // the database exists: a login worked
-	s.dbWrites = s.srv.lsn.writesFor(database)
-	s.id = &clientID{addr: s.conn.RemoteAddr().String(), user: u, database: database, app: s.appName, stats: s.stats.Load(), cls: s.cls}
+	s.attachDatabase() // statistics only for a database a server has confirmed
 	if err := s.greet(params); err != nil {
 		if up != nil {
 			// No pump runs yet, so release's quiet path would wait forever.
@@ -202,6 +193,27 @@ func (s *session) serve() {
 	handed = true
 	s.srv.wg.Add(1) // before serve's own count goes (Shutdown waits for both)
 	go s.run(seat)
+}
+
+// loggedIn sets what a logged-in session of user u in database needs
+// (setup: its startup settings), under the configuration now.
+func (s *session) loggedIn(u config.User, database string, setup map[string]string) {
+	cfg := s.srv.cfg.Load()
+	s.user, s.database = u, database
+	s.state.login(setup)
+	s.txPooling, s.maxPrepared = cfg.Pool.Mode == config.ModeTransaction, cfg.Pool.MaxPreparedStatements
+	s.resetUserCode = cfg.Pool.ResetAfterFunctions
+	s.route = router.NewSession(s.srv.readsOffloaded())
+}
+
+// attachDatabase gives the session its database's statistics,
+// classifier and read-your-writes marks, once the database is known to
+// exist (a login to it worked).
+func (s *session) attachDatabase() {
+	s.stats.Store(s.srv.stats.db(s.database))
+	s.cls = s.srv.catalogs.For(s.database, s.user)
+	s.dbWrites = s.srv.lsn.writesFor(s.database)
+	s.id = &clientID{addr: s.conn.RemoteAddr().String(), user: s.user, database: s.database, app: s.appName, stats: s.stats.Load(), cls: s.cls}
 }
 
 // failStartup tells the client why it cannot log in, logs it, and returns.

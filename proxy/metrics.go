@@ -42,6 +42,9 @@ type metrics struct {
 	srv  *http.Server
 	ln   net.Listener
 	done chan error
+	// stopOnce: stop runs from Shutdown and, in an upgrade's old
+	// process, from HandOver (the new process serves the endpoint).
+	stopOnce sync.Once
 }
 
 func newMetrics(s *Server) *metrics {
@@ -294,11 +297,13 @@ func (m *metrics) latency() []admin.LatencyBucket {
 // serve starts the HTTP endpoint: / (the status page), /metrics, /healthz
 // (the process is up), /readyz (the primary accepts TCP connections within
 // a second).
-func (m *metrics) serve(ctx context.Context, addr string, s *Server, log *zap.Logger) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics.listen %s: %w", addr, err)
+func (m *metrics) serve(ctx context.Context, addr string, ln net.Listener, s *Server, log *zap.Logger) error {
+	if ln == nil {
+		var lc net.ListenConfig
+		var err error
+		if ln, err = lc.Listen(ctx, "tcp", addr); err != nil {
+			return fmt.Errorf("metrics.listen %s: %w", addr, err)
+		}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", admin.StatusPage(s, m.latency, version.Get().String()))
@@ -339,8 +344,10 @@ func (m *metrics) stop() {
 	if m.srv == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = m.srv.Shutdown(ctx)
-	<-m.done
+	m.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = m.srv.Shutdown(ctx)
+		<-m.done
+	})
 }

@@ -71,6 +71,9 @@ func (s *session) relayClient() string {
 // 54000; the error says why the session ends.
 func (s *session) nextMessage() (byte, error) {
 	for {
+		if s.handing.Load() && s.cr.Buffered() == 0 && s.moveOut() {
+			return 0, errMoved
+		}
 		limits := s.srv.cfg.Load().Limits
 		limit := ""
 		if s.cr.Buffered() == 0 {
@@ -85,9 +88,18 @@ func (s *session) nextMessage() (byte, error) {
 				s.idleArmed = true
 			}
 		}
+		s.nudgeMu.Lock()
+		s.inNext = true
+		s.nudgeMu.Unlock()
 		typ, _, err := s.cr.Next()
-		if s.idleArmed {
-			// The message's body is not the idle wait's to bound.
+		s.nudgeMu.Lock()
+		s.inNext = false
+		nudged := s.nudged
+		s.nudged = false
+		s.nudgeMu.Unlock()
+		if s.idleArmed || nudged {
+			// The message's body is not the idle wait's (or the
+			// handover's nudge) to bound.
 			_ = s.conn.SetReadDeadline(time.Time{})
 			s.idleArmed = false
 		}
@@ -102,7 +114,10 @@ func (s *session) nextMessage() (byte, error) {
 		case errors.As(err, &fe):
 			s.out.fatal(pgmsg.Fatal(pgmsg.CodeProtocolViolation, fe.Error()))
 			return 0, errors.New("protocol violation: " + fe.Error())
-		case limit != "" && isTimeout(err) && !s.cr.Broken():
+		case (limit != "" || nudged) && isTimeout(err) && !s.cr.Broken():
+			if limit == "" {
+				continue // nudged: look at the handover again
+			}
 			if pe := s.idleExpired(limits); pe != nil {
 				s.out.fatal(pe)
 				return 0, errors.New(pe.Message)

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgsplit/pgsplit/config"
 )
 
 // This file is read-your-writes by WAL position (routing.read_your_writes).
@@ -324,5 +326,46 @@ func (t *lsnTracker) awaitReplica(need needFunc, wait time.Duration, ok func(end
 			}
 			return lsn, false
 		}
+	}
+}
+
+// writtenDatabases lists the databases with registered writes (table
+// mode), for the process that takes over in an upgrade.
+func (t *lsnTracker) writtenDatabases() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var names []string
+	for name, db := range t.dbs {
+		if db.written.Load() {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// markWritten registers, in table mode, a write of every table of the
+// databases named and of those this process has marks for, resolved at the
+// primary's next position: after an upgrade's old process ended, its
+// commits (which this process's marks do not know) are behind that
+// position.
+func (t *lsnTracker) markWritten(names []string) {
+	if t.s.cfg.Load().Routing.RYWMode() != config.RYWTable {
+		return
+	}
+	t.mu.Lock()
+	dbs := make([]*dbWrites, 0, len(t.dbs)+len(names))
+	for _, db := range t.dbs {
+		dbs = append(dbs, db)
+	}
+	for _, name := range names {
+		if _, ok := t.dbs[name]; !ok {
+			db := &dbWrites{tables: map[string]*mark{}}
+			t.dbs[name] = db
+			dbs = append(dbs, db)
+		}
+	}
+	t.mu.Unlock()
+	for _, db := range dbs {
+		t.commit(db, writeScope{all: true}, nil, false)
 	}
 }

@@ -27,7 +27,7 @@ type writeScope struct {
 // see, as a needFunc for awaitReplica; nil when it needs nothing
 // (read_your_writes off, or nothing written yet).
 func (s *session) readNeed(all bool, reads ...readStmt) needFunc {
-	switch s.srv.cfg.Load().Routing.RYWMode() {
+	switch s.srv.rywMode() {
 	case config.RYWOff:
 		return nil
 	case config.RYWLinearizable:
@@ -123,13 +123,23 @@ func (s *session) rywIdle() bool {
 	if s.minLSN != 0 {
 		return false
 	}
-	switch s.srv.cfg.Load().Routing.RYWMode() {
+	switch s.srv.rywMode() {
 	case config.RYWOff:
 		return true
 	case config.RYWTable:
 		return !s.dbWrites.written.Load()
 	}
 	return false // session, linearizable
+}
+
+// rywMode is routing.read_your_writes for reads, linearizable while an
+// upgrade runs two processes (see handoff.go).
+func (srv *Server) rywMode() string {
+	mode := srv.cfg.Load().Routing.RYWMode()
+	if mode != config.RYWOff && srv.upgrading.Load() {
+		return config.RYWLinearizable
+	}
+	return mode
 }
 
 // readStmt is one statement of a read: its text and classification.

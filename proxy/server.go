@@ -29,6 +29,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgsplit/pgsplit/config"
+	"github.com/pgsplit/pgsplit/internal/handoff"
 	"github.com/pgsplit/pgsplit/internal/secret"
 	"github.com/pgsplit/pgsplit/internal/wire"
 	"github.com/pgsplit/pgsplit/nodes"
@@ -83,6 +84,15 @@ type Server struct {
 	shutdownOnce sync.Once
 	started      time.Time
 	wg           sync.WaitGroup
+
+	// The upgrade (handoff.go): listening sockets from the process this
+	// one takes over from (set before Listen); the control link to the
+	// other process while both run; upgrading: reads take barriers (as in
+	// linearizable mode) because commits are being made by two processes.
+	inherited   inheritedListeners
+	peer        atomic.Pointer[handoff.Link]
+	upgrading   atomic.Bool
+	handingOver atomic.Bool // this is the old process: it accepts no more clients
 
 	ipMu    sync.Mutex
 	ipConns map[string]int // connections by client IP address, from accept
@@ -171,16 +181,20 @@ func (s *Server) Listen(ctx context.Context) error {
 	if err := s.checkLimits(ctx, cfg); err != nil {
 		return err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	ln, mln := s.inherited.client, s.inherited.metrics
+	if ln == nil {
+		var lc net.ListenConfig
+		if ln, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+		}
 	}
 	if cfg.Metrics.Listen != "" {
-		if err := s.metrics.serve(ctx, cfg.Metrics.Listen, s, s.log); err != nil {
+		if err := s.metrics.serve(ctx, cfg.Metrics.Listen, mln, s, s.log); err != nil {
 			_ = ln.Close()
 			return err
 		}
+	} else if mln != nil {
+		_ = mln.Close() // the metrics listener was turned off
 	}
 	s.ln = ln
 	s.qlog.explain.start()
@@ -224,7 +238,7 @@ func (s *Server) Serve() error {
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
-			if s.draining.Load() || errors.Is(err, net.ErrClosed) {
+			if s.draining.Load() || s.handingOver.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			var ne net.Error

@@ -121,7 +121,16 @@ type session struct {
 	ready    atomic.Bool   // logged in; cancel requests are honoured
 	txStatus atomic.Uint32 // status byte of the last ReadyForQuery the client saw
 	draining atomic.Bool   // close as soon as the client is idle
-	finished bool          // finish began (the session's goroutine)
+	// handing: an upgrade is under way; the session moves to the new
+	// process the next time it is idle between messages (moveOut).
+	handing atomic.Bool
+	// nudgeMu guards inNext (the session goroutine waits for a message
+	// header: a read deadline can stop it safely) and nudged (nudge set
+	// one meanwhile), so that a nudge never cuts a message body short.
+	nudgeMu  sync.Mutex
+	inNext   bool
+	nudged   bool
+	finished bool // finish began (the session's goroutine)
 	// resetUserCode (pool.reset_after_functions): a connection that ran a
 	// function, DO or CALL is reset before it serves another client.
 	resetUserCode bool
@@ -180,6 +189,9 @@ func (srv *Server) cancel(cr *pgproto3.CancelRequest, from net.Addr) {
 	srv.mu.Lock()
 	sess := srv.sessions[cr.ProcessID]
 	srv.mu.Unlock()
+	if sess == nil && srv.forwardCancel(cr) {
+		return // perhaps a client the previous process still serves (an upgrade)
+	}
 	if sess == nil || !sess.ready.Load() || len(cr.SecretKey) != 4 || subtle.ConstantTimeCompare(cr.SecretKey, sess.secret[:]) != 1 {
 		srv.log.Debug("cancel request with unknown key ignored", zap.String("client", from.String()))
 		return
@@ -218,6 +230,10 @@ func (s *session) idle() bool {
 func (s *session) finish(reason string) {
 	s.finished = true
 	s.claim()
+	if reason == errMoved.Error() {
+		s.log.Info("client handed over to the new pgsplit process")
+		return
+	}
 	fields := []zap.Field{zap.String("reason", reason)}
 	for _, u := range s.ups {
 		if u != nil {

@@ -24,6 +24,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}
+	if l := s.peer.Load(); l != nil {
+		_ = l.Close() // ends the upgrade's goroutines on this side
+	}
 	s.log.Info("shutting down: waiting for running transactions", zap.Duration("shutdown_timeout", timeout))
 	for _, sess := range s.snapshot() {
 		sess.drain()

@@ -88,7 +88,7 @@ pgsplit demo is running (Ctrl-C stops everything and removes %s)
 
 `, cl.Dir, cl.Primary.Port, replicaList(cl), addr, addr, addr)
 	}()
-	return runProxy(context.Background(), cfg, "", log, level, ready)
+	return runProxy(context.Background(), cfg, "", log, level, ready, upgrades{})
 }
 
 func replicaList(cl *pgcluster.Cluster) string {

@@ -63,6 +63,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	sessionMode := fs.Bool("session", false, "classify: the lines are one session's statements in order")
 	database := fs.String("database", "", "classify: database whose pg_proc gives function volatility (default: the first auth user's name)")
 	cpuProfile := fs.String("cpuprofile", "", "serve: write a CPU profile (pprof) to this file until shutdown")
+	takeover := fs.String(takeoverFlag, "", "serve: set by an upgrade (SIGUSR2) for the new process: inherited descriptors LISTEN,CONTROL[,METRICS]")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -79,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			}
 			defer pprof.StopCPUProfile()
 		}
-		return serve(*cfgPath, stderr)
+		return serve(*cfgPath, args, *takeover, stderr)
 	case "check":
 		cfg, err := config.Load(*cfgPath, os.Environ())
 		if err != nil {
@@ -160,8 +161,17 @@ func newLogger(cfg config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), lvl)), lvl, nil
 }
 
-// serve runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the file.
-func serve(cfgPath string, stderr io.Writer) error {
+// serve runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the file,
+// SIGUSR2 upgrades to the binary at the path pgsplit was started from.
+// takeover is set in the new process of an upgrade (see upgrade.go).
+func serve(cfgPath string, args []string, takeover string, stderr io.Writer) error {
+	var in *inherited
+	if takeover != "" {
+		var err error
+		if in, err = inherit(takeover); err != nil {
+			return err
+		}
+	}
 	cfg, err := config.Load(cfgPath, os.Environ())
 	if err != nil {
 		return err
@@ -171,15 +181,36 @@ func serve(cfgPath string, stderr io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	return runProxy(context.Background(), cfg, cfgPath, log, level, nil)
+	// The path now, while it names this binary: an upgrade starts what it
+	// names then.
+	self, err := os.Executable()
+	if err != nil {
+		log.Warn("the binary's path is unknown: SIGUSR2 upgrades are off", zap.Error(err))
+	}
+	args = append([]string{"serve"}, args...)
+	return runProxy(context.Background(), cfg, cfgPath, log, level, nil, upgrades{self: self, args: args, in: in})
+}
+
+// upgrades is what runProxy needs for SIGUSR2 upgrades: the binary and
+// arguments to start, and, in the new process of one, what it inherits.
+type upgrades struct {
+	self string
+	args []string
+	in   *inherited
 }
 
 // runProxy starts the server and blocks until a stop signal (or ctx ends).
 // ready, if not nil, receives the listen address once clients can connect.
-func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.Logger, level zap.AtomicLevel, ready chan<- string) error {
+func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.Logger, level zap.AtomicLevel, ready chan<- string, up upgrades) error {
 	srv, err := proxy.New(cfg, log)
 	if err != nil {
 		return err
+	}
+	if in := up.in; in != nil {
+		if err := sameAddr(in.client, cfg.Listen); err != nil {
+			return err
+		}
+		srv.UseListeners(in.client, in.metrics)
 	}
 	if err := srv.Listen(ctx); err != nil {
 		return err
@@ -222,24 +253,61 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 		}
 	}
 
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
+	if up.in != nil {
+		if err := srv.TakeOver(up.in.link); err != nil {
+			log.Error("upgrade: could not tell the previous process this one serves", zap.Error(err))
+		} else {
+			log.Info("upgrade: serving; taking the previous process's clients over")
+		}
+	}
+	// handedOver closes when an upgrade moved every client away; Serve
+	// has returned then (served is nil).
+	var handedOver <-chan struct{}
+	stopped := func() error {
+		shutdown(srv, stop, log)
+		if served == nil {
+			return nil
+		}
+		return <-served
+	}
 	for {
 		select {
 		case <-hup:
 			_ = reload()
+		case <-usr2:
+			if handedOver != nil {
+				log.Warn("SIGUSR2 ignored: an upgrade is under way")
+				continue
+			}
+			log.Info("upgrade requested (SIGUSR2)")
+			done, err := startUpgrade(srv, up.self, up.args, log)
+			if err != nil {
+				log.Error("upgrade failed; this process goes on serving", zap.Error(err))
+				continue
+			}
+			handedOver = done
+		case <-handedOver:
+			log.Info("upgrade: no client left; exiting")
+			return stopped()
 		case <-srv.ShutdownRequested():
 			log.Info("SHUTDOWN from the admin console")
-			shutdown(srv, stop, log)
-			return <-served
+			return stopped()
 		case sig := <-stop:
 			log.Info("signal received", zap.String("signal", sig.String()))
-			shutdown(srv, stop, log)
-			return <-served
+			return stopped()
 		case <-ctx.Done():
-			shutdown(srv, stop, log)
-			return <-served
+			return stopped()
 		case err := <-served:
+			if handedOver != nil && err == nil {
+				served = nil // the new process accepts now
+				continue
+			}
 			return err
 		}
 	}

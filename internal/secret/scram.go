@@ -219,3 +219,30 @@ func (l *Login) Verify(serverFinal string) error {
 	}
 	return nil
 }
+
+// Export returns the ring's keys, for the pgsplit process that takes over
+// during an upgrade (see Import): the caller must send them only to it.
+func (r *KeyRing) Export() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([][]byte, 0, len(r.keys))
+	for _, k := range r.keys {
+		out = append(out, append([]byte(nil), k.b...))
+	}
+	return out
+}
+
+// Import keeps keys from Export, each under the StoredKey it hashes to
+// (so a key is found only for the verifier it belongs to). Malformed keys
+// are ignored.
+func (r *KeyRing) Import(keys [][]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range keys {
+		if len(b) != keyLen {
+			continue
+		}
+		sum := sha256.Sum256(b)
+		r.keys[string(sum[:])] = ClientKey{b: append([]byte(nil), b...)}
+	}
+}
