@@ -180,7 +180,13 @@ func (s *Server) moveSessions(l *handoff.Link, done chan<- struct{}) {
 		}
 		if stay > 0 && !reported {
 			reported = true
-			s.log.Info("upgrade: clients that cannot move stay on this process until they leave (TLS, admin console, or holding a server connection)", zap.Int("clients", stay))
+			s.log.Info("upgrade: clients that cannot move stay on this process until they leave (TLS, admin console)", zap.Int("clients", stay))
+		}
+		if stay == 0 {
+			// Every client left will move: the idle server connections
+			// would only count twice against the servers' limits, beside
+			// the new process's pools.
+			s.closeIdleConns()
 		}
 		<-t.C
 	}
@@ -189,8 +195,18 @@ func (s *Server) moveSessions(l *handoff.Link, done chan<- struct{}) {
 			s.log.Warn("upgrade: could not tell the new process which databases were written", zap.Error(err))
 		}
 	}
+	s.peer.CompareAndSwap(l, nil) // the new process closes the link now: no error
 	s.log.Info("upgrade: every client moved or left")
 	close(done)
+}
+
+// closeIdleConns closes every pool's idle server connections.
+func (s *Server) closeIdleConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.pools {
+		p.CloseIdle()
+	}
 }
 
 // cancelsFromNew serves the cancel requests the new process passes on
@@ -258,7 +274,7 @@ func (s *Server) adoptFrom(l *handoff.Link) {
 	defer s.wg.Done()
 	var written []string
 	moved := 0
-	for {
+	for end := false; !end; {
 		typ, body, fd, err := l.Recv()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !s.draining.Load() {
@@ -279,6 +295,7 @@ func (s *Server) adoptFrom(l *handoff.Link) {
 			continue
 		case handoff.End:
 			_ = json.Unmarshal(body, &written)
+			end = true // it holds nobody: it exits now
 		}
 		if fd >= 0 {
 			_ = syscall.Close(fd)

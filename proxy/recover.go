@@ -21,6 +21,10 @@ type Knobs struct {
 	// message a pump reads from a server, before it relays it, on the
 	// pump's goroutine.
 	OnServerMessage func(typ byte, n int)
+	// NoUpgradeBarrier turns off read-your-writes across an upgrade's two
+	// processes (the barriers while both run, the marks when the old one
+	// ends), to show what they guard.
+	NoUpgradeBarrier bool
 }
 
 // SetKnobs installs test hooks; call it before Listen.

@@ -349,7 +349,7 @@ func (t *lsnTracker) writtenDatabases() []string {
 // commits (which this process's marks do not know) are behind that
 // position.
 func (t *lsnTracker) markWritten(names []string) {
-	if t.s.cfg.Load().Routing.RYWMode() != config.RYWTable {
+	if t.s.cfg.Load().Routing.RYWMode() != config.RYWTable || t.s.knobs.NoUpgradeBarrier {
 		return
 	}
 	t.mu.Lock()

@@ -136,7 +136,7 @@ func (s *session) rywIdle() bool {
 // upgrade runs two processes (see handoff.go).
 func (srv *Server) rywMode() string {
 	mode := srv.cfg.Load().Routing.RYWMode()
-	if mode != config.RYWOff && srv.upgrading.Load() {
+	if mode != config.RYWOff && srv.upgrading.Load() && !srv.knobs.NoUpgradeBarrier {
 		return config.RYWLinearizable
 	}
 	return mode

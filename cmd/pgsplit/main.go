@@ -259,6 +259,9 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
+	if err := notifySystemd(); err != nil {
+		log.Warn("could not notify systemd (NOTIFY_SOCKET)", zap.Error(err))
+	}
 	if up.in != nil {
 		if err := srv.TakeOver(up.in.link); err != nil {
 			log.Error("upgrade: could not tell the previous process this one serves", zap.Error(err))
