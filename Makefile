@@ -44,6 +44,8 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzAdminExtended -fuzztime $(FUZZTIME) ./admin/
 	$(GO) test -run XXX -fuzz FuzzFastPathNeverUnsafe -fuzztime $(FUZZTIME) ./router/
 	$(GO) test -run XXX -fuzz FuzzDepthNeverUnderestimatesNesting -fuzztime $(FUZZTIME) ./router/
+	$(GO) test -run XXX -fuzz FuzzParseHeader -fuzztime $(FUZZTIME) ./internal/handoff/
+	$(GO) test -run XXX -fuzz FuzzDecodeMoved -fuzztime $(FUZZTIME) ./proxy/
 
 ## deb: the Debian package (binary, /etc/pgsplit/config.yaml, hardened systemd unit) in bin/.
 deb:
