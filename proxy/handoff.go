@@ -45,6 +45,8 @@ type inheritedListeners struct{ client, metrics net.Listener }
 // sockets an upgrade's new process inherits. Call it before Listen.
 func (s *Server) UseListeners(client, metrics net.Listener) {
 	s.inherited = inheritedListeners{client: client, metrics: metrics}
+	// Its first clients may read before TakeOver: barriers from the start.
+	s.upgrading.Store(true)
 }
 
 // ListenerFiles returns duplicates of the listening sockets (the metrics
@@ -141,10 +143,8 @@ func (s *session) movedState() *movedSession {
 func (s *Server) HandOver(l *handoff.Link) <-chan struct{} {
 	s.upgrading.Store(true) // before the first client moves
 	s.peer.Store(l)
-	if keys, err := json.Marshal(s.keys.Export()); err == nil {
-		if err := l.Send(handoff.Keys, keys, -1); err != nil {
-			s.log.Warn("upgrade: could not pass the SCRAM keys on", zap.Error(err))
-		}
+	if err := s.sendKeys(l); err != nil {
+		s.log.Warn("upgrade: could not pass the SCRAM keys on", zap.Error(err))
 	}
 	s.handingOver.Store(true)
 	if s.ln != nil {
@@ -158,6 +158,20 @@ func (s *Server) HandOver(l *handoff.Link) <-chan struct{} {
 	go s.moveSessions(l, done)
 	return done
 }
+
+// sendKeys passes the SCRAM ClientKeys this process learnt to the new one.
+func (s *Server) sendKeys(l *handoff.Link) error {
+	keys, err := json.Marshal(s.keys.Export())
+	if err != nil {
+		return err
+	}
+	return l.Send(handoff.Keys, keys, -1)
+}
+
+// Upgrading reports whether an upgrade involves this process now: it is
+// handing its clients over, or still taking them over (a new upgrade
+// must wait until it is done).
+func (s *Server) Upgrading() bool { return s.peer.Load() != nil || s.upgrading.Load() }
 
 // moveSessions asks every session to move, again every 100 ms (a session
 // in a transaction moves when it is idle again), until none is left; then

@@ -70,6 +70,11 @@ func (s *session) moveOut() bool {
 	}
 	raw, err := sc.SyscallConn()
 	if err == nil {
+		// The keys first: a login that finished after HandOver sent them
+		// may have added this user's (verifier users, auth_query).
+		err = s.srv.sendKeys(l)
+	}
+	if err == nil {
 		var serr error
 		err = raw.Control(func(fd uintptr) { serr = l.Send(handoff.Session, body, int(fd)) })
 		if err == nil {
@@ -80,6 +85,7 @@ func (s *session) moveOut() bool {
 		if s.srv.peer.CompareAndSwap(l, nil) {
 			s.log.Error("upgrade: handing a client over failed; clients not moved yet stay on this process", zap.Error(err))
 		}
+		_ = l.Close() // the new process ends its side, and Shutdown need not wait for it
 		return false
 	}
 	return true

@@ -284,8 +284,8 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 		case <-hup:
 			_ = reload()
 		case <-usr2:
-			if handedOver != nil {
-				log.Warn("SIGUSR2 ignored: an upgrade is under way")
+			if handedOver != nil || srv.Upgrading() {
+				log.Warn("SIGUSR2 ignored: an upgrade is under way (this process is still handing clients over or taking them over)")
 				continue
 			}
 			log.Info("upgrade requested (SIGUSR2)")
