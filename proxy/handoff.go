@@ -63,8 +63,8 @@ func (s *Server) ListenerFiles() (client, metrics *os.File, err error) {
 	if client, err = file(s.ln); err != nil {
 		return nil, nil, err
 	}
-	if s.metrics.ln != nil {
-		if metrics, err = file(s.metrics.ln); err != nil {
+	if mln := s.metrics.listener(); mln != nil {
+		if metrics, err = file(mln); err != nil {
 			_ = client.Close()
 			return nil, nil, err
 		}
@@ -136,27 +136,89 @@ func (s *session) movedState() *movedSession {
 
 // HandOver makes this process the old one of an upgrade, once the new
 // process at the other end of l has sent Ready (it serves the listening
-// socket now): it stops accepting, stops its metrics endpoint, gives the
-// new process the SCRAM keys it learnt, and moves each client there as
-// soon as the client can move. The channel closes when no session is left
-// here; the caller then calls Shutdown.
-func (s *Server) HandOver(l *handoff.Link) <-chan struct{} {
+// socket now): it stops accepting (keeping the socket), stops its metrics
+// endpoint (keeping a duplicate of that socket), gives the new process the
+// SCRAM keys it learnt, and moves each client there as soon as the client
+// can move. peerGone closes when the new process has exited.
+//
+// The channel receives true when no session is left here and the new
+// process was told so: the caller then calls Shutdown and exits. It
+// receives false if the control link failed first (the new process died
+// or is stopping): this process accepts and serves its metrics endpoint
+// again, so that the port stays served, and a later upgrade may be tried
+// once the new process has exited.
+func (s *Server) HandOver(l *handoff.Link, peerGone <-chan struct{}) <-chan bool {
 	s.upgrading.Store(true) // before the first client moves
 	s.peer.Store(l)
 	if err := s.sendKeys(l); err != nil {
 		s.log.Warn("upgrade: could not pass the SCRAM keys on", zap.Error(err))
 	}
 	s.handingOver.Store(true)
-	if s.ln != nil {
-		_ = s.ln.Close() // the new process has its own descriptor of the socket
+	if dl, ok := s.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = dl.SetDeadline(time.Now()) // Serve pauses: the new process accepts
 	}
-	s.metrics.stop()
+	mf := s.metrics.pause()
 	s.log.Info("upgrade: the new process serves; moving idle clients to it", zap.Int("clients", len(s.snapshot())))
-	done := make(chan struct{})
+	done := make(chan bool, 1)
 	s.wg.Add(2)
 	go s.cancelsFromNew(l)
-	go s.moveSessions(l, done)
+	go func() {
+		defer s.wg.Done()
+		moved := s.moveSessions(l)
+		if !moved {
+			_ = l.Close()
+		}
+		if !moved && !s.draining.Load() {
+			s.serveAgain(mf, peerGone)
+		} else if mf != nil {
+			_ = mf.Close()
+		}
+		done <- moved
+	}()
 	return done
+}
+
+// serveAgain undoes HandOver after the control link failed: accepting,
+// the metrics endpoint (on mf), reads with barriers until the new process
+// has exited (its clients' commits are unknown here), then every database
+// marked as written.
+func (s *Server) serveAgain(mf *os.File, peerGone <-chan struct{}) {
+	if dl, ok := s.ln.(interface{ SetDeadline(time.Time) error }); ok {
+		_ = dl.SetDeadline(time.Time{})
+	}
+	s.handingOver.Store(false)
+	s.wakeAccept()
+	for _, sess := range s.snapshot() {
+		sess.handing.Store(false)
+	}
+	if err := s.metrics.resume(mf); err != nil {
+		s.log.Error("upgrade: could not serve the metrics endpoint again", zap.Error(err))
+	}
+	s.log.Error("upgrade failed after the new process took over (it died or is stopping): this process accepts again; clients it had moved are lost")
+	go s.endBarriersWhenGone(peerGone, "the new process")
+}
+
+// endBarriersWhenGone waits until the other process of a failed upgrade
+// has exited (or this one drains), then marks every database as written
+// at the primary's next position, which is past all that process
+// committed, and ends the upgrade's barriers.
+func (s *Server) endBarriersWhenGone(peerGone <-chan struct{}, who string) {
+	select {
+	case <-peerGone:
+	case <-s.drained:
+		return
+	}
+	s.lsn.markEverything()
+	s.upgrading.Store(false)
+	s.log.Info("upgrade: "+who+" has exited; reads are back to the configured read_your_writes", zap.String("read_your_writes", s.cfg.Load().Routing.RYWMode()))
+}
+
+// wakeAccept wakes a paused Serve.
+func (s *Server) wakeAccept() {
+	select {
+	case s.acceptWake <- struct{}{}:
+	default:
+	}
 }
 
 // sendKeys passes the SCRAM ClientKeys this process learnt to the new one.
@@ -175,13 +237,16 @@ func (s *Server) Upgrading() bool { return s.peer.Load() != nil || s.upgrading.L
 
 // moveSessions asks every session to move, again every 100 ms (a session
 // in a transaction moves when it is idle again), until none is left; then
-// it tells the new process which databases this one wrote to.
-func (s *Server) moveSessions(l *handoff.Link, done chan<- struct{}) {
-	defer s.wg.Done()
+// it tells the new process which databases this one wrote to. It reports
+// whether it did; false: the control link failed first.
+func (s *Server) moveSessions(l *handoff.Link) bool {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	reported := false
 	for {
+		if s.peer.Load() != l {
+			return false // the link failed (or Shutdown closed it)
+		}
 		left := s.snapshot()
 		if len(left) == 0 {
 			break
@@ -204,14 +269,19 @@ func (s *Server) moveSessions(l *handoff.Link, done chan<- struct{}) {
 		}
 		<-t.C
 	}
-	if names, err := json.Marshal(s.lsn.writtenDatabases()); err == nil && s.peer.Load() == l {
-		if err := l.Send(handoff.End, names, -1); err != nil {
-			s.log.Warn("upgrade: could not tell the new process which databases were written", zap.Error(err))
+	names, err := json.Marshal(s.lsn.writtenDatabases())
+	if err == nil {
+		err = l.Send(handoff.End, names, -1)
+	}
+	if err != nil {
+		if s.peer.CompareAndSwap(l, nil) {
+			s.log.Error("upgrade: could not tell the new process this one is done", zap.Error(err))
 		}
+		return false
 	}
 	s.peer.CompareAndSwap(l, nil) // the new process closes the link now: no error
 	s.log.Info("upgrade: every client moved or left")
-	close(done)
+	return true
 }
 
 // closeIdleConns closes every pool's idle server connections.
@@ -269,8 +339,9 @@ func (s *Server) forwardCancel(cr *pgproto3.CancelRequest) bool {
 
 // TakeOver makes this process the new one of an upgrade, serving already
 // (after Listen, with Serve running): it tells the old process at the
-// other end of l, and adopts the clients it hands over until it exits.
-func (s *Server) TakeOver(l *handoff.Link) error {
+// other end of l, and adopts the clients it hands over until it says End.
+// peerGone closes when the old process has exited.
+func (s *Server) TakeOver(l *handoff.Link, peerGone <-chan struct{}) error {
 	s.upgrading.Store(true)
 	s.peer.Store(l)
 	if err := l.Send(handoff.Ready, nil, -1); err != nil {
@@ -279,16 +350,18 @@ func (s *Server) TakeOver(l *handoff.Link) error {
 		return err
 	}
 	s.wg.Add(1)
-	go s.adoptFrom(l)
+	go s.adoptFrom(l, peerGone)
 	return nil
 }
 
-// adoptFrom receives the old process's clients until it closes the link.
-func (s *Server) adoptFrom(l *handoff.Link) {
+// adoptFrom receives the old process's clients until it says End (it
+// holds nobody and exits) or the link fails.
+func (s *Server) adoptFrom(l *handoff.Link, peerGone <-chan struct{}) {
 	defer s.wg.Done()
 	var written []string
 	moved := 0
-	for end := false; !end; {
+	end := false
+	for !end {
 		typ, body, fd, err := l.Recv()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !s.draining.Load() {
@@ -315,11 +388,21 @@ func (s *Server) adoptFrom(l *handoff.Link) {
 			_ = syscall.Close(fd)
 		}
 	}
+	s.peer.CompareAndSwap(l, nil)
+	_ = l.Close()
+	if !end {
+		// The old process stopped (SIGTERM: its running transactions
+		// may still commit) or died before End: which databases it wrote
+		// is unknown, and it may not be done.
+		if !s.draining.Load() {
+			s.log.Warn("upgrade: the previous process closed the control link before it was done; reads keep barriers until it has exited", zap.Int("clients_moved", moved))
+		}
+		go s.endBarriersWhenGone(peerGone, "the previous process")
+		return
+	}
 	// The old process has ended: what it committed is in the past of
 	// every read from now on, once a barrier is past it.
 	s.lsn.markWritten(written)
-	s.peer.CompareAndSwap(l, nil)
-	_ = l.Close()
 	s.upgrading.Store(false)
 	s.log.Info("upgrade complete: the previous process has ended", zap.Int("clients_moved", moved))
 }

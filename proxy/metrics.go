@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,12 +40,17 @@ type metrics struct {
 	// kind, not per statement.
 	byServer sync.Map
 
-	srv  *http.Server
-	ln   net.Listener
-	done chan error
-	// stopOnce: stop runs from Shutdown and, in an upgrade's old
-	// process, from HandOver (the new process serves the endpoint).
-	stopOnce sync.Once
+	// The endpoint. runMu orders serve, stop (from Shutdown and, in an
+	// upgrade's old process, from HandOver: the new process serves the
+	// endpoint) and resume (the upgrade failed). srv is nil when not
+	// serving; ln stays the last listener served.
+	runMu sync.Mutex
+	srv   *http.Server
+	ln    net.Listener
+	done  chan error
+	// handler is the endpoint's mux, made by the first serve.
+	handler http.Handler
+	shut    bool // stop was called: no resume
 }
 
 func newMetrics(s *Server) *metrics {
@@ -294,9 +300,9 @@ func (m *metrics) latency() []admin.LatencyBucket {
 	return out
 }
 
-// serve starts the HTTP endpoint: / (the status page), /metrics, /healthz
-// (the process is up), /readyz (the primary accepts TCP connections within
-// a second).
+// serve starts the HTTP endpoint on ln (nil: it binds addr): / (the
+// status page), /metrics, /healthz (the process is up), /readyz (the
+// primary accepts TCP connections within a second).
 func (m *metrics) serve(ctx context.Context, addr string, ln net.Listener, s *Server, log *zap.Logger) error {
 	if ln == nil {
 		var lc net.ListenConfig
@@ -324,30 +330,101 @@ func (m *metrics) serve(ctx context.Context, addr string, ln net.Listener, s *Se
 		_ = c.Close()
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	m.ln = ln
-	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	m.done = make(chan error, 1)
-	go func() {
-		err := m.srv.Serve(ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		m.done <- err
-	}()
+	m.runMu.Lock()
+	m.handler = mux
+	m.startLocked(ln)
+	m.runMu.Unlock()
 	log.Info("metrics listening", zap.String("addr", ln.Addr().String()),
 		zap.String("endpoints", strings.Join([]string{"/metrics", "/healthz", "/readyz"}, " ")))
 	return nil
 }
 
-// stop shuts the HTTP endpoint down, if it was started.
+// startLocked serves the endpoint on ln; the caller holds runMu.
+func (m *metrics) startLocked(ln net.Listener) {
+	srv := &http.Server{Handler: m.handler, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan error, 1)
+	m.ln, m.srv, m.done = ln, srv, done
+	go func() {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		done <- err
+	}()
+}
+
+// listener is the endpoint's listening socket, nil when it does not serve.
+func (m *metrics) listener() net.Listener {
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	if m.srv == nil {
+		return nil
+	}
+	return m.ln
+}
+
+// addr is the endpoint's address, nil when off.
+func (m *metrics) addr() net.Addr {
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	if m.ln == nil {
+		return nil
+	}
+	return m.ln.Addr()
+}
+
+// stop shuts the HTTP endpoint down for good (Shutdown).
 func (m *metrics) stop() {
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	m.shut = true
+	m.stopLocked()
+}
+
+func (m *metrics) stopLocked() {
 	if m.srv == nil {
 		return
 	}
-	m.stopOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = m.srv.Shutdown(ctx)
-		<-m.done
-	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = m.srv.Shutdown(ctx)
+	<-m.done
+	m.srv = nil
+}
+
+// pause stops serving but keeps a duplicate of the listening socket, for
+// resume (an upgrade's old process, while the new one serves the
+// endpoint); nil when the endpoint is off.
+func (m *metrics) pause() *os.File {
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	if m.srv == nil {
+		return nil
+	}
+	var f *os.File
+	if fl, ok := m.ln.(interface{ File() (*os.File, error) }); ok {
+		f, _ = fl.File() // without it, resume cannot serve again
+	}
+	m.stopLocked()
+	return f
+}
+
+// resume serves the endpoint again on the socket pause kept; it closes f.
+func (m *metrics) resume(f *os.File) error {
+	if f == nil {
+		return nil
+	}
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return err
+	}
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	if m.srv != nil || m.handler == nil || m.shut {
+		_ = ln.Close()
+		return nil
+	}
+	m.startLocked(ln)
+	return nil
 }

@@ -48,6 +48,10 @@ type lsnTracker struct {
 
 	replay map[endpoint]*atomic.Uint64 // replayed position per server, set at Listen
 	dbs    map[string]*dbWrites        // table mode's marks by database, under mu
+	// everyDB: a failed upgrade's other process may have written to any
+	// database, so each database met from then on is marked written at
+	// the primary's next position when first met (markEverything). Under mu.
+	everyDB bool
 
 	wake chan struct{} // to run: commits to resolve or reads waiting
 
@@ -114,11 +118,18 @@ func (t *lsnTracker) broadcastLocked() {
 // writesFor is database's marks, made the first time.
 func (t *lsnTracker) writesFor(database string) *dbWrites {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	db, ok := t.dbs[database]
 	if !ok {
 		db = &dbWrites{tables: map[string]*mark{}}
 		t.dbs[database] = db
+	}
+	every := !ok && t.everyDB
+	if every {
+		t.commitLocked(db, writeScope{all: true}, nil, false)
+	}
+	t.mu.Unlock()
+	if every {
+		nudge(t.wake)
 	}
 	return db
 }
@@ -150,6 +161,14 @@ func (t *lsnTracker) setReplayed(ep endpoint, lsn uint64) {
 // flushed yet.
 func (t *lsnTracker) commit(db *dbWrites, scope writeScope, client *mark, async bool) uint64 {
 	t.mu.Lock()
+	seq := t.commitLocked(db, scope, client, async)
+	t.mu.Unlock()
+	nudge(t.wake)
+	return seq
+}
+
+// commitLocked is commit with mu held; the caller nudges t.wake after.
+func (t *lsnTracker) commitLocked(db *dbWrites, scope writeScope, client *mark, async bool) uint64 {
 	t.seq++
 	seq := t.seq
 	p := pendingCommit{seq: seq, client: client, async: async}
@@ -172,8 +191,6 @@ func (t *lsnTracker) commit(db *dbWrites, scope writeScope, client *mark, async 
 		}
 	}
 	t.pending = append(t.pending, p)
-	t.mu.Unlock()
-	nudge(t.wake)
 	return seq
 }
 
@@ -368,4 +385,18 @@ func (t *lsnTracker) markWritten(names []string) {
 	for _, db := range dbs {
 		t.commit(db, writeScope{all: true}, nil, false)
 	}
+}
+
+// markEverything is markWritten when which databases the other process
+// of an upgrade wrote is unknown (it stopped or died before it said): every
+// database this process has marks for now, and each one it meets later,
+// when it first meets it.
+func (t *lsnTracker) markEverything() {
+	if t.s.cfg.Load().Routing.RYWMode() != config.RYWTable || t.s.knobs.NoUpgradeBarrier {
+		return
+	}
+	t.mu.Lock()
+	t.everyDB = true
+	t.mu.Unlock()
+	t.markWritten(nil)
 }

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pgsplit/pgsplit/config"
 )
 
 // trackerForTest is a tracker with one replica and one database, no
@@ -139,5 +141,35 @@ func TestTrackerWaitsForTheFlushPositionOfSynchronousCommits(t *testing.T) {
 		case <-time.After(2 * time.Second):
 			t.Errorf("async=%v: the read was not served once the replica replayed %d", async, want)
 		}
+	}
+}
+
+// TestMarkEverythingCoversDatabasesMetLater: after a failed upgrade's other
+// process exited without saying which databases it wrote, a database this
+// process had marks for and one it meets only later both wait for a
+// commit position, resolved after the call; before the call, a database
+// met for the first time has nothing to wait for.
+func TestMarkEverythingCoversDatabasesMetLater(t *testing.T) {
+	cfg := &config.Config{Routing: config.DefaultRouting()}
+	cfg.Routing.ReadYourWrites = config.RYWTable
+	srv := &Server{}
+	srv.cfg.Store(cfg)
+	tr := newLSNTracker(srv)
+	if tr.writesFor("before").written.Load() {
+		t.Fatal("a database met for the first time is marked written")
+	}
+	known := tr.writesFor("known")
+	seq := tr.seq
+	tr.markEverything()
+	if !known.written.Load() || known.all.seq <= seq {
+		t.Errorf("a known database is not marked: written=%v all.seq=%d (seq before %d)", known.written.Load(), known.all.seq, seq)
+	}
+	later := tr.writesFor("later")
+	if !later.written.Load() || later.all.seq <= seq {
+		t.Errorf("a database met after markEverything is not marked: written=%v all.seq=%d", later.written.Load(), later.all.seq)
+	}
+	again := tr.seq
+	if tr.writesFor("later"); tr.seq != again {
+		t.Errorf("meeting a database again registered another commit")
 	}
 }

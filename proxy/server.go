@@ -93,6 +93,11 @@ type Server struct {
 	peer        atomic.Pointer[handoff.Link]
 	upgrading   atomic.Bool
 	handingOver atomic.Bool // this is the old process: it accepts no more clients
+	// acceptWake wakes Serve, paused while handing over, when the upgrade
+	// failed (accept again) or Shutdown began (return).
+	acceptWake chan struct{}
+	// drained closes when Shutdown begins.
+	drained chan struct{}
 
 	ipMu    sync.Mutex
 	ipConns map[string]int // connections by client IP address, from accept
@@ -125,6 +130,7 @@ func New(cfg *config.Config, log *zap.Logger) (*Server, error) {
 	}
 	s := &Server{log: log, sessions: map[uint32]*session{}, ipConns: map[string]int{}, pools: map[poolKey]*pool.Pool{},
 		downUntil: map[endpoint]time.Time{}, lagOut: map[endpoint]string{}, stats: newStatsBook(), shutdownReq: make(chan struct{}), started: time.Now(),
+		acceptWake: make(chan struct{}, 1), drained: make(chan struct{}),
 		keys: secret.NewKeyRing(), mockKey: make([]byte, 32)}
 	if _, err := rand.Read(s.mockKey); err != nil {
 		return nil, err
@@ -209,10 +215,7 @@ func (s *Server) Listen(ctx context.Context) error {
 
 // MetricsAddr is the address of the metrics endpoint, nil when off.
 func (s *Server) MetricsAddr() net.Addr {
-	if s.metrics.ln == nil {
-		return nil
-	}
-	return s.metrics.ln.Addr()
+	return s.metrics.addr()
 }
 
 // QueryLogStats counts the query-log records written and dropped (the
@@ -232,14 +235,23 @@ func (s *Server) Misroutes() int64 { return s.misroutes.Load() }
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Serve accepts clients until the listener is closed by Shutdown. Each client
-// is served by its own goroutine, which Shutdown waits for.
+// Serve accepts clients until the listener is closed by Shutdown (paused
+// while an upgrade hands clients over). Each client is served by its own
+// goroutine, which Shutdown waits for.
 func (s *Server) Serve() error {
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
-			if s.draining.Load() || s.handingOver.Load() || errors.Is(err, net.ErrClosed) {
+			if s.draining.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if s.handingOver.Load() {
+				// The new process accepts; this one accepts again if the
+				// upgrade fails (handoff.go).
+				for s.handingOver.Load() && !s.draining.Load() {
+					<-s.acceptWake
+				}
+				continue
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {

@@ -21,6 +21,8 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	timeout := s.cfg.Load().ShutdownTimeout
 	s.pause.open(0) // held clients wake up, see the drain and end with 57P01
+	close(s.drained)
+	s.wakeAccept()
 	if s.ln != nil {
 		_ = s.ln.Close()
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -436,4 +437,79 @@ func TestUpgradeThatCannotStartLeavesTheOldProcessServing(t *testing.T) {
 	if _, err := c.Exec(ctx, "SELECT 1/0"); !errors.As(err, &pe) || pe.Code != "22012" {
 		t.Errorf("errors still reach the client: %v", err)
 	}
+}
+
+// TestUpgradeWhoseNewProcessDiesLeavesTheOldOneServing kills (SIGKILL) the
+// new process right after it took over, while a client of the old one is
+// inside a transaction (so the old process is still there): the old
+// process accepts again on the same port, serves its metrics endpoint
+// again, its client commits, and a later upgrade succeeds. Before this
+// was handled, the old process had closed its listening socket, and the
+// port was dead once the new process was (connection refused).
+func TestUpgradeWhoseNewProcessDiesLeavesTheOldOneServing(t *testing.T) {
+	b := startUpgradeBed(t, upgradeConfig(""))
+	ctx := testCtx(t, 2*time.Minute)
+	inTx := connect(t, b.dsn())
+	tx, err := inTx.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := tx.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+
+	b.replaceBinary(t)
+	mark := b.logs.mark()
+	old := b.pid
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil { // by PID: a process this test started
+		t.Fatal(err)
+	}
+	e := b.logs.waitEntry(t, mark, 30*time.Second, "upgrade: new process started", func(e logEntry) bool { return e.str("msg") == "upgrade: new process started" })
+	f, _ := e["pid"].(float64)
+	newPID := int(f)
+	if newPID <= 0 || newPID == old {
+		t.Fatalf("new process pid %v", e["pid"])
+	}
+	b.logs.waitEntry(t, mark, 30*time.Second, "the old process handing over", func(e logEntry) bool {
+		return e.str("msg") == "upgrade: the new process serves; moving idle clients to it"
+	})
+	if err := syscall.Kill(newPID, syscall.SIGKILL); err != nil { // by PID: the process the upgrade under test started
+		t.Fatal(err)
+	}
+	b.logs.waitEntry(t, mark, 10*time.Second, "the old process to serve again", func(e logEntry) bool {
+		return strings.HasPrefix(e.str("msg"), "upgrade failed after the new process took over")
+	})
+	if processGone(old) {
+		t.Fatalf("the old process (pid %d) exited", old)
+	}
+
+	// The port is served: a new client logs in (SCRAM) and reads.
+	c := connect(t, b.dsn())
+	mustSelectOne(t, c, "a new client after the new process died")
+	// The metrics endpoint is served again.
+	resp, err := http.Get("http://" + b.metrics + "/readyz")
+	if err != nil {
+		t.Fatalf("metrics endpoint after the new process died: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz after the new process died: %s", resp.Status)
+	}
+	// The client inside its transaction was never disturbed.
+	if err := tx.QueryRow(ctx, "SELECT 2").Scan(&one); err != nil || one != 2 {
+		t.Fatalf("the client in a transaction after the new process died: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Once the dead process is reaped, the next upgrade works, and both
+	// clients move with it.
+	b.logs.waitEntry(t, mark, 10*time.Second, "barriers to end", func(e logEntry) bool {
+		return strings.HasPrefix(e.str("msg"), "upgrade: the new process has exited")
+	})
+	b.upgrade(t, 30*time.Second)
+	mustSelectOne(t, inTx, "the first client after the second upgrade")
+	mustSelectOne(t, c, "the second client after the second upgrade")
 }

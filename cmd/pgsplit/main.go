@@ -263,20 +263,18 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 		log.Warn("could not notify systemd (NOTIFY_SOCKET)", zap.Error(err))
 	}
 	if up.in != nil {
-		if err := srv.TakeOver(up.in.link); err != nil {
+		if err := srv.TakeOver(up.in.link, up.in.parentGone); err != nil {
 			log.Error("upgrade: could not tell the previous process this one serves", zap.Error(err))
 		} else {
 			log.Info("upgrade: serving; taking the previous process's clients over")
 		}
 	}
-	// handedOver closes when an upgrade moved every client away; Serve
-	// has returned then (served is nil).
-	var handedOver <-chan struct{}
+	// handedOver says how an upgrade under way ended: true, every client
+	// moved away (exit); false, the new process failed after it took over
+	// and this one serves again.
+	var handedOver <-chan bool
 	stopped := func() error {
 		shutdown(srv, stop, log)
-		if served == nil {
-			return nil
-		}
 		return <-served
 	}
 	for {
@@ -295,7 +293,11 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 				continue
 			}
 			handedOver = done
-		case <-handedOver:
+		case moved := <-handedOver:
+			handedOver = nil
+			if !moved {
+				continue // serving again (Server.HandOver logged why)
+			}
 			log.Info("upgrade: no client left; exiting")
 			return stopped()
 		case <-srv.ShutdownRequested():
@@ -307,10 +309,6 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 		case <-ctx.Done():
 			return stopped()
 		case err := <-served:
-			if handedOver != nil && err == nil {
-				served = nil // the new process accepts now
-				continue
-			}
 			return err
 		}
 	}

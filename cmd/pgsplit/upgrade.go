@@ -34,8 +34,10 @@ const takeoverFlag = "takeover"
 const upgradeReadyTimeout = 60 * time.Second
 
 // startUpgrade starts the new process and, once it serves, hands this
-// one's clients to it; the channel closes when none is left here.
-func startUpgrade(srv *proxy.Server, self string, args []string, log *zap.Logger) (<-chan struct{}, error) {
+// one's clients to it; the channel receives true when none is left here
+// (exit), false if the new process failed after it took over (this one
+// serves again; see Server.HandOver).
+func startUpgrade(srv *proxy.Server, self string, args []string, log *zap.Logger) (<-chan bool, error) {
 	if self == "" {
 		return nil, errors.New("the path of pgsplit's binary is not known")
 	}
@@ -70,7 +72,15 @@ func startUpgrade(srv *proxy.Server, self string, args []string, log *zap.Logger
 	}
 	log.Info("upgrade: new process started", zap.String("binary", self), zap.Int("pid", cmd.Process.Pid))
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }() // reaps it if it ends while this process runs
+	gone := make(chan struct{})
+	go func() { // reaps it if it ends while this process runs
+		err := cmd.Wait()
+		if err != nil {
+			log.Warn("upgrade: the new process exited", zap.Int("pid", cmd.Process.Pid), zap.Error(err))
+		}
+		exited <- err
+		close(gone)
+	}()
 	ready := make(chan error, 1)
 	go func() {
 		typ, _, fd, err := link.Recv()
@@ -106,7 +116,22 @@ func startUpgrade(srv *proxy.Server, self string, args []string, log *zap.Logger
 		_ = link.Close()
 		return nil, err
 	}
-	return srv.HandOver(link), nil
+	return srv.HandOver(link, gone), nil
+}
+
+// parentGone closes when the process that started this one has exited
+// (this process is then the child of another): the old process of the
+// upgrade that started this one.
+func parentGone() <-chan struct{} {
+	ppid := os.Getppid()
+	gone := make(chan struct{})
+	go func() {
+		for os.Getppid() == ppid {
+			time.Sleep(100 * time.Millisecond)
+		}
+		close(gone)
+	}()
+	return gone
 }
 
 // withoutTakeover is args without a --takeover flag (this process's own,
@@ -131,6 +156,7 @@ func withoutTakeover(args []string) []string {
 type inherited struct {
 	client, metrics net.Listener
 	link            *handoff.Link
+	parentGone      <-chan struct{} // the old process has exited
 }
 
 // inherit opens the descriptors --takeover names (LISTEN,CONTROL[,METRICS]).
@@ -156,7 +182,7 @@ func inherit(spec string) (*inherited, error) {
 		}
 		return ln, nil
 	}
-	in := &inherited{}
+	in := &inherited{parentGone: parentGone()}
 	var err error
 	if in.client, err = listener(fds[0], "listen"); err != nil {
 		return nil, err
