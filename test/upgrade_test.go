@@ -127,17 +127,8 @@ func (b *upgradeBed) replaceBinary(t *testing.T) uint64 {
 func (b *upgradeBed) upgrade(t *testing.T, timeout time.Duration) int {
 	t.Helper()
 	ino := b.replaceBinary(t)
-	mark := b.logs.mark()
 	old := b.pid
-	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil { // by PID: a process this test started
-		t.Fatal(err)
-	}
-	e := b.logs.waitEntry(t, mark, 30*time.Second, "upgrade: new process started", func(e logEntry) bool { return e.str("msg") == "upgrade: new process started" })
-	f, ok := e["pid"].(float64)
-	pid := int(f)
-	if !ok || pid <= 0 {
-		t.Fatalf("new process pid %v", e["pid"])
-	}
+	_, pid := b.sigUpgrade(t)
 	var st syscall.Stat_t
 	if err := syscall.Stat(fmt.Sprintf("/proc/%d/exe", pid), &st); err != nil || st.Ino != ino {
 		t.Fatalf("the new process (pid %d) does not run the replaced binary (inode %d, want %d): %v", pid, st.Ino, ino, err)
@@ -149,6 +140,23 @@ func (b *upgradeBed) upgrade(t *testing.T, timeout time.Duration) int {
 		return processGone(old), "still running"
 	})
 	return pid
+}
+
+// sigUpgrade sends SIGUSR2 to the serving process and waits until it has
+// started the new one: it returns the log mark before the signal and the
+// new process's pid.
+func (b *upgradeBed) sigUpgrade(t *testing.T) (mark, pid int) {
+	t.Helper()
+	mark = b.logs.mark()
+	if err := syscall.Kill(b.pid, syscall.SIGUSR2); err != nil { // by PID: a process this test started
+		t.Fatal(err)
+	}
+	e := b.logs.waitEntry(t, mark, 30*time.Second, "upgrade: new process started", func(e logEntry) bool { return e.str("msg") == "upgrade: new process started" })
+	f, _ := e["pid"].(float64)
+	if pid = int(f); pid <= 0 || pid == b.pid {
+		t.Fatalf("new process pid %v", e["pid"])
+	}
+	return mark, pid
 }
 
 // processGone reports whether pid has exited (a zombie counts: its parent
@@ -460,17 +468,8 @@ func TestUpgradeWhoseNewProcessDiesLeavesTheOldOneServing(t *testing.T) {
 	}
 
 	b.replaceBinary(t)
-	mark := b.logs.mark()
 	old := b.pid
-	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil { // by PID: a process this test started
-		t.Fatal(err)
-	}
-	e := b.logs.waitEntry(t, mark, 30*time.Second, "upgrade: new process started", func(e logEntry) bool { return e.str("msg") == "upgrade: new process started" })
-	f, _ := e["pid"].(float64)
-	newPID := int(f)
-	if newPID <= 0 || newPID == old {
-		t.Fatalf("new process pid %v", e["pid"])
-	}
+	mark, newPID := b.sigUpgrade(t)
 	b.logs.waitEntry(t, mark, 30*time.Second, "the old process handing over", func(e logEntry) bool {
 		return e.str("msg") == "upgrade: the new process serves; moving idle clients to it"
 	})
@@ -512,4 +511,46 @@ func TestUpgradeWhoseNewProcessDiesLeavesTheOldOneServing(t *testing.T) {
 	b.upgrade(t, 30*time.Second)
 	mustSelectOne(t, inTx, "the first client after the second upgrade")
 	mustSelectOne(t, c, "the second client after the second upgrade")
+}
+
+// TestStopSignalWhileAnUpgradeStartsStopsPromptly makes the new binary
+// slow to start (a wrapper that waits 20 s before it runs pgsplit) and
+// sends SIGTERM to the serving process meanwhile: it stops the new
+// process, which never served, and exits within its shutdown_timeout (5 s)
+// instead of waiting for the start; until then it serves.
+func TestStopSignalWhileAnUpgradeStartsStopsPromptly(t *testing.T) {
+	b := startUpgradeBed(t, upgradeConfig(""))
+	c := connect(t, b.dsn())
+	fifo := filepath.Join(b.dir, "wait")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// read -t on a FIFO opened read-write: a wait in the shell itself, no
+	// child process left behind when the shell is killed.
+	script := fmt.Sprintf("#!/bin/bash\nread -t 20 <>%q\nexec %q \"$@\"\n", fifo, pgsplitBinary(t))
+	tmp := b.bin + ".new"
+	if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, b.bin); err != nil {
+		t.Fatal(err)
+	}
+	old := b.pid
+	mark, starting := b.sigUpgrade(t)
+	mustSelectOne(t, c, "while the new process starts")
+	stopAt := time.Now()
+	if err := syscall.Kill(old, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the old process to exit after SIGTERM", func() (bool, string) {
+		return processGone(old), "still running"
+	})
+	took := time.Since(stopAt)
+	if !processGone(starting) {
+		t.Errorf("the new process (pid %d) still runs after the old one stopped", starting)
+	}
+	if !strings.Contains(b.logs.since(mark), "upgrade abandoned: this process stops") {
+		t.Errorf("the old process did not say it abandoned the upgrade:\n%s", b.logs.since(mark))
+	}
+	t.Logf("SIGTERM while the new process started: the old one exited %s later", took.Round(time.Millisecond))
 }

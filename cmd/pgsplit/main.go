@@ -269,11 +269,22 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 			log.Info("upgrade: serving; taking the previous process's clients over")
 		}
 	}
+	// starting receives how starting an upgrade's new process went (it
+	// runs beside this loop, so signals are still served meanwhile);
 	// handedOver says how an upgrade under way ended: true, every client
 	// moved away (exit); false, the new process failed after it took over
 	// and this one serves again.
+	var starting <-chan upgradeStart
 	var handedOver <-chan bool
+	upCtx, upCancel := context.WithCancel(ctx)
+	defer upCancel()
 	stopped := func() error {
+		if starting != nil {
+			upCancel() // a stop signal ends a new process not serving yet
+			if r := <-starting; r.err != nil {
+				log.Info("upgrade abandoned: this process stops", zap.Error(r.err))
+			}
+		}
 		shutdown(srv, stop, log)
 		return <-served
 	}
@@ -282,17 +293,24 @@ func runProxy(ctx context.Context, cfg *config.Config, cfgPath string, log *zap.
 		case <-hup:
 			_ = reload()
 		case <-usr2:
-			if handedOver != nil || srv.Upgrading() {
-				log.Warn("SIGUSR2 ignored: an upgrade is under way (this process is still handing clients over or taking them over)")
+			if starting != nil || handedOver != nil || srv.Upgrading() {
+				log.Warn("SIGUSR2 ignored: an upgrade is under way (this process is still starting the new one, handing clients over or taking them over)")
 				continue
 			}
 			log.Info("upgrade requested (SIGUSR2)")
-			done, err := startUpgrade(srv, up.self, up.args, log)
-			if err != nil {
-				log.Error("upgrade failed; this process goes on serving", zap.Error(err))
+			ch := make(chan upgradeStart, 1)
+			go func() {
+				done, err := startUpgrade(upCtx, srv, up.self, up.args, log)
+				ch <- upgradeStart{done, err}
+			}()
+			starting = ch
+		case r := <-starting:
+			starting = nil
+			if r.err != nil {
+				log.Error("upgrade failed; this process goes on serving", zap.Error(r.err))
 				continue
 			}
-			handedOver = done
+			handedOver = r.done
 		case moved := <-handedOver:
 			handedOver = nil
 			if !moved {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -37,7 +38,9 @@ const upgradeReadyTimeout = 60 * time.Second
 // one's clients to it; the channel receives true when none is left here
 // (exit), false if the new process failed after it took over (this one
 // serves again; see Server.HandOver).
-func startUpgrade(srv *proxy.Server, self string, args []string, log *zap.Logger) (<-chan bool, error) {
+// If ctx ends first (a stop signal), it stops the new process and returns
+// an error.
+func startUpgrade(ctx context.Context, srv *proxy.Server, self string, args []string, log *zap.Logger) (<-chan bool, error) {
 	if self == "" {
 		return nil, errors.New("the path of pgsplit's binary is not known")
 	}
@@ -111,6 +114,13 @@ func startUpgrade(srv *proxy.Server, self string, args []string, log *zap.Logger
 	case <-t.C:
 		err = fmt.Errorf("the new process did not serve within %s; stopped it", upgradeReadyTimeout)
 		_ = cmd.Process.Kill() // by PID: the process this one started
+	case <-ctx.Done():
+		select {
+		case err = <-ready: // it serves already: it goes on, this one drains
+		default:
+			err = errors.New("this process is stopping: stopped the new process, which did not serve yet")
+			_ = cmd.Process.Kill() // by PID: the process this one started
+		}
 	}
 	if err != nil {
 		_ = link.Close()
@@ -132,6 +142,12 @@ func parentGone() <-chan struct{} {
 		close(gone)
 	}()
 	return gone
+}
+
+// upgradeStart is how startUpgrade went.
+type upgradeStart struct {
+	done <-chan bool
+	err  error
 }
 
 // withoutTakeover is args without a --takeover flag (this process's own,
