@@ -411,7 +411,9 @@ func (s *Server) adoptFrom(l *handoff.Link, peerGone <-chan struct{}) {
 // the client is served.
 func (s *Server) adopt(body []byte, fd int) bool {
 	if fd < 0 {
-		s.log.Error("upgrade: a session came without its socket")
+		// The kernel drops a descriptor this process cannot take (its
+		// RLIMIT_NOFILE reached); the client's connection is lost.
+		s.log.Error("upgrade: a session came without its socket (is this process at its open-files limit?); that client is disconnected")
 		return false
 	}
 	f := os.NewFile(uintptr(fd), "client")
